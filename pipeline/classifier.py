@@ -1,0 +1,328 @@
+"""The classifier: cached ONNX Runtime session, streaming decode, batched inference.
+
+Three stages, as in every well-kept inference library:
+
+- `preprocess` (pure): bytes -> `DecodedImage` (see `pipeline.decode`), run in a thread
+  pool because Pillow releases the GIL while it decodes;
+- `forward`: the only place `session.run` is called, on a stacked batch;
+- `postprocess` (pure): logits -> probabilities -> top-k with labels.
+
+`classify_many` streams: images are fetched and decoded by the pool while the previous
+batch runs in the session, and each item's failure stays that item's.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+import numpy as np
+
+from pipeline.decode import DecodedImage, DecodeLimits, decode_image
+from pipeline.errors import ModelError
+from pipeline.manifest import ModelManifest
+
+__all__ = [
+    "Classifier",
+    "Prediction",
+    "LabelScore",
+    "ItemResult",
+    "available_cpus",
+    "create_session",
+    "postprocess",
+]
+
+K = TypeVar("K")
+Loader = Callable[[], bytes]
+
+
+@dataclass(frozen=True)
+class LabelScore:
+    label: str
+    index: int
+    score: float
+
+
+@dataclass(frozen=True)
+class Prediction:
+    label: str
+    score: float
+    top_k: tuple[LabelScore, ...]
+    width: int
+    height: int
+    format: str
+
+
+@dataclass(frozen=True)
+class ItemResult(Generic[K]):
+    """What became of one input: a prediction, or the exception that stopped it."""
+
+    key: K
+    prediction: Prediction | None = None
+    error: BaseException | None = None
+    nbytes: int | None = None
+
+
+def available_cpus() -> int:
+    """CPUs this process may run on (cgroup/affinity aware where the OS tells us)."""
+    try:
+        n = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # pragma: no cover - not Linux
+        n = os.cpu_count() or 1
+    quota = _cgroup_cpu_quota()
+    if quota is not None:
+        n = min(n, quota)
+    return max(1, n)
+
+
+def _cgroup_cpu_quota() -> int | None:
+    try:
+        with open("/sys/fs/cgroup/cpu.max") as f:
+            quota, period = f.read().split()
+        if quota == "max":
+            return None
+        return max(1, int(int(quota) / int(period) + 0.5))
+    except (OSError, ValueError):
+        return None
+
+
+_SESSION_CACHE: dict[tuple[str, int], Any] = {}
+_SESSION_LOCK = threading.Lock()
+
+
+def create_session(manifest: ModelManifest, intra_op_threads: int | None = None) -> Any:
+    """Build (once per process) the ONNX Runtime session for `manifest`.
+
+    The file is verified against the manifest's sha256 first, so a corrupt model fails
+    here, at start-up, and never shows up as a wave of rejected images.
+    """
+    threads = intra_op_threads or available_cpus()
+    cache_key = (str(manifest.onnx_path.resolve()) + "#" + manifest.sha256, threads)
+    with _SESSION_LOCK:
+        if cache_key in _SESSION_CACHE:
+            return _SESSION_CACHE[cache_key]
+        path = manifest.verify_file()
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # Decoding threads share the CPUs with the session: spinning would steal them.
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        opts.log_severity_level = 3
+        try:
+            session = ort.InferenceSession(
+                str(path), sess_options=opts, providers=["CPUExecutionProvider"]
+            )
+        except Exception as e:
+            raise ModelError(f"ONNX Runtime cannot load {path}: {e}") from e
+        _check_io(session, manifest)
+        _SESSION_CACHE[cache_key] = session
+        return session
+
+
+def _check_io(session: Any, manifest: ModelManifest) -> None:
+    inputs = {i.name: i for i in session.get_inputs()}
+    outputs = {o.name: o for o in session.get_outputs()}
+    if manifest.input_name not in inputs:
+        raise ModelError(
+            f"model {manifest.model_id}: the manifest names input {manifest.input_name!r}, "
+            f"the ONNX file has {sorted(inputs)}"
+        )
+    if manifest.output_name not in outputs:
+        raise ModelError(
+            f"model {manifest.model_id}: the manifest names output "
+            f"{manifest.output_name!r}, the ONNX file has {sorted(outputs)}"
+        )
+    shape = inputs[manifest.input_name].shape
+    h, w = manifest.input_size
+    expected = [3, h, w] if manifest.layout == "NCHW" else [h, w, 3]
+    if len(shape) != 4 or any(
+        isinstance(d, int) and d != e for d, e in zip(shape[1:], expected, strict=True)
+    ):
+        raise ModelError(
+            f"model {manifest.model_id}: input shape {shape} does not match the manifest "
+            f"({manifest.layout} {h}x{w})"
+        )
+    out_shape = outputs[manifest.output_name].shape
+    width = out_shape[-1] if out_shape else None
+    if isinstance(width, int) and width != manifest.num_outputs:
+        raise ModelError(
+            f"model {manifest.model_id}: the output has {width} values per image but the "
+            f"manifest has {len(manifest.labels)} labels"
+        )
+
+
+def postprocess(logits: np.ndarray, manifest: ModelManifest) -> list[list[LabelScore]]:
+    """Logits [N, C] -> top-k (label, index, score) per row. Pure numpy."""
+    x = np.asarray(logits, dtype=np.float64)
+    if x.ndim == 1:
+        x = x[:, None]
+    labels = manifest.labels
+    if manifest.activation == "softmax":
+        z = x - x.max(axis=1, keepdims=True)
+        e = np.exp(z)
+        probs = e / e.sum(axis=1, keepdims=True)
+    elif manifest.activation == "sigmoid":
+        probs = 1.0 / (1.0 + np.exp(-x))
+        if x.shape[1] == 1 and len(labels) == 2:  # binary: [negative, positive]
+            probs = np.concatenate([1.0 - probs, probs], axis=1)
+    else:
+        probs = x
+    k = min(manifest.top_k, probs.shape[1])
+    out: list[list[LabelScore]] = []
+    for row in probs:
+        idx = np.argsort(-row, kind="stable")[:k]
+        out.append([LabelScore(labels[i], int(i), float(row[i])) for i in idx])
+    return out
+
+
+class Classifier:
+    """Classifies images with one cached session; safe to share between threads."""
+
+    def __init__(
+        self,
+        manifest: ModelManifest,
+        session: Any | None = None,
+        *,
+        batch_size: int = 16,
+        decode_workers: int | None = None,
+        intra_op_threads: int | None = None,
+        limits: DecodeLimits | None = None,
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError("batch_size must be at least 1")
+        self.manifest = manifest
+        self.session = session or create_session(manifest, intra_op_threads)
+        self.batch_size = batch_size
+        self.decode_workers = decode_workers or available_cpus()
+        self.limits = limits or DecodeLimits()
+        self._pool: ThreadPoolExecutor | None = None
+        self._pool_lock = threading.Lock()
+
+    @property
+    def model_id(self) -> str:
+        return self.manifest.model_id
+
+    # ---- the three stages --------------------------------------------------------------
+
+    def preprocess(self, data: bytes) -> DecodedImage:
+        return decode_image(data, self.manifest, self.limits)
+
+    def forward(self, batch: np.ndarray) -> np.ndarray:
+        """Run the model on a stacked batch, in chunks of at most `batch_size`."""
+        outputs = []
+        for start in range(0, len(batch), self.batch_size):
+            chunk = batch[start:start + self.batch_size]
+            (logits,) = self.session.run(
+                [self.manifest.output_name], {self.manifest.input_name: chunk}
+            )
+            outputs.append(np.asarray(logits).reshape(len(chunk), -1))
+        if not outputs:
+            return np.zeros((0, self.manifest.num_outputs), dtype=np.float32)
+        return np.concatenate(outputs, axis=0)
+
+    def postprocess(self, logits: np.ndarray) -> list[list[LabelScore]]:
+        return postprocess(logits, self.manifest)
+
+    # ---- convenience -------------------------------------------------------------------
+
+    def classify_bytes(self, data: bytes) -> Prediction:
+        """One image, synchronously; raises the decode error if any."""
+        (result,) = list(self.classify_many([(0, lambda: data)]))
+        if result.error is not None:
+            raise result.error
+        assert result.prediction is not None
+        return result.prediction
+
+    def classify_many(self, items: Iterable[tuple[K, Loader]]) -> Iterator[ItemResult[K]]:
+        """Fetch, decode and classify, streaming, in input order.
+
+        `items` are (key, loader) pairs; the loader returns the image bytes and runs in the
+        decode pool, so fetching from S3 overlaps with decoding and inference. Any
+        exception from a loader or the decoder becomes that item's `error`.
+        """
+        pool = self._executor()
+        window = max(2 * self.batch_size, 2 * self.decode_workers)
+        pending: list[tuple[K, Future[tuple[DecodedImage, int]]]] = []
+        ready: list[tuple[K, DecodedImage, int]] = []
+        iterator = iter(items)
+        exhausted = False
+
+        while True:
+            while not exhausted and len(pending) < window:
+                try:
+                    key, loader = next(iterator)
+                except StopIteration:
+                    exhausted = True
+                    break
+                pending.append((key, pool.submit(self._load_and_decode, loader)))
+            if not pending:
+                break
+            key, fut = pending.pop(0)
+            try:
+                decoded, nbytes = fut.result()
+            except Exception as e:  # noqa: BLE001 - one item's failure stays its own
+                yield from self._flush(ready)
+                ready = []
+                yield ItemResult(key=key, error=e)
+                continue
+            ready.append((key, decoded, nbytes))
+            if len(ready) >= self.batch_size:
+                yield from self._flush(ready)
+                ready = []
+        yield from self._flush(ready)
+
+    def _flush(self, ready: list[tuple[K, DecodedImage, int]]) -> Iterator[ItemResult[K]]:
+        if not ready:
+            return
+        batch = np.stack([d.tensor for _, d, _ in ready])
+        try:
+            tops = self.postprocess(self.forward(batch))
+        except Exception as e:  # noqa: BLE001 - an inference failure fails this batch only
+            for key, _, nbytes in ready:
+                yield ItemResult(key=key, error=e, nbytes=nbytes)
+            return
+        for (key, decoded, nbytes), top in zip(ready, tops, strict=True):
+            yield ItemResult(
+                key=key,
+                prediction=Prediction(
+                    label=top[0].label,
+                    score=top[0].score,
+                    top_k=tuple(top),
+                    width=decoded.width,
+                    height=decoded.height,
+                    format=decoded.format,
+                ),
+                nbytes=nbytes,
+            )
+
+    def _load_and_decode(self, loader: Loader) -> tuple[DecodedImage, int]:
+        data = loader()
+        return self.preprocess(data), len(data)
+
+    def _executor(self) -> ThreadPoolExecutor:
+        with self._pool_lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(
+                    max_workers=self.decode_workers, thread_name_prefix="imgpipe-decode"
+                )
+            return self._pool
+
+    def close(self) -> None:
+        with self._pool_lock:
+            if self._pool is not None:
+                self._pool.shutdown(wait=True)
+                self._pool = None
+
+    def __enter__(self) -> Classifier:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

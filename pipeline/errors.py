@@ -1,0 +1,52 @@
+"""The error family every part of imgpipe speaks.
+
+`PermanentError` means "this input will never work": the record is written as
+`rejected` with the message, and the message is not retried. `TransientError`
+means "try again later": the SQS message becomes a batch item failure and is
+redelivered. AWS error codes are translated into these in one place
+(`pipeline.aws.translate_client_error`).
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ImgpipeError",
+    "PermanentError",
+    "TransientError",
+    "GoneError",
+    "SupersededError",
+    "ModelError",
+    "ConfigError",
+]
+
+
+class ImgpipeError(Exception):
+    """Base class of every error imgpipe raises on purpose."""
+
+
+class PermanentError(ImgpipeError):
+    """The input is bad and always will be: record it as `rejected`, do not retry.
+
+    The message is shown to people as-is, so it must be a sentence that says
+    what is wrong (for example "not an image: the data is plain text").
+    """
+
+
+class TransientError(ImgpipeError):
+    """A fault that may clear by itself (throttling, 5xx, timeouts): retry."""
+
+
+class GoneError(ImgpipeError):
+    """The object was deleted before it could be read: record it as `gone`."""
+
+
+class SupersededError(ImgpipeError):
+    """The object changed since the event was sent: a newer event will handle it."""
+
+
+class ModelError(ImgpipeError):
+    """The model is missing, corrupt or inconsistent: fail fast at start-up."""
+
+
+class ConfigError(ImgpipeError):
+    """Settings are invalid; the message says which one and how to fix it."""

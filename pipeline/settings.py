@@ -1,0 +1,97 @@
+"""Settings: one frozen dataclass, built from an injected mapping.
+
+`Settings.from_env(os.environ)` in handlers and the CLI; tests pass a dict. Explicit
+values (keyword arguments) win over the environment.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+from pipeline.errors import ConfigError
+
+__all__ = ["Settings", "ENV_VARS"]
+
+# field name -> environment variable
+ENV_VARS: dict[str, str] = {
+    "table_name": "IMGPIPE_TABLE",
+    "input_prefix": "IMGPIPE_INPUT_PREFIX",
+    "output_prefix": "IMGPIPE_OUTPUT_PREFIX",
+    "output_bucket": "IMGPIPE_OUTPUT_BUCKET",
+    "model_source": "IMGPIPE_MODEL",
+    "model_cache_dir": "IMGPIPE_MODEL_CACHE",
+    "batch_size": "IMGPIPE_BATCH_SIZE",
+    "decode_workers": "IMGPIPE_DECODE_WORKERS",
+    "max_pixels": "IMGPIPE_MAX_PIXELS",
+    "max_object_bytes": "IMGPIPE_MAX_OBJECT_BYTES",
+    "timeout_margin_ms": "IMGPIPE_TIMEOUT_MARGIN_MS",
+    "endpoint_url": "AWS_ENDPOINT_URL",
+    "region": "AWS_REGION",
+}
+
+
+@dataclass(frozen=True)
+class Settings:
+    table_name: str = "imgpipe-predictions"
+    input_prefix: str = "incoming/"
+    output_prefix: str = "predictions/"
+    output_bucket: str = ""  # empty: write next to the input object, in its bucket
+    model_source: str = ""  # empty: the packaged default; else a directory, manifest or s3://
+    model_cache_dir: str = "/tmp/imgpipe-model"
+    batch_size: int = 16
+    decode_workers: int = 0  # 0: one per available CPU
+    max_pixels: int = 40_000_000
+    max_object_bytes: int = 50 * 1024 * 1024
+    timeout_margin_ms: int = 10_000
+    endpoint_url: str = ""  # empty: the real AWS endpoints
+    region: str = "us-east-1"
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str], **overrides: Any) -> Settings:
+        values: dict[str, Any] = {}
+        types = {f.name: f.type for f in fields(cls)}
+        for name, var in ENV_VARS.items():
+            raw = env.get(var)
+            if raw is None or raw == "":
+                continue
+            if types[name] in ("int", int):
+                try:
+                    values[name] = int(raw)
+                except ValueError:
+                    raise ConfigError(f"{var}={raw!r} is not a whole number") from None
+            else:
+                values[name] = raw
+        if not values.get("region") and env.get("AWS_DEFAULT_REGION"):
+            values["region"] = env["AWS_DEFAULT_REGION"]
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+    def with_(self, **changes: Any) -> Settings:
+        return replace(self, **changes)
+
+    def validate(self) -> None:
+        for name in ("input_prefix", "output_prefix"):
+            value = getattr(self, name)
+            if not value or not value.endswith("/") or value.startswith("/"):
+                raise ConfigError(
+                    f"{ENV_VARS[name]}={value!r}: a prefix must be non-empty, end with '/' "
+                    f"and not start with '/' (for example 'incoming/')"
+                )
+        a, b = self.input_prefix, self.output_prefix
+        if a.startswith(b) or b.startswith(a):
+            raise ConfigError(
+                f"input prefix {a!r} and output prefix {b!r} overlap: results would "
+                f"trigger the pipeline again. Choose prefixes that are not nested."
+            )
+        if not self.table_name:
+            raise ConfigError("IMGPIPE_TABLE must name the DynamoDB table")
+        for name in ("batch_size", "max_pixels", "max_object_bytes"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{ENV_VARS[name]} must be at least 1")
+        if self.decode_workers < 0 or self.timeout_margin_ms < 0:
+            raise ConfigError("IMGPIPE_DECODE_WORKERS and IMGPIPE_TIMEOUT_MARGIN_MS must be >= 0")
