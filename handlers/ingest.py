@@ -1,0 +1,49 @@
+"""Lambda entry point for the SQS ingest queue (S3 ObjectCreated notifications).
+
+The whole SQS batch goes through the core as one batched classification; the response
+lists exactly the message IDs whose objects hit a transient fault, so SQS redelivers only
+those (ReportBatchItemFailures).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.utilities.data_classes import SQSEvent
+
+from pipeline.factory import build_service
+from pipeline.service import ClassificationService, deadline_from
+from pipeline.settings import Settings
+
+logger = Logger(service="imgpipe")
+metrics = Metrics(namespace="imgpipe", service="imgpipe")
+tracer = Tracer(service="imgpipe")
+_service: ClassificationService | None = None
+
+
+def get_service() -> ClassificationService:
+    """Built once per container: model download + verification + session happen here."""
+    global _service
+    if _service is None:
+        _service = build_service(Settings.from_env(os.environ), logger=logger)
+    return _service
+
+
+@logger.inject_lambda_context(clear_state=True)
+@tracer.capture_lambda_handler(capture_response=False)
+@metrics.log_metrics
+def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    service = get_service()
+    messages = [(r.message_id, r.body) for r in SQSEvent(event).records]
+    report = service.process_messages(messages, remaining_ms=deadline_from(context))
+    for status, count in report.counts().items():
+        metrics.add_metric(name=f"Images{status.capitalize()}", unit=MetricUnit.Count,
+                           value=count)
+    metrics.add_metric(name="MessagesFailed", unit=MetricUnit.Count,
+                       value=len(report.failed_message_ids))
+    logger.info("batch done", extra={"messages": len(messages), "counts": report.counts(),
+                                     "failed_messages": len(report.failed_message_ids)})
+    return report.response()

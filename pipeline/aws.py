@@ -1,0 +1,265 @@
+"""Adapters between the core and AWS: S3 objects in, JSON documents and DynamoDB items out.
+
+Every AWS error is translated into the core's error family in one place
+(`translate_client_error`), so nothing else in `pipeline/` matches error codes. Clients are
+built by `create_clients` (the factory) or passed in, never at import time.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from pipeline.errors import GoneError, ImgpipeError, PermanentError, SupersededError, TransientError
+from pipeline.events import ObjectRef
+from pipeline.records import PredictionRecord
+from pipeline.settings import Settings
+
+__all__ = [
+    "Clients",
+    "DynamoResultSink",
+    "FetchedObject",
+    "S3ObjectStore",
+    "create_clients",
+    "translate_client_error",
+]
+
+_GONE = {"NoSuchKey", "NoSuchBucket", "404", "NotFound", "AccessDenied", "403"}
+_SUPERSEDED = {"PreconditionFailed", "412"}
+_TRANSIENT = {
+    "SlowDown", "503", "500", "InternalError", "ServiceUnavailable", "RequestTimeout",
+    "RequestTimeoutException", "Throttling", "ThrottlingException", "ThrottledException",
+    "ProvisionedThroughputExceededException", "RequestLimitExceeded", "TooManyRequestsException",
+    "TransactionConflictException", "LimitExceededException",
+}
+
+
+def translate_client_error(error: Exception, what: str) -> ImgpipeError:
+    """Map a botocore error to `GoneError` / `SupersededError` / `TransientError`.
+
+    Unknown errors are treated as transient: redelivery (and, after maxReceiveCount, the
+    DLQ with the body intact) loses nothing, while a wrong `rejected` would.
+    """
+    code = _error_code(error)
+    if code in _GONE:
+        return GoneError(f"{what}: the object no longer exists ({code})")
+    if code in _SUPERSEDED:
+        return SupersededError(f"{what}: the object changed since the event was sent ({code})")
+    if code in _TRANSIENT:
+        return TransientError(f"{what}: {code}, will retry")
+    return TransientError(f"{what}: {code or type(error).__name__}: {error}")
+
+
+def _error_code(error: Exception) -> str:
+    response = getattr(error, "response", None)
+    if isinstance(response, Mapping):
+        err = response.get("Error", {})
+        code = str(err.get("Code", "") or "")
+        if code:
+            return code
+        status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        if status:
+            return str(status)
+    return ""
+
+
+@dataclass(frozen=True)
+class Clients:
+    s3: Any
+    dynamodb: Any
+
+
+def create_clients(settings: Settings, session: Any | None = None) -> Clients:
+    """boto3 clients with retries on throttling (standard mode: backoff with jitter)."""
+    import boto3
+    from botocore.config import Config
+
+    session = session or boto3.session.Session()
+    config = Config(
+        retries={"max_attempts": 5, "mode": "standard"},
+        connect_timeout=5,
+        read_timeout=30,
+        max_pool_connections=32,
+    )
+    kwargs: dict[str, Any] = {"config": config, "region_name": settings.region}
+    if settings.endpoint_url:
+        kwargs["endpoint_url"] = settings.endpoint_url
+    return Clients(s3=session.client("s3", **kwargs), dynamodb=session.client("dynamodb", **kwargs))
+
+
+@dataclass(frozen=True)
+class FetchedObject:
+    data: bytes
+    etag: str | None
+    version_id: str | None
+
+
+class S3ObjectStore:
+    """Reads input objects and writes output documents."""
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+
+    def get(self, ref: ObjectRef, max_bytes: int) -> FetchedObject:
+        """Read `ref` as it was when the event was sent.
+
+        With a known ETag the read is conditional (`IfMatch`): an object overwritten in
+        between raises `SupersededError` (its own event will handle the new content). An
+        object over `max_bytes` is refused without downloading it.
+        """
+        if ref.size is not None and ref.size > max_bytes:
+            raise PermanentError(_too_big(ref.size, max_bytes))
+        kwargs: dict[str, Any] = {"Bucket": ref.bucket, "Key": ref.key}
+        if ref.etag:
+            kwargs["IfMatch"] = f'"{ref.etag}"'
+        try:
+            resp = self.client.get_object(**kwargs)
+        except Exception as e:
+            raise translate_client_error(e, f"reading {ref.uri}") from e
+        body = resp["Body"]
+        try:
+            length = int(resp.get("ContentLength", 0) or 0)
+            if length > max_bytes:
+                raise PermanentError(_too_big(length, max_bytes))
+            data = body.read()
+        except ImgpipeError:
+            raise
+        except Exception as e:  # connection reset mid-body and friends
+            raise TransientError(f"reading {ref.uri}: {type(e).__name__}: {e}") from e
+        finally:
+            body.close()
+        etag = str(resp.get("ETag", "")).strip('"') or ref.etag
+        return FetchedObject(data=data, etag=etag, version_id=resp.get("VersionId") or None)
+
+    def put_json(self, bucket: str, key: str, document: Mapping[str, Any]) -> None:
+        body = json.dumps(document, ensure_ascii=False, indent=2).encode("utf-8")
+        try:
+            self.client.put_object(
+                Bucket=bucket, Key=key, Body=body, ContentType="application/json"
+            )
+        except Exception as e:
+            raise translate_client_error(e, f"writing s3://{bucket}/{key}") from e
+
+
+class DynamoResultSink:
+    """The predictions table: one item per (image, model), written conditionally."""
+
+    def __init__(self, client: Any, table: str) -> None:
+        from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
+
+        self.client = client
+        self.table = table
+        self._ser = TypeSerializer()
+        self._de = TypeDeserializer()
+
+    def get_many(
+        self, keys: Iterable[tuple[str, str]]
+    ) -> dict[tuple[str, str], PredictionRecord]:
+        """Existing records for (image, model) pairs: BatchGetItem, 100 keys a call."""
+        wanted = list(dict.fromkeys(keys))
+        found: dict[tuple[str, str], PredictionRecord] = {}
+        for start in range(0, len(wanted), 100):
+            request: dict[str, Any] = {
+                self.table: {
+                    "Keys": [
+                        {"image": {"S": image}, "model": {"S": model}}
+                        for image, model in wanted[start:start + 100]
+                    ],
+                    "ConsistentRead": True,
+                }
+            }
+            for _ in range(8):
+                try:
+                    resp = self.client.batch_get_item(RequestItems=request)
+                except Exception as e:
+                    raise translate_client_error(e, f"reading table {self.table}") from e
+                for raw in resp.get("Responses", {}).get(self.table, []):
+                    record = PredictionRecord.from_item(self._deserialize(raw))
+                    found[(record.image, record.model)] = record
+                request = resp.get("UnprocessedKeys") or {}
+                if not request:
+                    break
+            else:
+                raise TransientError(f"reading table {self.table}: keys left unprocessed")
+        return found
+
+    def get(self, image: str, model: str) -> PredictionRecord | None:
+        return self.get_many([(image, model)]).get((image, model))
+
+    def put(self, record: PredictionRecord, expected: PredictionRecord | None) -> bool:
+        """Write `record` only if the stored item is still `expected` (None: no item).
+
+        Returns False when someone else wrote in between; the caller re-reads and decides.
+        """
+        item = {k: self._ser.serialize(v) for k, v in record.to_item().items()}
+        kwargs: dict[str, Any] = {"TableName": self.table, "Item": item}
+        if expected is None:
+            kwargs["ConditionExpression"] = "attribute_not_exists(#i)"
+            kwargs["ExpressionAttributeNames"] = {"#i": "image"}
+        else:
+            kwargs["ConditionExpression"] = "#p = :p"
+            kwargs["ExpressionAttributeNames"] = {"#p": "processed_at"}
+            kwargs["ExpressionAttributeValues"] = {":p": {"S": expected.processed_at}}
+        try:
+            self.client.put_item(**kwargs)
+        except Exception as e:
+            if _error_code(e) == "ConditionalCheckFailedException":
+                return False
+            raise translate_client_error(e, f"writing {record.image} to {self.table}") from e
+        return True
+
+    def query_label(
+        self, model: str, label: str, min_score: float | None = None, limit: int | None = None
+    ) -> list[PredictionRecord]:
+        """All classified images with `label` (by the `by-label` index), best first."""
+        from decimal import Decimal
+
+        kwargs: dict[str, Any] = {
+            "TableName": self.table,
+            "IndexName": "by-label",
+            "KeyConditionExpression": "label_key = :k",
+            "ExpressionAttributeValues": {":k": {"S": f"{model}#{label}"}},
+            "ScanIndexForward": False,
+        }
+        if min_score is not None:
+            kwargs["KeyConditionExpression"] += " AND score >= :s"
+            kwargs["ExpressionAttributeValues"][":s"] = self._ser.serialize(
+                Decimal(str(min_score))
+            )
+        out: list[PredictionRecord] = []
+        while True:
+            try:
+                resp = self.client.query(**kwargs)
+            except Exception as e:
+                raise translate_client_error(e, f"querying {self.table}") from e
+            out.extend(PredictionRecord.from_item(self._deserialize(i)) for i in resp["Items"])
+            if limit is not None and len(out) >= limit:
+                return out[:limit]
+            if "LastEvaluatedKey" not in resp:
+                return out
+            kwargs["ExclusiveStartKey"] = resp["LastEvaluatedKey"]
+
+    def scan_all(self, page_size: int = 500) -> Sequence[PredictionRecord]:
+        out: list[PredictionRecord] = []
+        kwargs: dict[str, Any] = {"TableName": self.table, "Limit": page_size}
+        while True:
+            try:
+                resp = self.client.scan(**kwargs)
+            except Exception as e:
+                raise translate_client_error(e, f"scanning {self.table}") from e
+            out.extend(PredictionRecord.from_item(self._deserialize(i)) for i in resp["Items"])
+            if "LastEvaluatedKey" not in resp:
+                return out
+            kwargs["ExclusiveStartKey"] = resp["LastEvaluatedKey"]
+
+    def _deserialize(self, raw: Mapping[str, Any]) -> dict[str, Any]:
+        return {k: self._de.deserialize(v) for k, v in raw.items()}
+
+
+def _too_big(size: int, limit: int) -> str:
+    return (
+        f"file too large: {size:,} bytes exceeds the {limit:,}-byte limit "
+        f"(IMGPIPE_MAX_OBJECT_BYTES)"
+    )

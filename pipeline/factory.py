@@ -1,0 +1,47 @@
+"""Wiring: builds the clients, the model session and the service from settings.
+
+The only place that decides which concrete adapters the core gets; handlers, the CLI and
+the local stack all come through here, and tests can pass their own clients.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pipeline.aws import Clients, DynamoResultSink, S3ObjectStore, create_clients
+from pipeline.classifier import Classifier
+from pipeline.decode import DecodeLimits
+from pipeline.modelstore import resolve_model
+from pipeline.service import ClassificationService
+from pipeline.settings import Settings
+
+__all__ = ["build_classifier", "build_service"]
+
+
+def build_classifier(settings: Settings, s3_client: Any = None) -> Classifier:
+    manifest = resolve_model(settings.model_source, settings.model_cache_dir, s3_client)
+    return Classifier(
+        manifest,
+        batch_size=settings.batch_size,
+        decode_workers=settings.decode_workers or None,
+        limits=DecodeLimits(max_pixels=settings.max_pixels,
+                            max_bytes=settings.max_object_bytes),
+    )
+
+
+def build_service(
+    settings: Settings,
+    clients: Clients | None = None,
+    classifier: Classifier | None = None,
+    logger: Any = None,
+) -> ClassificationService:
+    """The service for `settings`; fails fast (ModelError) if the model is missing or corrupt."""
+    clients = clients or create_clients(settings)
+    classifier = classifier or build_classifier(settings, clients.s3)
+    return ClassificationService(
+        classifier,
+        S3ObjectStore(clients.s3),
+        DynamoResultSink(clients.dynamodb, settings.table_name),
+        settings,
+        logger=logger,
+    )

@@ -1,0 +1,361 @@
+"""The one core call both entry points make: object references in, records out.
+
+`ClassificationService.process(refs)`:
+
+1. collapse duplicates in the batch (same object and ETag; for one key the newest event);
+2. read the existing records for (image, model) in one BatchGetItem and skip what is
+   already done (same ETag) or newer (sequencer) - no inference, no write;
+3. fetch (conditional on ETag) and decode in the classifier's thread pool, batched
+   inference;
+4. write the JSON document first, then the DynamoDB item with a condition on what was read
+   in step 2, so a crash between the two writes, a redelivery or a concurrent writer all
+   converge on exactly one output and one record.
+
+Each reference gets an `Outcome`. Transient faults become `failed` outcomes (the caller
+turns them into batch item failures); they never become `rejected` records.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal, Protocol
+
+from pipeline.classifier import Classifier
+from pipeline.errors import (
+    GoneError,
+    ImgpipeError,
+    PermanentError,
+    SupersededError,
+    TransientError,
+)
+from pipeline.events import ObjectRef, ParsedMessage, parse_message_body
+from pipeline.keys import compare_sequencers, output_key_for
+from pipeline.records import PredictionRecord, classified_record, gone_record, rejected_record
+from pipeline.settings import Settings
+
+__all__ = [
+    "ClassificationService",
+    "Outcome",
+    "OutcomeStatus",
+    "BatchReport",
+    "ObjectStore",
+    "ResultSink",
+    "FetchedLike",
+]
+
+OutcomeStatus = Literal[
+    "classified",  # new record written
+    "rejected",  # bad image: rejected record written
+    "gone",  # deleted before it was read: gone record written (or one already there)
+    "skipped",  # already done for this ETag and model, or a newer result stands
+    "superseded",  # overwritten since the event: the newer object's event handles it
+    "failed",  # transient: retry (batch item failure)
+]
+
+log = logging.getLogger("imgpipe")
+
+
+class FetchedLike(Protocol):
+    data: bytes
+    etag: str | None
+    version_id: str | None
+
+
+class ObjectStore(Protocol):
+    def get(self, ref: ObjectRef, max_bytes: int) -> FetchedLike: ...
+
+    def put_json(self, bucket: str, key: str, document: Mapping[str, Any]) -> None: ...
+
+
+class ResultSink(Protocol):
+    def get_many(
+        self, keys: Iterable[tuple[str, str]]
+    ) -> dict[tuple[str, str], PredictionRecord]: ...
+
+    def put(self, record: PredictionRecord, expected: PredictionRecord | None) -> bool: ...
+
+
+@dataclass(frozen=True)
+class Outcome:
+    ref: ObjectRef
+    status: OutcomeStatus
+    detail: str = ""
+    record: PredictionRecord | None = None
+
+
+@dataclass
+class BatchReport:
+    """What became of an SQS batch: the failed message IDs and per-object outcomes."""
+
+    failed_message_ids: list[str] = field(default_factory=list)
+    outcomes: list[tuple[str, Outcome]] = field(default_factory=list)
+    skipped: list[tuple[str, str, str]] = field(default_factory=list)  # (msg id, what, why)
+
+    def counts(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for _, o in self.outcomes:
+            counts[o.status] = counts.get(o.status, 0) + 1
+        return counts
+
+    def response(self) -> dict[str, list[dict[str, str]]]:
+        return {"batchItemFailures": [{"itemIdentifier": m} for m in self.failed_message_ids]}
+
+
+class ClassificationService:
+    def __init__(
+        self,
+        classifier: Classifier,
+        store: ObjectStore,
+        sink: ResultSink,
+        settings: Settings,
+        *,
+        clock: Callable[[], datetime] | None = None,
+        logger: Any = None,
+    ) -> None:
+        self.classifier = classifier
+        self.store = store
+        self.sink = sink
+        self.settings = settings
+        self.clock = clock
+        self.log = logger or log
+
+    @property
+    def model_id(self) -> str:
+        return self.classifier.model_id
+
+    # ---- SQS batches -------------------------------------------------------------------
+
+    def process_messages(
+        self,
+        messages: Sequence[tuple[str, str]],
+        remaining_ms: Callable[[], int] | None = None,
+    ) -> BatchReport:
+        """Process (message_id, body) pairs as one batched classification."""
+        report = BatchReport()
+        refs_by_msg: dict[str, list[ObjectRef]] = {}
+        for message_id, body in messages:
+            try:
+                parsed: ParsedMessage = parse_message_body(body)
+            except PermanentError as e:
+                # A body that will never parse: report it so that after maxReceiveCount it
+                # rests in the DLQ, body intact, for a person to look at.
+                self.log.error("unreadable message", extra={"message_id": message_id,
+                                                            "error": str(e)})
+                report.failed_message_ids.append(message_id)
+                continue
+            for what, why in parsed.skipped:
+                report.skipped.append((message_id, what, why))
+                self.log.info("skipped", extra={"message_id": message_id, "object": what,
+                                                "reason": why})
+            refs_by_msg[message_id] = list(parsed.refs)
+
+        all_refs = [r for refs in refs_by_msg.values() for r in refs]
+        outcomes = self.process(all_refs, remaining_ms=remaining_ms)
+        # `process` answers in the order of the distinct refs it was given.
+        by_ref = dict(zip(dict.fromkeys(all_refs), outcomes, strict=True))
+        for message_id, refs in refs_by_msg.items():
+            failed = False
+            for ref in refs:
+                outcome = by_ref[ref]
+                report.outcomes.append((message_id, outcome))
+                failed = failed or outcome.status == "failed"
+                self._log_outcome(message_id, outcome)
+            if failed:
+                report.failed_message_ids.append(message_id)
+        return report
+
+    def _log_outcome(self, message_id: str | None, o: Outcome) -> None:
+        extra: dict[str, Any] = {"object_key": o.ref.key, "bucket": o.ref.bucket,
+                                 "status": o.status, "model": self.model_id}
+        if message_id:
+            extra["message_id"] = message_id
+        if o.detail:
+            extra["detail"] = o.detail
+        if o.record is not None and o.record.label:
+            extra["label"] = o.record.label
+            extra["score"] = o.record.score
+        level = logging.WARNING if o.status in ("failed", "rejected") else logging.INFO
+        self.log.log(level, o.status, extra=extra)
+
+    # ---- the core call -----------------------------------------------------------------
+
+    def process(
+        self,
+        refs: Sequence[ObjectRef],
+        *,
+        overwrite: bool = False,
+        remaining_ms: Callable[[], int] | None = None,
+    ) -> list[Outcome]:
+        """Classify `refs` and write their records; one `Outcome` per distinct ref."""
+        if not refs:
+            return []
+        model = self.model_id
+        unique = list(dict.fromkeys(refs))
+        superseded_in_batch = _older_duplicates(unique)
+        try:
+            existing = self.sink.get_many((r.uri, model) for r in unique)
+        except TransientError as e:
+            return [Outcome(r, "failed", str(e)) for r in unique]
+
+        results: dict[ObjectRef, Outcome] = {}
+        todo: list[ObjectRef] = []
+        for ref in unique:
+            if ref in superseded_in_batch:
+                results[ref] = Outcome(ref, "skipped", superseded_in_batch[ref])
+                continue
+            reason = None if overwrite else _already_done(ref, existing.get((ref.uri, model)))
+            if reason:
+                results[ref] = Outcome(ref, "skipped", reason)
+            else:
+                todo.append(ref)
+
+        fetched: dict[int, FetchedLike] = {}
+        margin = self.settings.timeout_margin_ms
+
+        def loader(i: int, ref: ObjectRef) -> Callable[[], bytes]:
+            def load() -> bytes:
+                if remaining_ms is not None and remaining_ms() < margin:
+                    raise TransientError("not started: the invocation is close to its timeout")
+                obj = self.store.get(ref, self.settings.max_object_bytes)
+                fetched[i] = obj
+                return obj.data
+
+            return load
+
+        for result in self.classifier.classify_many(
+            (i, loader(i, ref)) for i, ref in enumerate(todo)
+        ):
+            ref = todo[result.key]
+            obj = fetched.get(result.key)
+            if obj is not None:
+                ref = _with_object_facts(ref, obj)
+            results[todo[result.key]] = self._finish(
+                ref, result.prediction, result.error, result.nbytes,
+                existing.get((ref.uri, model)), overwrite,
+            )
+        return [results[r] for r in unique]
+
+    def _finish(
+        self,
+        ref: ObjectRef,
+        prediction: Any,
+        error: BaseException | None,
+        nbytes: int | None,
+        expected: PredictionRecord | None,
+        overwrite: bool,
+    ) -> Outcome:
+        model = self.model_id
+        now = self.clock() if self.clock else None
+        if isinstance(error, SupersededError):
+            return Outcome(ref, "superseded", str(error))
+        if isinstance(error, GoneError):
+            if expected is not None:
+                return Outcome(ref, "gone", "deleted; the existing record stays", expected)
+            record = gone_record(ref, model, now)
+        elif isinstance(error, PermanentError):
+            record = rejected_record(ref, model, str(error), now, nbytes=nbytes)
+        elif error is not None:
+            detail = str(error) if isinstance(error, ImgpipeError) else (
+                f"{type(error).__name__}: {error}")
+            return Outcome(ref, "failed", detail)
+        else:
+            out_key = output_key_for(ref.key, model, self.settings.output_prefix)
+            record = classified_record(ref, model, prediction, out_key, now)
+        return self._write(record, ref, expected, overwrite)
+
+    def _write(
+        self,
+        record: PredictionRecord,
+        ref: ObjectRef,
+        expected: PredictionRecord | None,
+        overwrite: bool,
+    ) -> Outcome:
+        try:
+            if record.status == "classified" and record.output_key:
+                bucket = self.settings.output_bucket or ref.bucket
+                self.store.put_json(bucket, record.output_key, record.to_document())
+            for _attempt in range(3):
+                if self.sink.put(record, expected):
+                    return Outcome(ref, record.status, record.error or "", record)
+                # Someone wrote in between: decide again against what is there now.
+                current = self.sink.get_many([(record.image, record.model)])
+                expected = current.get((record.image, record.model))
+                reason = None if overwrite else _already_done(ref, expected)
+                if reason:
+                    return Outcome(ref, "skipped", reason, expected)
+            return Outcome(ref, "failed", "the record kept changing under concurrent writers")
+        except TransientError as e:
+            return Outcome(ref, "failed", str(e))
+        except ImgpipeError as e:  # a put never raises Gone/Superseded; be safe anyway
+            return Outcome(ref, "failed", str(e))
+
+
+def _older_duplicates(refs: Sequence[ObjectRef]) -> dict[ObjectRef, str]:
+    """Events in one batch that another event for the same key makes pointless.
+
+    The same object (key and ETag) twice: the later one is dropped. Two versions with
+    known sequencers: the older is dropped. Two versions without sequencers are both kept:
+    the conditional read (IfMatch) lets only the current one through.
+    """
+    dropped: dict[ObjectRef, str] = {}
+    by_key: dict[str, list[ObjectRef]] = {}
+    for ref in refs:
+        by_key.setdefault(ref.uri, []).append(ref)
+    for group in by_key.values():
+        for i, ref in enumerate(group):
+            for other in group[:i] + group[i + 1:]:
+                if other in dropped:
+                    continue
+                order = compare_sequencers(ref.sequencer, other.sequencer)
+                if order is not None and order < 0:
+                    dropped[ref] = "a newer event for this key is in the same batch"
+                    break
+                same_object = ref.etag and ref.etag == other.etag and order in (None, 0)
+                if same_object and group.index(other) < i:
+                    dropped[ref] = "the same object appears earlier in the batch"
+                    break
+    return dropped
+
+
+def _already_done(ref: ObjectRef, existing: PredictionRecord | None) -> str | None:
+    """Why `ref` needs no work given the stored record, or None if it does."""
+    if existing is None:
+        return None
+    if ref.etag and existing.etag == ref.etag and existing.status != "gone":
+        return f"already {existing.status} for this ETag and model"
+    order = compare_sequencers(ref.sequencer, existing.sequencer)
+    if order is not None and order < 0:
+        return "a newer event's result is already stored"
+    if order == 0 and existing.status != "gone":
+        return f"already {existing.status} for this event"
+    return None
+
+
+def _with_object_facts(ref: ObjectRef, obj: FetchedLike) -> ObjectRef:
+    """Fill in what the read told us (events from listings or EventBridge may lack some)."""
+    from dataclasses import replace
+
+    changes: dict[str, Any] = {}
+    if obj.etag and not ref.etag:
+        changes["etag"] = obj.etag
+    if obj.version_id and not ref.version_id:
+        changes["version_id"] = obj.version_id
+    if ref.size is None:
+        changes["size"] = len(obj.data)
+    return replace(ref, **changes) if changes else ref
+
+
+def deadline_from(context: Any) -> Callable[[], int] | None:
+    """`remaining_ms` for a Lambda context (None outside Lambda)."""
+    fn = getattr(context, "get_remaining_time_in_millis", None)
+    return fn if callable(fn) else None
+
+
+def monotonic_deadline(seconds: float) -> Callable[[], int]:
+    """A `remaining_ms` for the local stack, which emulates Lambda's timeout."""
+    end = time.monotonic() + seconds
+    return lambda: int((end - time.monotonic()) * 1000)

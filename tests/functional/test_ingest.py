@@ -1,0 +1,317 @@
+"""RELIABILITY.md "Delivery" and "Faults", line by line, through the real ingest handler
+(moto in-process, the real model)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+import handlers.ingest
+from pipeline.errors import ModelError, TransientError
+from tests.functional.conftest import (
+    BUCKET,
+    MODEL,
+    Context,
+    Harness,
+    s3_event,
+    sample,
+    sqs_event,
+)
+
+
+def invoke(*bodies: str, remaining_ms: int = 120_000) -> tuple[dict[str, Any], list[str]]:
+    event, ids = sqs_event(*bodies)
+    return handlers.ingest.handler(event, Context(remaining_ms)), ids
+
+
+def failed_ids(response: dict[str, Any]) -> list[str]:
+    return [f["itemIdentifier"] for f in response["batchItemFailures"]]
+
+
+def test_a_photo_gets_one_record_and_one_output_document(harness: Harness) -> None:
+    obj = harness.upload("incoming/coffee.jpg", sample("coffee.jpg"))
+    response, _ = invoke(s3_event(obj))
+    assert response == {"batchItemFailures": []}
+    rec = harness.record("incoming/coffee.jpg")
+    assert rec is not None
+    assert rec["status"] == "classified"
+    assert rec["label"] == "espresso"
+    assert rec["label_key"] == f"{MODEL}#espresso"
+    assert rec["etag"] == obj["etag"]
+    assert (rec["width"], rec["height"], rec["format"]) == (600, 400, "JPEG")
+    assert len(rec["top_k"]) == 5
+    assert harness.outputs() == [rec["output_key"]]
+    doc = json.loads(harness.s3.get_object(Bucket=BUCKET, Key=rec["output_key"])["Body"].read())
+    assert doc["image"] == f"s3://{BUCKET}/incoming/coffee.jpg"
+    assert doc["label"] == "espresso" and doc["model"] == MODEL
+
+
+def test_the_same_event_twice_in_one_batch_and_redelivered_later(harness: Harness) -> None:
+    obj = harness.upload("incoming/cat.jpg", sample("chelsea.jpg"))
+    body = s3_event(obj)
+    response, _ = invoke(body, body)
+    assert failed_ids(response) == []
+    assert harness.images_classified() == 1
+    first = harness.record("incoming/cat.jpg")
+
+    response, _ = invoke(body)  # redelivery later
+    assert failed_ids(response) == []
+    assert harness.images_classified() == 1, "a duplicate must not run inference again"
+    assert harness.record("incoming/cat.jpg") == first, "a duplicate must not write again"
+    assert len(harness.outputs()) == 1
+
+
+def test_a_second_identical_upload_is_not_recomputed(harness: Harness) -> None:
+    data = sample("rocket.jpg")
+    first = harness.upload("incoming/rocket.jpg", data)
+    invoke(s3_event(first))
+    second = harness.upload("incoming/rocket.jpg", data)  # same bytes, same ETag
+    assert second["etag"] == first["etag"]
+    invoke(s3_event(second))
+    assert harness.images_classified() == 1
+    assert len(harness.all_records()) == 1
+
+
+def test_events_out_of_order_the_newest_result_stands(harness: Harness) -> None:
+    old = harness.upload("incoming/photo.jpg", sample("coffee.jpg"))
+    new = harness.upload("incoming/photo.jpg", sample("chelsea.jpg"))
+    old_event = s3_event({**old, "sequencer": "0065A0000000000001"})
+    new_event = s3_event({**new, "sequencer": "0065A0000000000002"})
+    response, _ = invoke(new_event)
+    assert failed_ids(response) == []
+    response, _ = invoke(old_event)  # the older event arrives last
+    assert failed_ids(response) == []
+    rec = harness.record("incoming/photo.jpg")
+    assert rec is not None
+    assert rec["etag"] == new["etag"]
+    assert "cat" in rec["label"]
+    assert harness.images_classified() == 1, "the stale event must not even be read"
+
+
+def test_both_versions_in_one_batch_without_sequencers(harness: Harness) -> None:
+    old = harness.upload("incoming/photo.jpg", sample("coffee.jpg"))
+    new = harness.upload("incoming/photo.jpg", sample("chelsea.jpg"))
+    response, _ = invoke(s3_event(new), s3_event(old))
+    assert failed_ids(response) == []
+    rec = harness.record("incoming/photo.jpg")
+    assert rec is not None and rec["etag"] == new["etag"]
+    assert len(harness.all_records()) == 1
+
+
+def test_object_overwritten_between_event_and_read_is_superseded(harness: Harness) -> None:
+    old = harness.upload("incoming/photo.jpg", sample("coffee.jpg"))
+    new = harness.upload("incoming/photo.jpg", sample("chelsea.jpg"))
+    response, _ = invoke(s3_event(old))  # the event for the old content, read after overwrite
+    assert failed_ids(response) == [], "412 means superseded, not an error"
+    assert harness.record("incoming/photo.jpg") is None
+    invoke(s3_event(new))
+    rec = harness.record("incoming/photo.jpg")
+    assert rec is not None and rec["etag"] == new["etag"]
+
+
+def test_object_deleted_before_it_is_read_gets_a_gone_record(harness: Harness) -> None:
+    obj = harness.upload("incoming/deleted.jpg", sample("coffee.jpg"))
+    harness.s3.delete_object(Bucket=BUCKET, Key="incoming/deleted.jpg")
+    response, _ = invoke(s3_event(obj))
+    assert failed_ids(response) == [], "gone is final: no retry loop"
+    rec = harness.record("incoming/deleted.jpg")
+    assert rec is not None and rec["status"] == "gone"
+    assert harness.outputs() == []
+
+
+def test_s3_test_event_is_acknowledged_and_skipped(harness: Harness, load_event: Any) -> None:
+    body = json.dumps(load_event("s3_test_event"))
+    response, _ = invoke(body)
+    assert response == {"batchItemFailures": []}
+    assert harness.all_records() == []
+
+
+def test_one_message_with_several_records_processes_all(harness: Harness) -> None:
+    a = harness.upload("incoming/a.jpg", sample("coffee.jpg"))
+    b = harness.upload("incoming/b.jpg", sample("rocket.jpg"))
+    c = harness.upload("incoming/c.jpg", sample("chelsea.jpg"))
+    response, _ = invoke(s3_event(a, b, c))
+    assert failed_ids(response) == []
+    assert {harness.record(k)["status"] for k in ("incoming/a.jpg", "incoming/b.jpg",
+                                                   "incoming/c.jpg")} == {"classified"}
+
+
+@pytest.mark.parametrize("key", [
+    "incoming/holiday photos/beach day.jpg",
+    "incoming/a+b=c.jpg",
+    "incoming/100% real.jpg",
+    "incoming/café/crème brûlée 東京.jpg",
+    "incoming/2026/11/22/deep/er/still/photo.jpg",
+    "incoming/UPPER.JPG",
+    "incoming/photo.jpeg",
+    "incoming/no-extension",
+    "incoming/wrong-extension.png",
+])
+def test_odd_keys_are_decoded_and_the_content_decides(harness: Harness, key: str) -> None:
+    obj = harness.upload(key, sample("coffee.jpg"))
+    response, _ = invoke(s3_event(obj))
+    assert failed_ids(response) == []
+    rec = harness.record(key)
+    assert rec is not None, f"no record under the decoded key {key!r}"
+    assert rec["status"] == "classified" and rec["label"] == "espresso"
+
+
+def test_folder_markers_and_non_images_never_crash_the_batch(harness: Harness) -> None:
+    folder = harness.upload("incoming/photos/", b"")
+    text = harness.upload("incoming/notes.txt", b"hello, this is not a photo\n")
+    video = harness.upload("incoming/clip.mp4", b"\x00\x00\x00\x18ftypmp42" + b"\x00" * 64)
+    good = harness.upload("incoming/ok.jpg", sample("coffee.jpg"))
+    response, _ = invoke(s3_event(folder), s3_event(text, video), s3_event(good))
+    assert failed_ids(response) == []
+    assert harness.record("incoming/photos/") is None
+    txt = harness.record("incoming/notes.txt")
+    mp4 = harness.record("incoming/clip.mp4")
+    assert txt is not None and txt["status"] == "rejected" and "not an image" in txt["error"]
+    assert mp4 is not None and mp4["status"] == "rejected" and "video" in mp4["error"]
+    assert harness.record("incoming/ok.jpg")["status"] == "classified"
+    assert len(harness.outputs()) == 1, "only classified records get an output document"
+
+
+class FlakyS3:
+    """Wraps the S3 client: get_object fails for chosen keys until `heal()`."""
+
+    def __init__(self, inner: Any, failing: set[str], code: str = "SlowDown") -> None:
+        self.inner = inner
+        self.failing = failing
+        self.code = code
+        self.calls = 0
+
+    def heal(self) -> None:
+        self.failing = set()
+
+    def get_object(self, **kwargs: Any) -> Any:
+        from botocore.exceptions import ClientError
+
+        self.calls += 1
+        if kwargs["Key"] in self.failing:
+            raise ClientError({"Error": {"Code": self.code, "Message": "Please reduce your "
+                                         "request rate."},
+                               "ResponseMetadata": {"HTTPStatusCode": 503}}, "GetObject")
+        return self.inner.get_object(**kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+def test_transient_failures_report_exactly_those_messages(harness: Harness) -> None:
+    ok = harness.upload("incoming/ok.jpg", sample("coffee.jpg"))
+    bad = harness.upload("incoming/slow.jpg", sample("rocket.jpg"))
+    flaky = FlakyS3(harness.s3, {"incoming/slow.jpg"})
+    harness.service.store.client = flaky  # type: ignore[attr-defined]
+    response, ids = invoke(s3_event(ok), s3_event(bad))
+    assert failed_ids(response) == [ids[1]]
+    assert harness.record("incoming/slow.jpg") is None, "a transient fault is not a rejection"
+    flaky.heal()
+    response, _ = invoke(s3_event(bad))  # SQS redelivers it; the fault has cleared
+    assert failed_ids(response) == []
+    assert harness.record("incoming/slow.jpg")["status"] == "classified"
+
+
+def test_an_all_failed_batch_reports_every_message(harness: Harness) -> None:
+    objs = [harness.upload(f"incoming/{i}.jpg", sample("coffee.jpg")) for i in range(3)]
+    harness.service.store.client = FlakyS3(  # type: ignore[attr-defined]
+        harness.s3, {o["key"] for o in objs}, code="InternalError")
+    response, ids = invoke(*(s3_event(o) for o in objs))
+    assert sorted(failed_ids(response)) == sorted(ids)
+    assert all(mid for mid in failed_ids(response))
+
+
+def test_dynamodb_throttling_is_retried_then_converges(harness: Harness) -> None:
+    obj = harness.upload("incoming/t.jpg", sample("coffee.jpg"))
+    sink = harness.service.sink
+    real_put = sink.put
+    state = {"fail": True}
+
+    def throttled_put(record: Any, expected: Any) -> bool:
+        if state["fail"]:
+            raise TransientError("writing to imgpipe-predictions: "
+                                 "ProvisionedThroughputExceededException, will retry")
+        return real_put(record, expected)
+
+    sink.put = throttled_put  # type: ignore[method-assign]
+    response, ids = invoke(s3_event(obj))
+    assert failed_ids(response) == ids
+    assert harness.record("incoming/t.jpg") is None
+    state["fail"] = False
+    response, _ = invoke(s3_event(obj))
+    assert failed_ids(response) == []
+    assert harness.record("incoming/t.jpg")["status"] == "classified"
+    assert len(harness.outputs()) == 1, "the retry overwrote the same output object"
+
+
+def test_crash_after_the_s3_write_yields_one_output_and_one_record(harness: Harness) -> None:
+    obj = harness.upload("incoming/c.jpg", sample("chelsea.jpg"))
+    sink = harness.service.sink
+    real_put = sink.put
+
+    def crash(record: Any, expected: Any) -> bool:
+        raise RuntimeError("Lambda crashed between the two writes")
+
+    sink.put = crash  # type: ignore[method-assign]
+    with pytest.raises(RuntimeError):
+        invoke(s3_event(obj))  # the invocation dies: SQS redelivers the whole batch
+    assert len(harness.outputs()) == 1 and harness.record("incoming/c.jpg") is None
+    sink.put = real_put  # type: ignore[method-assign]
+    response, _ = invoke(s3_event(obj))
+    assert failed_ids(response) == []
+    assert len(harness.outputs()) == 1
+    assert harness.record("incoming/c.jpg")["status"] == "classified"
+
+
+def test_close_to_the_timeout_nothing_new_starts_and_the_rest_fail(harness: Harness) -> None:
+    objs = [harness.upload(f"incoming/{i}.jpg", sample("coffee.jpg")) for i in range(2)]
+    response, ids = invoke(*(s3_event(o) for o in objs), remaining_ms=2_000)
+    assert sorted(failed_ids(response)) == sorted(ids)
+    assert harness.all_records() == []
+
+
+def test_unreadable_message_is_reported_so_it_reaches_the_dlq(harness: Harness) -> None:
+    obj = harness.upload("incoming/ok.jpg", sample("coffee.jpg"))
+    response, ids = invoke("this is not json", s3_event(obj))
+    assert failed_ids(response) == [ids[0]]
+    assert harness.record("incoming/ok.jpg")["status"] == "classified"
+
+
+def test_a_corrupt_model_fails_fast_and_rejects_nothing(tmp_path: Any, aws: Any) -> None:
+    import shutil
+
+    from pipeline.factory import build_service
+    from pipeline.modelstore import default_model_dir
+    from pipeline.settings import Settings
+
+    for name in ("manifest.json", "labels.txt", "efficientnet_lite0.onnx"):
+        shutil.copy(default_model_dir() / name, tmp_path / name)
+    with open(tmp_path / "efficientnet_lite0.onnx", "r+b") as f:
+        f.seek(1000)
+        f.write(b"\x00corrupt\x00")
+    with pytest.raises(ModelError, match="corrupt"):
+        build_service(Settings(model_source=str(tmp_path)), clients=aws)
+    with pytest.raises(ModelError, match="does not exist"):
+        build_service(Settings(model_source=str(tmp_path / "missing")), clients=aws)
+    assert aws.dynamodb.scan(TableName="imgpipe-predictions")["Items"] == []
+
+
+def test_model_from_s3_is_downloaded_once_and_verified(tmp_path: Any, aws: Any) -> None:
+    from pipeline.modelstore import default_model_dir, resolve_model
+
+    aws.s3.create_bucket(Bucket="models")
+    for name in ("manifest.json", "labels.txt", "efficientnet_lite0.onnx"):
+        aws.s3.upload_file(str(default_model_dir() / name), "models", f"lite0/v1/{name}")
+    cache = tmp_path / "cache"
+    manifest = resolve_model("s3://models/lite0/v1", cache, aws.s3)
+    assert manifest.model_id == MODEL
+    assert manifest.onnx_path.is_file() and str(manifest.onnx_path).startswith(str(cache))
+    mtime = manifest.onnx_path.stat().st_mtime_ns
+    again = resolve_model("s3://models/lite0/v1/", cache, aws.s3)
+    assert again.onnx_path.stat().st_mtime_ns == mtime, "second container start: no download"
+    aws.s3.put_object(Bucket="models", Key="lite0/v2/manifest.json",
+                      Body=(default_model_dir() / "manifest.json").read_bytes())
+    with pytest.raises(ModelError, match="cannot download"):
+        resolve_model("s3://models/lite0/v2", cache, aws.s3)
