@@ -57,7 +57,7 @@ _RESAMPLE = {
     "lanczos": Image.Resampling.LANCZOS,
 }
 
-# (prefix, offset, name, allowed?)
+# (prefix, offset, name): `name` must read well before "files"
 _SIGNATURES: tuple[tuple[bytes, int, str], ...] = (
     (b"\xff\xd8\xff", 0, "JPEG"),
     (b"\x89PNG\r\n\x1a\n", 0, "PNG"),
@@ -66,10 +66,10 @@ _SIGNATURES: tuple[tuple[bytes, int, str], ...] = (
     (b"BM", 0, "BMP"),
     (b"II*\x00", 0, "TIFF"),
     (b"MM\x00*", 0, "TIFF"),
-    (b"%PDF", 0, "PDF document"),
-    (b"%!PS", 0, "PostScript/EPS document"),
-    (b"\xc5\xd0\xd3\xc6", 0, "EPS document"),
-    (b"8BPS", 0, "Photoshop (PSD) file"),
+    (b"%PDF", 0, "PDF"),
+    (b"%!PS", 0, "PostScript/EPS"),
+    (b"\xc5\xd0\xd3\xc6", 0, "EPS"),
+    (b"8BPS", 0, "Photoshop (PSD)"),
     (b"PK\x03\x04", 0, "ZIP archive"),
     (b"\x1f\x8b", 0, "gzip archive"),
     (b"\x00\x00\x01\x00", 0, "Windows icon"),
@@ -152,10 +152,15 @@ def _looks_like_text(head: bytes) -> bool:
     try:
         text = head.decode("utf-8")
     except UnicodeDecodeError:
-        # A cut in the middle of a multi-byte character at the end is still text.
-        try:
-            text = head[:-3].decode("utf-8")
-        except UnicodeDecodeError:
+        # A cut in the middle of a multi-byte character at the end is still text: drop the
+        # 1-3 bytes of that character only (dropping 3 could split the one before it).
+        for cut in (1, 2, 3):
+            try:
+                text = head[:-cut].decode("utf-8")
+                break
+            except UnicodeDecodeError:
+                continue
+        else:
             return False
     printable = sum(ch.isprintable() or ch in "\r\n\t" for ch in text)
     return printable >= 0.95 * max(1, len(text))
@@ -187,10 +192,10 @@ def prepare_pixels(
     fmt = sniff_format(bytes(data[:64]))
     try:
         im = Image.open(io.BytesIO(data), formats=[fmt])
-    except Image.DecompressionBombError as e:
-        raise PermanentError(f"image too large: {e}") from e
-    except Image.DecompressionBombWarning as e:
-        raise PermanentError(f"image too large: {e}") from e
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        # Pillow's own check fired at open (its limit is above ours): say the same sentence
+        # ours would, with the header's size, rather than Pillow's DOS-attack wording.
+        raise PermanentError(_bomb_message(data, fmt, limits, e)) from e
     except Exception as e:  # Pillow raises many types for garbage headers
         raise PermanentError(f"not a valid {fmt} image: {_reason(e)}") from e
 
@@ -206,10 +211,11 @@ def _prepare_opened(
     width, height = im.size
     if width < 1 or height < 1:
         raise PermanentError(f"not a valid {fmt} image: it has no pixels ({width}x{height})")
-    if width * height > limits.max_pixels:
+    max_pixels = _effective_max_pixels(limits)
+    if width * height > max_pixels:
         raise PermanentError(
             f"image too large: {width}x{height} pixels exceeds the "
-            f"{_megapixels(limits.max_pixels)} limit"
+            f"{_megapixels(max_pixels)} limit"
         )
     orientation = _orientation(im)
     if orientation in (5, 6, 7, 8):
@@ -260,6 +266,28 @@ def _reason(e: BaseException) -> str:
     return text[:200]
 
 
+def _effective_max_pixels(limits: DecodeLimits) -> int:
+    """Our limit, capped by Pillow's: its DecompressionBombWarning is only an error while
+    the import-time warnings filter survives (pytest, `catch_warnings` and
+    `resetwarnings` drop it), so the cap must not depend on the warnings state."""
+    pillow = Image.MAX_IMAGE_PIXELS
+    return min(limits.max_pixels, pillow) if pillow else limits.max_pixels
+
+
+def _bomb_message(
+    data: bytes, fmt: str, limits: DecodeLimits, error: BaseException
+) -> str:
+    try:  # the format's plugin reads the header only; Pillow's size check is in `open`
+        with Image.OPEN[fmt][0](io.BytesIO(data), "") as header:
+            width, height = header.size
+    except Exception:
+        return f"image too large: {_reason(error)}"
+    limit = _effective_max_pixels(limits)
+    return (
+        f"image too large: {width}x{height} pixels exceeds the {_megapixels(limit)} limit"
+    )
+
+
 def _megapixels(n: int) -> str:
     mp = n / 1_000_000
     return f"{mp:g} MP" if mp >= 1 else f"{n:,}-pixel"
@@ -297,11 +325,14 @@ def _draft_request(
 
 def _to_rgb(im: Image.Image) -> Image.Image:
     mode = im.mode
-    if mode == "RGB":
+    # A tRNS colour key (PNG "RGB"/"L" with `transparency`) is transparency too: without
+    # it, transparent areas would keep their key colour (often black) instead of white.
+    keyed = "transparency" in im.info and mode in ("P", "L", "RGB")
+    if mode == "RGB" and not keyed:
         return im
     if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
         return _high_bit_depth_to_rgb(im)
-    if mode == "P" and "transparency" in im.info or mode in ("PA", "LA", "La", "RGBa"):
+    if keyed or mode in ("PA", "LA", "La", "RGBa"):
         mode = "RGBA"
         im = im.convert("RGBA")
     if mode in ("RGBA",):
@@ -337,8 +368,16 @@ def _resize(im: Image.Image, manifest: ModelManifest) -> Image.Image:
         assert r.shorter_side is not None
         s = r.shorter_side / min(w, h)
         rw, rh = max(tw, round(w * s)), max(th, round(h * s))
-        im = im.resize((rw, rh), resample)
         left, top = (rw - tw) // 2, (rh - th) // 2
+        if rw * rh > 16 * tw * th:
+            # Extreme aspect (1x100000 -> 256x25,600,000, ~20 GB): resize only the source
+            # region that survives the crop. Same recipe, but Pillow's box resampling does
+            # not reproduce resize-then-crop bit for bit, so ordinary images keep the path
+            # below.
+            sx, sy = w / rw, h / rh
+            box = (left * sx, top * sy, (left + tw) * sx, (top + th) * sy)
+            return im.resize((tw, th), resample, box=box)
+        im = im.resize((rw, rh), resample)
         return im.crop((left, top, left + tw, top + th))
     # crop_then_resize: the centred region of the model's aspect, crop_fraction of it.
     crop_w, crop_h = _crop_size(w, h, tw / th, r.crop_fraction)

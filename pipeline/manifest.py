@@ -127,11 +127,22 @@ class ModelManifest:
         else:
             raise ModelError(f"{where}: give either 'labels' (a list) or 'labels_file'")
 
+        if isinstance(labels, str) or not isinstance(labels, Sequence):
+            raise ModelError(f"{where}: 'labels' must be a list of names")
         size = raw["input_size"]
         if isinstance(size, int):
             size = [size, size]
+        if isinstance(size, str) or not isinstance(size, Sequence) or len(size) != 2:
+            raise ModelError(f"{where}: 'input_size' must be a number or [height, width]")
+        for section in ("resize", "normalize"):
+            if not isinstance(raw.get(section, {}), Mapping):
+                raise ModelError(f"{where}: '{section}' must be an object")
         resize_raw = dict(raw.get("resize", {}))
         norm_raw = dict(raw.get("normalize", {}))
+        for key in ("crop_fraction", "shorter_side"):  # compared in validate(): no strings
+            value = resize_raw.get(key)
+            if isinstance(value, bool) or not isinstance(value, (int, float, type(None))):
+                raise ModelError(f"{where}: 'resize.{key}' must be a number, not {value!r}")
         try:
             resize = Resize(**resize_raw)
             normalize = Normalize(
@@ -233,7 +244,7 @@ class ModelManifest:
         if self.activation == "sigmoid" and len(self.labels) == 1:
             raise bad("a one-output sigmoid classifier needs two labels: "
                       "[negative, positive]")
-        if not 1 <= self.top_k:
+        if self.top_k < 1:
             raise bad("'top_k' must be at least 1")
 
     def verify_file(self) -> Path:

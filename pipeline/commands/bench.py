@@ -1,0 +1,58 @@
+"""`imgpipe bench`: measure throughput, cold start and memory; write bench/REPORT.md."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from typing import Any
+
+HELP = "measure throughput, cold start and memory on this machine; write bench/REPORT.md"
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser(
+        "bench",
+        help=HELP,
+        description=HELP + ". Generates 12-megapixel and web-size JPEGs (cached), measures "
+        "the model limit, decode, the core end to end, a naive handler, cold start and peak "
+        "RSS in one run, and prints PASS/FAIL per target. Exit 0 unless it crashed: a "
+        "benchmark reports, it does not gate.",
+    )
+    p.add_argument("--quick", action="store_true",
+                   help="few images and one repeat: a smoke test, not a measurement")
+    p.add_argument("--out", default=None, metavar="DIR",
+                   help="generated images and results.json (default: bench/out)")
+    p.add_argument("--report", default=None, metavar="FILE",
+                   help="the markdown report (default: bench/REPORT.md)")
+    p.add_argument("--images", type=int, default=None, metavar="N",
+                   help="images per set (default 32 x 12 MP and 64 web-size; --quick: 4)")
+    p.add_argument("--repeats", type=int, default=None, metavar="N",
+                   help="timed repeats per measurement, median reported (default 5)")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from pipeline.bench import render_table, render_targets, run_benchmark
+
+    if (args.images is not None and args.images < 1) or (
+        args.repeats is not None and args.repeats < 1
+    ):
+        print("imgpipe bench: --images and --repeats must be at least 1", file=sys.stderr)
+        return 2
+    started = time.perf_counter()
+
+    def progress(msg: str) -> None:
+        print(f"[{time.perf_counter() - started:6.1f}s] {msg}", flush=True)
+
+    result = run_benchmark(args.out, quick=args.quick, images=args.images,
+                           report_path=args.report, repeats=args.repeats, progress=progress)
+    print()
+    print(render_table(result.rows))
+    print()
+    print(render_targets(result.targets))
+    print()
+    for t in result.targets:
+        print(f"{t.verdict}  {t.name}")
+    print(f"\nreport: {result.report_path}\nresults: {result.results_path}")
+    return 0

@@ -1,0 +1,233 @@
+"""The embedded stack: moto's server on 127.0.0.1, provisioned from infra/template.yaml,
+with the ingest handler driven by a Lambda-like SQS poller.
+
+    with LocalStack(port=4566) as stack:
+        stack.resources.bucket  # "imgpipe-local"
+        ...
+
+Everything runs in this process: the emulator in a thread, the poller in another, the
+handler in-process (moto cannot run Lambda code without Docker).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pipeline.errors import ConfigError, ImgpipeError
+from pipeline.local.poller import BatchResult, SqsPoller
+from pipeline.local.provision import LocalResources, provision
+
+__all__ = ["LocalStack", "StackOptions", "local_session", "free_port"]
+
+log = logging.getLogger("imgpipe.local")
+REGION = "us-east-1"
+CREDENTIALS = {"aws_access_key_id": "test", "aws_secret_access_key": "test"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def local_session(region: str = REGION) -> Any:
+    import boto3
+
+    return boto3.session.Session(region_name=region, **CREDENTIALS)
+
+
+@dataclass(frozen=True)
+class StackOptions:
+    port: int = 4566
+    host: str = "127.0.0.1"
+    template: Path | None = None
+    parameters: Mapping[str, str] = field(default_factory=dict)
+    model_source: str = ""
+    log_level: str = "WARNING"  # the handler's Powertools log level
+    retry_visibility_s: int | None = None  # None: the queue's visibility timeout, as on AWS
+    poll: bool = True  # run the ingest poller
+
+
+class LocalStack:
+    def __init__(self, options: StackOptions | None = None,
+                 on_batch: Callable[[BatchResult], None] | None = None) -> None:
+        self.options = options or StackOptions()
+        self.on_batch = on_batch
+        self.endpoint_url = f"http://{self.options.host}:{self.options.port}"
+        self._server: Any = None
+        self.poller: SqsPoller | None = None
+        self.resources: LocalResources | None = None
+        self._saved_env: dict[str, str | None] = {}
+
+    # ---- lifecycle ---------------------------------------------------------------------
+
+    def start(self) -> LocalResources:
+        from moto.server import ThreadedMotoServer
+
+        host, port = self.options.host, self.options.port
+        if not host.startswith("127.") and host not in ("localhost", "::1"):
+            raise ConfigError(f"the local stack only listens on loopback, not {host!r}")
+        if _port_in_use(host, port):
+            raise ConfigError(
+                f"port {port} on {host} is already in use (another `imgpipe local`?); "
+                f"stop it or pick another with --port"
+            )
+        # Step Functions' engine calls back into the server on this port.
+        self._set_env({"MOTO_PORT": str(port)})
+        # The emulator's per-request access log would drown the one line per batch.
+        logging.getLogger("werkzeug").setLevel(logging.ERROR)
+        self._server = ThreadedMotoServer(ip_address=host, port=port, verbose=False)
+        self._server.start()
+        _wait_until_listening(host, port)
+        self._configure_emulator()
+        resources = provision(
+            self.endpoint_url,
+            template_path=self.options.template,
+            parameters=dict(self.options.parameters),
+            region=REGION,
+        )
+        self.resources = resources
+        self._set_env(self.handler_environment(resources))
+        import handlers.ingest
+
+        handlers.ingest._service = None  # a fresh container for this stack
+        if self.options.poll:
+            self.poller = SqsPoller(
+                self.client("sqs"),
+                resources.queue_url,
+                handlers.ingest.handler,
+                function_name=resources.ingest_function,
+                batch_size=resources.batch_size,
+                batching_window_s=resources.batching_window_s,
+                function_timeout_s=resources.function_timeout_s,
+                region=REGION,
+                retry_visibility_s=self.options.retry_visibility_s,
+                on_batch=self.on_batch,
+            )
+            self.poller.start()
+        return resources
+
+    def stop(self) -> None:
+        if self.poller is not None:
+            self.poller.stop()
+            self.poller = None
+        if self._server is not None:
+            self._server.stop()
+            self._server = None
+        for key, value in self._saved_env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        self._saved_env = {}
+
+    def __enter__(self) -> LocalStack:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # ---- helpers -----------------------------------------------------------------------
+
+    def client(self, service: str) -> Any:
+        return local_session().client(service, endpoint_url=self.endpoint_url)
+
+    def handler_environment(self, r: LocalResources) -> dict[str, str]:
+        """What Lambda would set for the ingest function, pointed at the emulator."""
+        env = {
+            "AWS_ENDPOINT_URL": self.endpoint_url,
+            "AWS_ACCESS_KEY_ID": CREDENTIALS["aws_access_key_id"],
+            "AWS_SECRET_ACCESS_KEY": CREDENTIALS["aws_secret_access_key"],
+            "AWS_DEFAULT_REGION": REGION,
+            "AWS_REGION": REGION,
+            "POWERTOOLS_TRACE_DISABLED": "true",
+            "POWERTOOLS_METRICS_DISABLED": "true",
+            "POWERTOOLS_LOG_LEVEL": self.options.log_level,
+            "POWERTOOLS_SERVICE_NAME": "imgpipe",
+        }
+        env.update(r.function_environment)
+        env["IMGPIPE_MODEL"] = self.options.model_source or env.get("IMGPIPE_MODEL", "")
+        return env
+
+    def export_lines(self) -> list[str]:
+        return [
+            f"export AWS_ENDPOINT_URL={self.endpoint_url}",
+            "export AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test",
+            f"export AWS_DEFAULT_REGION={REGION}",
+        ]
+
+    def wait_for_records(
+        self, images: Iterable[str], model: str, timeout_s: float = 60.0,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> dict[str, dict[str, Any]]:
+        """Poll the table until every `s3://...` image has an item for `model`."""
+        from boto3.dynamodb.types import TypeDeserializer
+
+        assert self.resources is not None
+        ddb = self.client("dynamodb")
+        de = TypeDeserializer()
+        wanted = list(dict.fromkeys(images))
+        found: dict[str, dict[str, Any]] = {}
+        deadline = time.monotonic() + timeout_s
+        while len(found) < len(wanted):
+            for image in wanted:
+                if image in found:
+                    continue
+                item = ddb.get_item(
+                    TableName=self.resources.table,
+                    Key={"image": {"S": image}, "model": {"S": model}},
+                    ConsistentRead=True,
+                ).get("Item")
+                if item:
+                    found[image] = {k: de.deserialize(v) for k, v in item.items()}
+            if progress:
+                progress(len(found), len(wanted))
+            if len(found) == len(wanted):
+                break
+            if time.monotonic() > deadline:
+                missing = [w for w in wanted if w not in found]
+                raise ImgpipeError(
+                    f"timed out after {timeout_s:.0f} s waiting for {len(missing)} record(s): "
+                    + ", ".join(missing[:5])
+                )
+            time.sleep(0.25)
+        return found
+
+    def _configure_emulator(self) -> None:
+        import json
+        import urllib.request
+
+        body = json.dumps({"stepfunctions": {"execute_state_machine": True}}).encode()
+        req = urllib.request.Request(f"{self.endpoint_url}/moto-api/config", data=body,
+                                     method="POST", headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            resp.read()
+
+    def _set_env(self, values: Mapping[str, str]) -> None:
+        for key, value in values.items():
+            if key not in self._saved_env:
+                self._saved_env[key] = os.environ.get(key)
+            os.environ[key] = value
+
+
+def _port_in_use(host: str, port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.2)
+        return s.connect_ex((host, port)) == 0
+
+
+def _wait_until_listening(host: str, port: int, timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not _port_in_use(host, port):
+        if time.monotonic() > deadline:
+            raise ImgpipeError(f"the emulator did not start listening on {host}:{port}")
+        time.sleep(0.05)

@@ -1,0 +1,124 @@
+"""End-to-end fixtures: `imgpipe local` as a subprocess, driven with the real aws CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class LocalProcess:
+    proc: subprocess.Popen[str]
+    port: int
+    env: dict[str, str]
+    output: list[str]
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def aws(self, *args: str, check: bool = True) -> Any:
+        """Run the real aws CLI against the stack; parse JSON output when there is some."""
+        cmd = [str(BIN / "aws"), *args]
+        done = subprocess.run(cmd, env=self.env, capture_output=True, text=True, timeout=120)
+        if check and done.returncode != 0:
+            raise AssertionError(f"{' '.join(args)} failed ({done.returncode}):\n"
+                                 f"{done.stdout}\n{done.stderr}")
+        out = done.stdout.strip()
+        if out.startswith(("{", "[")):
+            return json.loads(out)
+        return out
+
+    def wait_for_item(self, table: str, image: str, model: str,
+                      timeout_s: float = 90) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout_s
+        key = json.dumps({"image": {"S": image}, "model": {"S": model}})
+        while time.monotonic() < deadline:
+            resp = self.aws("dynamodb", "get-item", "--table-name", table, "--key", key,
+                            "--consistent-read")
+            if isinstance(resp, dict) and "Item" in resp:
+                return resp["Item"]  # type: ignore[no-any-return]
+            self.assert_alive()
+            time.sleep(0.5)
+        raise AssertionError(f"no item for {image} after {timeout_s} s; stack output:\n"
+                             + "".join(self.output[-40:]))
+
+    def assert_alive(self) -> None:
+        if self.proc.poll() is not None:
+            raise AssertionError("imgpipe local exited:\n" + "".join(self.output))
+
+
+@pytest.fixture(scope="module")
+def local_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalProcess]:
+    port = _free_port()
+    home = tmp_path_factory.mktemp("home")
+    env = {
+        "PATH": f"{BIN}:{os.environ.get('PATH', '')}",
+        "HOME": str(home),  # no ~/.aws config of the person running the tests
+        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+        "AWS_ACCESS_KEY_ID": "test",
+        "AWS_SECRET_ACCESS_KEY": "test",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_PAGER": "",
+        "PYTHONUNBUFFERED": "1",
+    }
+    proc = subprocess.Popen(
+        [str(BIN / "imgpipe"), "local", "--port", str(port)],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    output: list[str] = []
+    assert proc.stdout is not None
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            if proc.poll() is not None:
+                break
+            continue
+        output.append(line)
+        if "Ctrl-C stops it" in line:
+            break
+    else:
+        proc.kill()
+        raise AssertionError("imgpipe local did not come up:\n" + "".join(output))
+    if proc.poll() is not None:
+        raise AssertionError("imgpipe local exited:\n" + "".join(output))
+
+    import threading
+
+    def drain() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            output.append(line)
+
+    threading.Thread(target=drain, daemon=True).start()
+    lp = LocalProcess(proc=proc, port=port, env=env, output=output)
+    yield lp
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise AssertionError("imgpipe local did not stop on SIGTERM") from None
+    assert proc.returncode == 0, "".join(output[-30:])
+    assert any("stopped" in line for line in output)

@@ -1,0 +1,512 @@
+"""infra/template.yaml: lints clean, translates offline with the security configuration
+RELIABILITY.md asks for, and deploys into moto's server with working wiring."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote_plus
+
+import pytest
+
+from pipeline.errors import ConfigError
+from pipeline.local.provision import (
+    DEFAULT_TEMPLATE,
+    LocalResources,
+    adapt_for_emulator,
+    check_parameter_rules,
+    deployed_state_machine_definition,
+    emulator_definition,
+    load_sam_template,
+    provision,
+    resolve_parameters,
+    translate_template,
+)
+
+TEMPLATE = DEFAULT_TEMPLATE
+
+
+@pytest.fixture(scope="module")
+def cfn() -> dict[str, Any]:
+    return translate_template(TEMPLATE, {})
+
+
+def resources_of(template: dict[str, Any], rtype: str) -> dict[str, dict[str, Any]]:
+    return {k: r for k, r in template["Resources"].items() if r["Type"] == rtype}
+
+
+def only(template: dict[str, Any], rtype: str) -> dict[str, Any]:
+    found = resources_of(template, rtype)
+    assert len(found) == 1, f"{rtype}: {sorted(found)}"
+    return next(iter(found.values()))["Properties"]
+
+
+def defaults() -> dict[str, str]:
+    return resolve_parameters(load_sam_template(TEMPLATE))
+
+
+# ---------------------------------------------------------------- static checks
+
+
+def test_cfn_lint_is_clean() -> None:
+    cfn_lint = Path(sys.executable).parent / "cfn-lint"
+    result = subprocess.run([str(cfn_lint), str(TEMPLATE)], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_parameters_have_documented_defaults() -> None:
+    params = load_sam_template(TEMPLATE)["Parameters"]
+    expected = {
+        "BucketName": "imgpipe-local", "InputPrefix": "incoming/",
+        "OutputPrefix": "predictions/", "TableName": "imgpipe-predictions",
+        "QueueName": "imgpipe-ingest", "StateMachineName": "imgpipe-backfill",
+        "BatchSize": 16, "MaximumBatchingWindowInSeconds": 5, "MaximumConcurrency": 5,
+        "FunctionTimeout": 120, "FunctionMemorySize": 2048, "BackfillBatchSize": 64,
+        "BackfillMaxConcurrency": 10, "BackfillToleratedFailurePercentage": 5,
+        "ModelSource": "",
+    }
+    for name, default in expected.items():
+        assert params[name]["Default"] == default, name
+        assert params[name].get("Description"), f"{name} is not documented"
+    assert params["MaximumConcurrency"]["MinValue"] == 2
+
+
+def test_no_wildcard_resource_in_any_role_policy(cfn: dict[str, Any]) -> None:
+    roles = resources_of(cfn, "AWS::IAM::Role")
+    assert len(roles) == 3  # two functions, the state machine
+    statements = []
+    for role in roles.values():
+        for policy in role["Properties"].get("Policies", []):
+            if "Fn::If" in policy:  # the optional model policy: check both branches
+                candidates = [b for b in policy["Fn::If"][1:] if "PolicyDocument" in b]
+            else:
+                candidates = [policy]
+            for p in candidates:
+                statements.extend(p["PolicyDocument"]["Statement"])
+    assert statements
+    for st in statements:
+        resources = st["Resource"] if isinstance(st["Resource"], list) else [st["Resource"]]
+        for resource in resources:
+            assert resource != "*", st
+            text = json.dumps(resource)
+            assert '"*"' not in text and not text.endswith(':::*"'), st
+
+
+def _policy_statements(cfn: dict[str, Any], role: str) -> list[dict[str, Any]]:
+    props = cfn["Resources"][role]["Properties"]
+    return [st for p in props["Policies"] if "PolicyDocument" in p
+            for st in p["PolicyDocument"]["Statement"]]
+
+
+def test_ingest_role_is_scoped_to_prefixes_and_table(cfn: dict[str, Any]) -> None:
+    by_sid = {st["Sid"]: st for st in _policy_statements(cfn, "IngestFunctionRole")}
+    assert by_sid["ReadInput"]["Resource"] == {
+        "Fn::Sub": "arn:${AWS::Partition}:s3:::${Bucket}/${InputPrefix}*"}
+    assert by_sid["WriteOutput"]["Action"] == "s3:PutObject"
+    assert by_sid["WriteOutput"]["Resource"] == {
+        "Fn::Sub": "arn:${AWS::Partition}:s3:::${Bucket}/${OutputPrefix}*"}
+    assert by_sid["ListInput"]["Condition"]["StringLike"]["s3:prefix"] == {
+        "Fn::Sub": "${InputPrefix}*"}
+    assert set(by_sid["Records"]["Action"]) == {
+        "dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem",
+        "dynamodb:BatchGetItem", "dynamodb:Query"}
+    assert {"Fn::GetAtt": ["PredictionsTable", "Arn"]} in by_sid["Records"]["Resource"]
+
+
+def test_queue_timeouts_and_redrive(cfn: dict[str, Any]) -> None:
+    values = defaults()
+    queue = cfn["Resources"]["IngestQueue"]["Properties"]
+    function = cfn["Resources"]["IngestFunction"]["Properties"]
+    assert queue["VisibilityTimeout"] == {"Ref": "QueueVisibilityTimeout"}
+    assert function["Timeout"] == {"Ref": "FunctionTimeout"}
+    visibility = int(values["QueueVisibilityTimeout"])
+    assert visibility >= 6 * int(values["FunctionTimeout"]) + int(
+        values["MaximumBatchingWindowInSeconds"])
+    assert queue["RedrivePolicy"]["maxReceiveCount"] >= 5
+    assert queue["RedrivePolicy"]["deadLetterTargetArn"] == {
+        "Fn::GetAtt": ["DeadLetterQueue", "Arn"]}
+    assert queue["SqsManagedSseEnabled"] is True
+    dlq = cfn["Resources"]["DeadLetterQueue"]["Properties"]
+    assert dlq["MessageRetentionPeriod"] == 14 * 24 * 3600
+    assert dlq["SqsManagedSseEnabled"] is True
+    assert "RedriveAllowPolicy" in dlq
+
+
+def test_visibility_rule_is_enforced_before_deploying() -> None:
+    values = defaults()
+    check_parameter_rules(values)
+    with pytest.raises(ConfigError, match="at least"):
+        check_parameter_rules({**values, "FunctionTimeout": "300"})
+    with pytest.raises(ConfigError, match="overlap"):
+        check_parameter_rules({**values, "OutputPrefix": "incoming/results/"})
+
+
+def test_queue_policy_is_limited_to_the_bucket_and_account(cfn: dict[str, Any]) -> None:
+    policy = only(cfn, "AWS::SQS::QueuePolicy")["PolicyDocument"]["Statement"][0]
+    assert policy["Principal"] == {"Service": "s3.amazonaws.com"}
+    assert policy["Action"] == "sqs:SendMessage"
+    assert policy["Condition"]["ArnEquals"]["aws:SourceArn"] == {
+        "Fn::Sub": "arn:${AWS::Partition}:s3:::${BucketName}"}
+    assert policy["Condition"]["StringEquals"]["aws:SourceAccount"] == {
+        "Ref": "AWS::AccountId"}
+
+
+def test_event_source_mapping(cfn: dict[str, Any]) -> None:
+    esm = only(cfn, "AWS::Lambda::EventSourceMapping")
+    assert esm["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
+    assert esm["ScalingConfig"] == {"MaximumConcurrency": {"Ref": "MaximumConcurrency"}}
+    assert esm["BatchSize"] == {"Ref": "BatchSize"}
+    assert esm["MaximumBatchingWindowInSeconds"] == {"Ref": "MaximumBatchingWindowInSeconds"}
+    for name in ("IngestFunction", "BackfillFunction"):
+        props = cfn["Resources"][name]["Properties"]
+        assert "ReservedConcurrentExecutions" not in props
+        assert props["TracingConfig"] == {"Mode": "Active"}
+        assert props["Runtime"] == "python3.11"
+        env = props["Environment"]["Variables"]
+        assert {"IMGPIPE_TABLE", "IMGPIPE_INPUT_PREFIX", "IMGPIPE_OUTPUT_PREFIX",
+                "IMGPIPE_MODEL"} <= set(env)
+        assert env["POWERTOOLS_SERVICE_NAME"] == "imgpipe"
+
+
+def test_environment_names_match_settings(cfn: dict[str, Any]) -> None:
+    from pipeline.settings import ENV_VARS
+
+    env = cfn["Resources"]["IngestFunction"]["Properties"]["Environment"]["Variables"]
+    known = set(ENV_VARS.values()) | {"POWERTOOLS_SERVICE_NAME", "POWERTOOLS_METRICS_NAMESPACE"}
+    assert set(env) <= known
+
+
+def test_notification_filter_cannot_match_the_output(cfn: dict[str, Any]) -> None:
+    bucket = cfn["Resources"]["Bucket"]
+    (config,) = bucket["Properties"]["NotificationConfiguration"]["QueueConfigurations"]
+    assert config["Event"] == "s3:ObjectCreated:*"
+    rules = config["Filter"]["S3Key"]["Rules"]
+    assert rules == [{"Name": "prefix", "Value": {"Ref": "InputPrefix"}}]  # no suffix
+    values = defaults()
+    assert not values["OutputPrefix"].startswith(values["InputPrefix"])
+    assert not values["InputPrefix"].startswith(values["OutputPrefix"])
+    # no circular dependency: the queue policy names the bucket by name, the bucket waits
+    assert bucket["DependsOn"] == ["IngestQueuePolicy"] or bucket["DependsOn"] == \
+        "IngestQueuePolicy"
+
+
+def test_bucket_and_table_protection(cfn: dict[str, Any]) -> None:
+    bucket = cfn["Resources"]["Bucket"]["Properties"]
+    assert bucket["VersioningConfiguration"] == {"Status": "Enabled"}
+    sse = bucket["BucketEncryption"]["ServerSideEncryptionConfiguration"][0]
+    assert sse["ServerSideEncryptionByDefault"]["SSEAlgorithm"] in ("AES256", "aws:kms")
+    assert all(v is True for v in bucket["PublicAccessBlockConfiguration"].values())
+    assert len(bucket["PublicAccessBlockConfiguration"]) == 4
+    (tls,) = only(cfn, "AWS::S3::BucketPolicy")["PolicyDocument"]["Statement"]
+    assert tls["Effect"] == "Deny"
+    assert tls["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
+
+    table = only(cfn, "AWS::DynamoDB::Table")
+    assert table["PointInTimeRecoverySpecification"] == {"PointInTimeRecoveryEnabled": True}
+    assert table["SSESpecification"] == {"SSEEnabled": True}
+    assert table["BillingMode"] == "PAY_PER_REQUEST"
+    (gsi,) = table["GlobalSecondaryIndexes"]
+    assert gsi["IndexName"] == "by-label"
+    assert gsi["Projection"] == {"ProjectionType": "ALL"}
+
+
+def test_dlq_alarm(cfn: dict[str, Any]) -> None:
+    alarm = only(cfn, "AWS::CloudWatch::Alarm")
+    assert alarm["MetricName"] == "ApproximateNumberOfMessagesVisible"
+    assert alarm["Threshold"] == 0 and alarm["ComparisonOperator"] == "GreaterThanThreshold"
+    assert alarm["Dimensions"][0]["Value"] == {"Fn::GetAtt": ["DeadLetterQueue", "QueueName"]}
+
+
+def test_model_source_policy_only_when_s3(cfn: dict[str, Any]) -> None:
+    default = adapt_for_emulator(cfn)
+    assert len(default["Resources"]["IngestFunctionRole"]["Properties"]["Policies"]) == 1
+    with_model = adapt_for_emulator(cfn, {"ModelSource": "s3://models/effnet/"})
+    policies = with_model["Resources"]["IngestFunctionRole"]["Properties"]["Policies"]
+    assert len(policies) == 2
+    assert policies[1]["PolicyDocument"]["Statement"][0]["Action"] == "s3:GetObject"
+
+
+def _state_machine_definition(cfn: dict[str, Any]) -> dict[str, Any]:
+    props = only(cfn, "AWS::StepFunctions::StateMachine")
+    separator, lines = props["DefinitionString"]["Fn::Join"]
+    text: str = separator.join(lines)
+    for key in props["DefinitionSubstitutions"]:
+        text = text.replace("${" + key + "}", "1" if "Batch" in key or "Max" in key
+                            or "Percentage" in key else f"x-{key}")
+    result: dict[str, Any] = json.loads(text)
+    return result
+
+
+def test_backfill_is_a_distributed_map(cfn: dict[str, Any]) -> None:
+    props = only(cfn, "AWS::StepFunctions::StateMachine")
+    assert props["StateMachineName"] == {"Ref": "StateMachineName"}
+    assert props["StateMachineType"] == "STANDARD"
+    definition = _state_machine_definition(cfn)
+    (name,) = [n for n, s in definition["States"].items() if s["Type"] == "Map"]
+    state = definition["States"][name]
+    assert state["ItemReader"]["Resource"] == "arn:aws:states:::s3:listObjectsV2"
+    assert set(state["ItemBatcher"]["BatchInput"]) == {"bucket.$", "model.$", "overwrite.$"}
+    assert state["ItemProcessor"]["ProcessorConfig"] == {"Mode": "DISTRIBUTED",
+                                                         "ExecutionType": "EXPRESS"}
+    assert state["ResultWriter"]["Parameters"]["Prefix"] == "x-ResultPrefix"
+    (task,) = state["ItemProcessor"]["States"].values()
+    assert task["Resource"] == "arn:aws:states:::lambda:invoke"
+    assert task["Parameters"] == {"FunctionName": "x-BackfillFunctionArn", "Payload.$": "$"}
+    assert {"Lambda.ServiceException", "Lambda.AWSLambdaException",
+            "Lambda.SdkClientException", "Lambda.TooManyRequestsException"} <= set(
+        task["Retry"][0]["ErrorEquals"])
+    assert props["DefinitionSubstitutions"]["ResultPrefix"] == {
+        "Fn::Sub": "${OutputPrefix}_backfill/"}
+
+
+def test_emulator_definition_is_accepted_by_motos_interpreter(cfn: dict[str, Any]) -> None:
+    from moto.stepfunctions.parser.asl.parse.asl_parser import AmazonStateLanguageParser
+
+    text = emulator_definition(json.dumps(_state_machine_definition(cfn)))
+    AmazonStateLanguageParser.parse(text)
+    state = json.loads(text)["States"]["ClassifyObjects"]
+    assert "ItemBatcher" not in state
+    assert state["ItemSelector"]["Items.$"] == "States.Array($$.Map.Item.Value)"
+    assert state["ItemProcessor"]["ProcessorConfig"]["ExecutionType"] == "STANDARD"
+
+
+def test_unknown_parameter_is_a_clear_error() -> None:
+    with pytest.raises(ConfigError, match="unknown template parameter"):
+        translate_template(TEMPLATE, {"BucketNmae": "x"})
+
+
+# ---------------------------------------------------------------- deployed into moto
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@pytest.fixture(scope="module")
+def deployed() -> Iterator[tuple[LocalResources, Any]]:
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    port = _free_port()
+    saved = os.environ.get("MOTO_PORT")
+    os.environ["MOTO_PORT"] = str(port)  # Step Functions calls back on this port
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    try:
+        resources = provision(endpoint)
+        session = boto3.session.Session(region_name="us-east-1", aws_access_key_id="test",
+                                        aws_secret_access_key="test")
+
+        def client(service: str) -> Any:
+            return session.client(service, endpoint_url=endpoint)
+
+        yield resources, client
+    finally:
+        server.stop()
+        if saved is None:
+            os.environ.pop("MOTO_PORT", None)
+        else:
+            os.environ["MOTO_PORT"] = saved
+
+
+def test_resources_come_from_the_template(deployed: tuple[LocalResources, Any]) -> None:
+    r, _ = deployed
+    assert (r.bucket, r.input_prefix, r.output_prefix, r.table) == (
+        "imgpipe-local", "incoming/", "predictions/", "imgpipe-predictions")
+    assert r.queue_url.endswith("/imgpipe-ingest") and r.dlq_url.endswith("/imgpipe-ingest-dlq")
+    assert r.state_machine_arn.endswith(":stateMachine:imgpipe-backfill")
+    assert (r.batch_size, r.batching_window_s, r.max_concurrency) == (16, 5, 5)
+    assert r.function_response_types == ("ReportBatchItemFailures",)
+    assert (r.function_timeout_s, r.visibility_timeout_s, r.max_receive_count) == (120, 725, 5)
+    assert r.function_environment["IMGPIPE_TABLE"] == "imgpipe-predictions"
+    assert r.ingest_function and r.backfill_function
+
+
+def test_bucket_is_configured(deployed: tuple[LocalResources, Any]) -> None:
+    r, client = deployed
+    s3 = client("s3")
+    config = s3.get_bucket_notification_configuration(Bucket=r.bucket)
+    (queue,) = config["QueueConfigurations"]
+    assert queue["QueueArn"] == r.queue_arn
+    assert queue["Events"] == ["s3:ObjectCreated:*"]
+    assert queue["Filter"]["Key"]["FilterRules"] == [{"Name": "prefix", "Value": "incoming/"}]
+    assert s3.get_bucket_versioning(Bucket=r.bucket)["Status"] == "Enabled"
+    block = s3.get_public_access_block(Bucket=r.bucket)["PublicAccessBlockConfiguration"]
+    assert all(block.values())
+    rules = s3.get_bucket_encryption(Bucket=r.bucket)["ServerSideEncryptionConfiguration"]
+    assert rules["Rules"][0]["ApplyServerSideEncryptionByDefault"]["SSEAlgorithm"] == "AES256"
+
+
+def _drain(sqs: Any, url: str, wait_s: float = 1.0) -> list[dict[str, Any]]:
+    bodies = []
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        msgs = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10,
+                                   WaitTimeSeconds=0).get("Messages", [])
+        for m in msgs:
+            bodies.append(json.loads(m["Body"]))
+            sqs.delete_message(QueueUrl=url, ReceiptHandle=m["ReceiptHandle"])
+        if not msgs:
+            time.sleep(0.1)
+    return bodies
+
+
+def test_upload_to_input_prefix_is_queued_output_is_not(
+    deployed: tuple[LocalResources, Any],
+) -> None:
+    r, client = deployed
+    s3, sqs = client("s3"), client("sqs")
+    _drain(sqs, r.queue_url, 0.3)  # the s3:TestEvent
+    s3.put_object(Bucket=r.bucket, Key="incoming/x.jpg", Body=b"\xff\xd8\xff")
+    s3.put_object(Bucket=r.bucket, Key="incoming/UPPER.JPG", Body=b"\xff\xd8\xff")
+    s3.put_object(Bucket=r.bucket, Key="predictions/x.json", Body=b"{}")
+    keys = [unquote_plus(rec["s3"]["object"]["key"])
+            for body in _drain(sqs, r.queue_url, 1.5) for rec in body.get("Records", [])]
+    assert sorted(keys) == ["incoming/UPPER.JPG", "incoming/x.jpg"]
+
+
+def test_queue_redrive_and_policy(deployed: tuple[LocalResources, Any]) -> None:
+    r, client = deployed
+    attrs = client("sqs").get_queue_attributes(QueueUrl=r.queue_url,
+                                               AttributeNames=["All"])["Attributes"]
+    redrive = json.loads(attrs["RedrivePolicy"])
+    assert redrive == {"deadLetterTargetArn": r.dlq_arn, "maxReceiveCount": 5}
+    assert int(attrs["VisibilityTimeout"]) == 725
+    statement = json.loads(attrs["Policy"])["Statement"][0]
+    assert statement["Condition"]["ArnEquals"]["aws:SourceArn"] == "arn:aws:s3:::imgpipe-local"
+    assert statement["Condition"]["StringEquals"]["aws:SourceAccount"] == "123456789012"
+    dlq = client("sqs").get_queue_attributes(QueueUrl=r.dlq_url,
+                                             AttributeNames=["All"])["Attributes"]
+    assert int(dlq["MessageRetentionPeriod"]) == 1209600
+
+
+def test_table_schema(deployed: tuple[LocalResources, Any]) -> None:
+    r, client = deployed
+    ddb = client("dynamodb")
+    table = ddb.describe_table(TableName=r.table)["Table"]
+    assert table["KeySchema"] == [{"AttributeName": "image", "KeyType": "HASH"},
+                                  {"AttributeName": "model", "KeyType": "RANGE"}]
+    (gsi,) = table["GlobalSecondaryIndexes"]
+    assert gsi["IndexName"] == "by-label"
+    assert gsi["KeySchema"] == [{"AttributeName": "label_key", "KeyType": "HASH"},
+                                {"AttributeName": "score", "KeyType": "RANGE"}]
+    types = {a["AttributeName"]: a["AttributeType"] for a in table["AttributeDefinitions"]}
+    assert types == {"image": "S", "model": "S", "label_key": "S", "score": "N"}
+    backups = ddb.describe_continuous_backups(TableName=r.table)["ContinuousBackupsDescription"]
+    assert backups["PointInTimeRecoveryDescription"]["PointInTimeRecoveryStatus"] == "ENABLED"
+
+
+def test_event_source_mapping_is_disabled_locally(deployed: tuple[LocalResources, Any]) -> None:
+    r, client = deployed
+    (mapping,) = client("lambda").list_event_source_mappings(
+        FunctionName=r.ingest_function)["EventSourceMappings"]
+    assert mapping["State"] == "Disabled"  # the local poller plays its part
+    assert mapping["EventSourceArn"] == r.queue_arn
+
+
+def test_state_machine_is_a_distributed_map(deployed: tuple[LocalResources, Any]) -> None:
+    r, client = deployed
+    described = client("stepfunctions").describe_state_machine(
+        stateMachineArn=r.state_machine_arn)
+    assert described["name"] == "imgpipe-backfill"
+    served = json.loads(described["definition"])
+    definition = deployed_state_machine_definition(r)
+    state = definition["States"]["ClassifyObjects"]
+    assert state["Type"] == "Map"
+    assert state["ItemProcessor"]["ProcessorConfig"]["Mode"] == "DISTRIBUTED"
+    assert state["ItemReader"]["Resource"] == "arn:aws:states:::s3:listObjectsV2"
+    assert state["ResultWriter"]["Parameters"] == {"Bucket": "imgpipe-local",
+                                                   "Prefix": "predictions/_backfill/"}
+    task = state["ItemProcessor"]["States"]["ClassifyBatch"]
+    assert task["Parameters"]["FunctionName"].endswith(":function:" + r.backfill_function)
+    limits = definition["States"]["ReadRequest"]["Parameters"]["limits"]
+    assert limits["max_items_per_batch.$"] == "States.StringToJson('64')"
+    assert served["States"]["ClassifyObjects"]["ItemProcessor"]["ProcessorConfig"]["Mode"] \
+        == "DISTRIBUTED"
+
+
+def test_backfill_executes_when_the_emulator_runs_state_machines(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With `execute_state_machine`, moto serves Step Functions from another backend than
+    the one its CloudFormation writes to; provision registers the emulator copy there and
+    the Distributed Map runs: S3 listing, one child per item, Lambda called in-process."""
+    import boto3
+    from moto.awslambda.models import LambdaBackend
+    from moto.server import ThreadedMotoServer
+
+    calls: list[tuple[str, dict[str, Any]]] = []
+
+    def invoke(self: Any, function_name: str, qualifier: Any, body: Any, headers: Any,
+               response_headers: Any) -> bytes:
+        event = json.loads(body)
+        calls.append((function_name, event))
+        return json.dumps({"classified": len(event["Items"])}).encode()
+
+    monkeypatch.setattr(LambdaBackend, "invoke", invoke)
+    port = _free_port()
+    monkeypatch.setenv("MOTO_PORT", str(port))
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    session = boto3.session.Session(region_name="us-east-1", aws_access_key_id="test",
+                                    aws_secret_access_key="test")
+
+    def set_execute(on: bool) -> None:
+        import urllib.request
+
+        body = json.dumps({"stepfunctions": {"execute_state_machine": on}}).encode()
+        request = urllib.request.Request(f"{endpoint}/moto-api/config", data=body,
+                                         method="POST",
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=10) as response:
+            response.read()
+
+    set_execute(True)
+    try:
+        # The module's server is still up and moto's state is per process: no reset, and
+        # names of its own (which also exercises parameter overrides).
+        names = {"BucketName": "imgpipe-exec", "QueueName": "imgpipe-exec",
+                 "TableName": "imgpipe-exec", "StateMachineName": "imgpipe-exec"}
+        r = provision(endpoint, parameters=names, stack_name="imgpipe-exec", reset=False)
+        assert not r.state_machine_as_deployed
+        assert (r.bucket, r.table) == ("imgpipe-exec", "imgpipe-exec")
+        assert r.dlq_url.endswith("/imgpipe-exec-dlq")
+        assert r.state_machine_arn.endswith(":stateMachine:imgpipe-exec")
+        s3 = session.client("s3", endpoint_url=endpoint)
+        sfn = session.client("stepfunctions", endpoint_url=endpoint)
+        for key in ("old/a.jpg", "old/b c.jpg", "other/x.jpg"):
+            s3.put_object(Bucket=r.bucket, Key=key, Body=b"x")
+        arn = sfn.start_execution(stateMachineArn=r.state_machine_arn,
+                                  input=json.dumps({"bucket": r.bucket, "prefix": "old/"}))[
+            "executionArn"]
+        deadline = time.monotonic() + 20
+        while (status := sfn.describe_execution(executionArn=arn))["status"] == "RUNNING":
+            assert time.monotonic() < deadline, "the backfill did not finish"
+            time.sleep(0.2)
+        assert status["status"] == "SUCCEEDED", status
+        output = json.loads(status["output"])
+        assert output["request"] == {"bucket": r.bucket, "prefix": "old/", "model": "",
+                                     "overwrite": False}
+        assert output["map_run"]["ResultWriterDetails"]["Key"].startswith(
+            "predictions/_backfill/")
+        assert sorted(item["Key"] for _, event in calls for item in event["Items"]) == [
+            "old/a.jpg", "old/b c.jpg"]
+        for function, event in calls:
+            assert function.endswith(":function:" + r.backfill_function)
+            assert event["BatchInput"] == {"bucket": r.bucket, "model": "", "overwrite": False}
+    finally:
+        set_execute(False)  # moto's configuration is process-wide
+        server.stop()

@@ -1,0 +1,54 @@
+"""Smoke test of the benchmark harness: tiny images, quick mode, no timing assertions."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from pipeline.bench import BenchContext, Row, run_benchmark
+
+EXPECTED_KEYS = [
+    *(f"model.b{b}.ips" for b in (1, 8, 16, 32)),
+    "infer.1t.ms",
+    *(f"decode.{s}.{p}.ms" for s in ("12mp", "web") for p in ("draft", "full")),
+    *(f"{what}.{s}.ips" for s in ("12mp", "web") for what in ("bound", "core", "naive")),
+    "cold_start.s",
+    "rss.b16.mib",
+    "rss.b32.mib",
+]
+
+
+def test_quick_run_writes_a_complete_report(tmp_path: Path) -> None:
+    seen: list[float] = []
+
+    def extra(ctx: BenchContext) -> list[Row]:
+        # What a later section does: put its figure next to the core's, from the same run.
+        core = ctx.values["core.12mp.ips"]
+        seen.append(core)
+        return [Row("extra.ips", "extra section", core / 2, "img/s", f"core {core:.1f}")]
+
+    report = tmp_path / "REPORT.md"
+    result = run_benchmark(
+        tmp_path / "out", quick=True, images=2, big_size=(320, 240), web_size=(160, 120),
+        report_path=report, extra_sections=[extra],
+    )
+
+    assert report.is_file() and result.report_path == report
+    text = report.read_text()
+    assert "## Machine" in text and result.machine.cpu_model in text
+    for row in result.rows:
+        assert row.label in text
+    keys = [r.key for r in result.rows]
+    assert keys == [*EXPECTED_KEYS, "extra.ips"]
+    assert all(r.value > 0 for r in result.rows)
+    assert seen and seen[0] > 0
+
+    assert len(result.targets) == 4
+    for t in result.targets:
+        assert t.measured > 0
+        assert t.name in text and t.verdict in ("PASS", "FAIL")
+
+    doc = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert [r["key"] for r in doc["rows"]] == keys
+    assert doc["machine"]["cpus_available"] >= 1
+    assert len(list((tmp_path / "out" / "images").rglob("*.jpg"))) == 4

@@ -1,0 +1,294 @@
+"""The classifier: per-item failures, batching through `forward`, session caching."""
+
+from __future__ import annotations
+
+import io
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipeline.classifier import (
+    Classifier,
+    LabelScore,
+    available_cpus,
+    create_session,
+    postprocess,
+)
+from pipeline.errors import ModelError, PermanentError, TransientError
+from pipeline.manifest import ModelManifest, load_manifest
+from tests.tiny_models import BINARY_SIGMOID, EFFICIENTNET_LITE0, TinyModel
+
+MakeTiny = Callable[..., TinyModel]
+
+LABELS = ("cat", "dog", "espresso", "rocket", "galaxy")
+
+
+def manifest(**changes: Any) -> ModelManifest:
+    raw: dict[str, Any] = {
+        "name": "fake", "version": "1", "file": "fake.onnx", "sha256": "0" * 64,
+        "input_size": [32, 32], "labels": list(LABELS),
+        "resize": {"method": "stretch", "interpolation": "nearest"},
+    }
+    raw.update(changes)
+    return ModelManifest.from_dict(raw)
+
+
+def png(colour: tuple[int, int, int], size: tuple[int, int] = (40, 30)) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", size, colour).save(buf, "PNG")
+    return buf.getvalue()
+
+
+class FakeSession:
+    """Stands in for an ONNX Runtime session: logits are the per-image channel means
+    (padded with zeros), so every row can be traced back to its image. `run` may only be
+    called from inside `Classifier.forward`."""
+
+    def __init__(self, outputs: int = len(LABELS), fail_on_call: int | None = None) -> None:
+        self.outputs = outputs
+        self.fail_on_call = fail_on_call
+        self.batches: list[int] = []
+        self.in_forward = threading.local()
+
+    def run(self, names: list[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        assert getattr(self.in_forward, "active", False), "session.run called outside forward"
+        assert names == ["logits"] and list(feeds) == ["input"]
+        (x,) = feeds.values()
+        assert x.dtype == np.float32 and x.flags.c_contiguous
+        self.batches.append(len(x))
+        if self.fail_on_call == len(self.batches):
+            raise RuntimeError("the accelerator caught fire")
+        logits = np.zeros((len(x), self.outputs), dtype=np.float32)
+        logits[:, :3] = x.mean(axis=(2, 3))
+        return [logits]
+
+
+@pytest.fixture
+def fake_session(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeSession]:
+    session = FakeSession()
+    real_forward = Classifier.forward
+
+    def forward(self: Classifier, batch: np.ndarray) -> np.ndarray:
+        session.in_forward.active = True
+        try:
+            return real_forward(self, batch)
+        finally:
+            session.in_forward.active = False
+
+    monkeypatch.setattr(Classifier, "forward", forward)
+    yield session
+
+
+def items(datas: list[bytes]) -> list[tuple[int, Callable[[], bytes]]]:
+    return [(i, (lambda d=d: d)) for i, d in enumerate(datas)]
+
+
+# ---- per-item failures ----------------------------------------------------------------------
+
+
+def test_one_bad_image_does_not_affect_the_others(tiny_model: MakeTiny) -> None:
+    m = load_manifest(tiny_model(EFFICIENTNET_LITE0).manifest_path)
+    good = [png((250, 20, 20)), png((20, 250, 20), (300, 80)), png((20, 20, 250), (17, 90)),
+            png((120, 120, 120))]
+    bad_text = b"this is not a photo, it is a note\n"
+    bad_truncated = good[0][:40]
+    inputs = [good[0], bad_text, good[1], good[2], bad_truncated, good[3]]
+
+    with Classifier(m, batch_size=2, decode_workers=2, intra_op_threads=1) as clf:
+        results = list(clf.classify_many(items(inputs)))
+        alone = [clf.classify_bytes(d) for d in good]
+
+    assert [r.key for r in results] == list(range(len(inputs)))
+    for i in (1, 4):
+        assert results[i].prediction is None
+        assert isinstance(results[i].error, PermanentError)
+    assert "plain text" in str(results[1].error)
+    good_results = [results[i] for i in (0, 2, 3, 5)]
+    assert len({r.prediction.label for r in good_results if r.prediction}) > 1  # distinct
+    for r, single, data in zip(good_results, alone, good, strict=True):
+        assert r.error is None and r.prediction is not None
+        assert r.nbytes == len(data)
+        assert r.prediction.label == single.label
+        assert [t.label for t in r.prediction.top_k] == [t.label for t in single.top_k]
+        np.testing.assert_allclose(
+            [t.score for t in r.prediction.top_k], [t.score for t in single.top_k], atol=1e-6
+        )
+        assert (r.prediction.width, r.prediction.height) == (single.width, single.height)
+
+
+def test_loader_exceptions_become_that_items_error(fake_session: FakeSession) -> None:
+    timeout = TransientError("S3 timed out; try again")
+
+    def flaky() -> bytes:
+        raise timeout
+
+    def gone() -> bytes:
+        raise FileNotFoundError("no such object")
+
+    work: list[tuple[str, Callable[[], bytes]]] = [
+        ("a", lambda: png((10, 10, 10))),
+        ("flaky", flaky),
+        ("b", lambda: png((200, 10, 10))),
+        ("gone", gone),
+    ]
+    with Classifier(manifest(), fake_session, batch_size=8, decode_workers=2) as clf:
+        results = {r.key: r for r in clf.classify_many(work)}
+
+    assert list(results) == ["a", "flaky", "b", "gone"]
+    assert results["flaky"].error is timeout
+    assert isinstance(results["gone"].error, FileNotFoundError)
+    assert results["a"].prediction is not None and results["b"].prediction is not None
+    assert results["flaky"].nbytes is None
+
+
+def test_an_inference_failure_fails_only_its_batch(fake_session: FakeSession) -> None:
+    fake_session.fail_on_call = 2
+    colours = [(i * 20, 0, 0) for i in range(7)]
+    with Classifier(manifest(), fake_session, batch_size=3, decode_workers=1) as clf:
+        results = list(clf.classify_many(items([png(c) for c in colours])))
+    assert fake_session.batches == [3, 3, 1]
+    assert [r.error is None for r in results] == [True] * 3 + [False] * 3 + [True]
+    assert all("caught fire" in str(r.error) for r in results[3:6])
+    assert [r.nbytes for r in results] == [len(png(c)) for c in colours]
+
+
+def test_classify_bytes_raises_the_decode_error(fake_session: FakeSession) -> None:
+    with Classifier(manifest(), fake_session) as clf, pytest.raises(PermanentError,
+                                                                    match="empty file"):
+        clf.classify_bytes(b"")
+    assert fake_session.batches == []
+
+
+# ---- batching -------------------------------------------------------------------------------
+
+
+def test_forward_is_the_only_run_caller_and_chunks_to_batch_size(
+    fake_session: FakeSession,
+) -> None:
+    colours = [(i * 25, 255 - i * 25, (i * 70) % 256) for i in range(10)]
+    with Classifier(manifest(), fake_session, batch_size=4, decode_workers=3) as clf:
+        results = list(clf.classify_many(items([png(c) for c in colours])))
+
+    assert fake_session.batches == [4, 4, 2]
+    assert [r.key for r in results] == list(range(10))
+    # Each row went back to its own image: the fake's logits are the image's means.
+    m = manifest()
+    for r, colour in zip(results, colours, strict=True):
+        logits = np.array([*colour, 0.0, 0.0])  # nearest + identity normalisation
+        (top,) = postprocess(logits[None], m)
+        assert r.prediction is not None
+        assert [t.label for t in r.prediction.top_k] == [t.label for t in top]
+
+
+def test_forward_directly_chunks_and_keeps_row_order(fake_session: FakeSession) -> None:
+    batch = np.zeros((7, 3, 32, 32), dtype=np.float32)
+    batch[:, 0] = np.arange(7, dtype=np.float32)[:, None, None]
+    with Classifier(manifest(), fake_session, batch_size=3) as clf:
+        out = clf.forward(batch)
+        empty = clf.forward(batch[:0])
+    assert fake_session.batches == [3, 3, 1]
+    np.testing.assert_array_equal(out[:, 0], np.arange(7))
+    assert out.shape == (7, len(LABELS))
+    assert empty.shape == (0, len(LABELS))
+
+
+def test_results_stream_in_input_order_with_many_items(fake_session: FakeSession) -> None:
+    datas = [png((i, i, i), (8 + i % 5, 8 + i % 7)) if i % 9 else b"" for i in range(40)]
+    with Classifier(manifest(), fake_session, batch_size=4, decode_workers=2) as clf:
+        results = list(clf.classify_many(items(datas)))
+    assert [r.key for r in results] == list(range(40))
+    assert [r.error is not None for r in results] == [i % 9 == 0 for i in range(40)]
+    assert max(fake_session.batches) <= 4 and sum(fake_session.batches) == 40 - 5
+
+
+def test_no_items_no_results(fake_session: FakeSession) -> None:
+    with Classifier(manifest(), fake_session) as clf:
+        assert list(clf.classify_many([])) == []
+    assert fake_session.batches == []
+
+
+def test_batch_size_must_be_positive(fake_session: FakeSession) -> None:
+    with pytest.raises(ValueError, match="batch_size"):
+        Classifier(manifest(), fake_session, batch_size=0)
+
+
+# ---- postprocess ----------------------------------------------------------------------------
+
+
+def test_postprocess_softmax_top_k() -> None:
+    m = manifest(top_k=3)
+    logits = np.log(np.array([[1.0, 2.0, 4.0, 1.0, 2.0]]))  # probabilities 0.1 0.2 0.4 ...
+    (top,) = postprocess(logits, m)
+    assert top == [
+        LabelScore("espresso", 2, pytest.approx(0.4)),
+        LabelScore("dog", 1, pytest.approx(0.2)),  # ties keep label order
+        LabelScore("galaxy", 4, pytest.approx(0.2)),
+    ]
+
+
+def test_postprocess_binary_sigmoid_and_none() -> None:
+    binary = manifest(labels=["negative", "positive"], activation="sigmoid")
+    (top,) = postprocess(np.array([[np.log(3.0)]]), binary)  # sigmoid(ln 3) = 0.75
+    assert [(t.label, t.index) for t in top] == [("positive", 1), ("negative", 0)]
+    assert [t.score for t in top] == pytest.approx([0.75, 0.25])
+
+    raw = manifest(labels=["a", "b"], activation="none", top_k=1)
+    (top,) = postprocess(np.array([[-3.5, 7.25]]), raw)
+    assert top == [LabelScore("b", 1, 7.25)]
+
+
+def test_postprocess_softmax_is_stable_for_huge_logits() -> None:
+    (top,) = postprocess(np.array([[1000.0, 0.0, -1000.0, 999.0, 0.0]]), manifest())
+    assert all(np.isfinite(t.score) for t in top)
+    assert sum(t.score for t in top) == pytest.approx(1.0)
+
+
+# ---- the session ----------------------------------------------------------------------------
+
+
+def test_session_is_cached_per_model(tiny_model: MakeTiny) -> None:
+    m = load_manifest(tiny_model(EFFICIENTNET_LITE0).manifest_path)
+    first = Classifier(m, intra_op_threads=1)
+    second = Classifier(load_manifest(m.onnx_path.parent), intra_op_threads=1)
+    assert first.session is second.session
+    assert create_session(m, intra_op_threads=1) is first.session
+    other = load_manifest(tiny_model(BINARY_SIGMOID, name="other").manifest_path)
+    assert create_session(other, intra_op_threads=1) is not first.session
+    first.close()
+    second.close()
+
+
+def test_session_cache_is_keyed_by_file_and_sha256(tiny_model: MakeTiny) -> None:
+    model = tiny_model(EFFICIENTNET_LITE0)
+    m = load_manifest(model.manifest_path)
+    session = create_session(m, intra_op_threads=1)
+    # another file (here corrupt) is never served from the cache: it is verified and fails
+    changed = load_manifest(tiny_model(EFFICIENTNET_LITE0, name="copy").manifest_path)
+    changed.onnx_path.write_bytes(b"not onnx")
+    with pytest.raises(ModelError, match="corrupt"):
+        create_session(changed, intra_op_threads=1)
+    assert create_session(m, intra_op_threads=1) is session
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_thread_counts_are_set_explicitly(threads: int, tiny_model: MakeTiny) -> None:
+    m = load_manifest(tiny_model(EFFICIENTNET_LITE0).manifest_path)
+    options = create_session(m, intra_op_threads=threads).get_session_options()
+    assert options.intra_op_num_threads == threads
+    assert options.inter_op_num_threads == 1
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+
+
+def test_default_thread_count_follows_available_cpus(tiny_model: MakeTiny) -> None:
+    m = load_manifest(tiny_model(EFFICIENTNET_LITE0).manifest_path)
+    with Classifier(m) as clf:
+        options = clf.session.get_session_options()
+        assert options.intra_op_num_threads == available_cpus()
+        assert clf.decode_workers == available_cpus()
+    assert 1 <= available_cpus() <= (Path("/proc/cpuinfo").read_text().count("processor\t")
+                                      or 1024)
