@@ -7,12 +7,20 @@ faults, so the state machine's Retry runs the batch again (finished objects are 
 from __future__ import annotations
 
 import os
+import threading
 from typing import Any
 
 from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.metrics import MetricUnit
 
-from pipeline.backfill import BackfillIncomplete, parse_batch, run_batch
+from pipeline.backfill import (
+    BackfillIncomplete,
+    parse_batch,
+    plan_batches,
+    run_batch,
+    summarize,
+)
+from pipeline.aws import create_clients
 from pipeline.factory import build_service
 from pipeline.service import ClassificationService, deadline_from
 from pipeline.settings import Settings
@@ -21,22 +29,37 @@ logger = Logger(service="imgpipe")
 metrics = Metrics(namespace="imgpipe", service="imgpipe")
 tracer = Tracer(service="imgpipe")
 _services: dict[str, ClassificationService] = {}
+_lock = threading.Lock()
 
 
 def get_service(model_source: str = "") -> ClassificationService:
-    """One service per model source, built once per container."""
-    if model_source not in _services:
-        settings = Settings.from_env(os.environ)
-        if model_source:
-            settings = settings.with_(model_source=model_source)
-        _services[model_source] = build_service(settings, logger=logger)
-    return _services[model_source]
+    """One service per model source (the execution input's `model`), built once per
+    container."""
+    with _lock:
+        if model_source not in _services:
+            settings = Settings.from_env(os.environ)
+            if model_source:
+                settings = settings.with_(model_source=model_source)
+            _services[model_source] = build_service(settings, logger=logger)
+        return _services[model_source]
 
 
 @logger.inject_lambda_context(clear_state=True)
 @tracer.capture_lambda_handler(capture_response=False)
 @metrics.log_metrics
 def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    if "plan" in event:  # the local stack's stand-in for ItemReader + ItemBatcher
+        plan = event["plan"]
+        s3 = create_clients(Settings.from_env(os.environ)).s3
+        batches = plan_batches(s3, plan["bucket"], plan.get("prefix", ""),
+                               plan.get("max_items_per_batch", 64), plan.get("batch_input", {}))
+        return {"batches": batches}
+    if "summarize" in event:  # the state machine's last step
+        step = event["summarize"]
+        s3 = create_clients(Settings.from_env(os.environ)).s3
+        summary = summarize(step.get("map_run"), s3, step.get("request"))
+        logger.info("backfill summary", extra=summary)
+        return summary
     batch = parse_batch(event, Settings.from_env(os.environ).output_prefix)
     service = get_service(batch.model)
     counts, outcomes = run_batch(service, batch, deadline_from(context))

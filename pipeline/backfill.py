@@ -14,6 +14,7 @@ one BatchGetItem per batch).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,7 +28,9 @@ __all__ = [
     "BackfillIncomplete",
     "COUNT_KEYS",
     "parse_batch",
+    "plan_batches",
     "run_batch",
+    "summarize",
 ]
 
 COUNT_KEYS = ("classified", "skipped", "rejected", "gone", "superseded", "failed", "ignored")
@@ -92,3 +95,113 @@ def run_batch(
         counts[outcome.status] += 1
     counts["ignored"] = len(batch.ignored)
     return counts, outcomes
+
+
+def summarize(
+    map_output: Any, s3_client: Any = None, request: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """Add up the children's counts.
+
+    `map_output` is what the Map state produced: on AWS the ResultWriter's details
+    (`{"ResultWriterDetails": {"Bucket", "Key"}}`, the key of a manifest listing the result
+    files), locally the children's outputs inline (a list). A child that failed for good
+    counts its items as failed.
+    """
+    counts = dict.fromkeys(COUNT_KEYS, 0)
+    failed_batches = 0
+    models: set[str] = set()
+
+    def add_output(output: Any) -> None:
+        if isinstance(output, str):
+            output = json.loads(output)
+        if isinstance(output, Mapping) and isinstance(output.get("counts"), Mapping):
+            for key, value in output["counts"].items():
+                if key in counts:
+                    counts[key] += int(value)
+            if output.get("model"):
+                models.add(str(output["model"]))
+
+    def add_failed(entry: Mapping[str, Any]) -> None:
+        nonlocal failed_batches
+        failed_batches += 1
+        try:
+            batch = json.loads(entry.get("Input", "{}"))
+            counts["failed"] += len(batch.get("Items", [])) or 1
+        except (TypeError, ValueError):
+            counts["failed"] += 1
+
+    if isinstance(map_output, list):
+        for output in map_output:
+            add_output(output)
+    elif isinstance(map_output, Mapping) and "ResultWriterDetails" in map_output:
+        if s3_client is None:
+            raise PermanentError("summarize needs an S3 client to read the result files")
+        details = map_output["ResultWriterDetails"]
+        bucket = details["Bucket"]
+        manifest = _read_json(s3_client, bucket, details["Key"])
+        files = manifest.get("ResultFiles", {})
+        for entry in files.get("SUCCEEDED", []):
+            for result in _read_json(s3_client, bucket, entry["Key"]):
+                add_output(result.get("Output"))
+        for status in ("FAILED", "PENDING"):
+            for entry in files.get(status, []):
+                for result in _read_json(s3_client, bucket, entry["Key"]):
+                    add_failed(result)
+    else:
+        raise PermanentError("summarize: the Map output is neither a list of results nor "
+                             "ResultWriterDetails")
+    images = sum(counts[k] for k in COUNT_KEYS if k != "ignored")
+    return {
+        "request": dict(request or {}),
+        "models": sorted(models),
+        "counts": counts,
+        "images": images,
+        "failed_batches": failed_batches,
+    }
+
+
+def _read_json(s3_client: Any, bucket: str, key: str) -> Any:
+    from pipeline.aws import translate_client_error
+
+    try:
+        body = s3_client.get_object(Bucket=bucket, Key=key)["Body"].read()
+    except Exception as e:
+        raise translate_client_error(e, f"reading s3://{bucket}/{key}") from e
+    return json.loads(body)
+
+
+def plan_batches(
+    s3_client: Any, bucket: str, prefix: str, max_items_per_batch: int,
+    batch_input: Mapping[str, Any],
+) -> list[dict[str, Any]]:
+    """What ItemReader (`s3:listObjectsV2`) + ItemBatcher hand the children on AWS.
+
+    Used by the local stack only: the emulator's Step Functions has no ItemBatcher.
+    Each batch is `{"Items": [{"Key", "ETag", "Size", "LastModified", "StorageClass"}],
+    "BatchInput": {...}}`, the listing's order and fields.
+    """
+    from pipeline.aws import translate_client_error
+
+    size = max(1, int(max_items_per_batch))
+    batches: list[dict[str, Any]] = []
+    items: list[dict[str, Any]] = []
+    paginator = s3_client.get_paginator("list_objects_v2")
+    try:
+        for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
+            for obj in page.get("Contents", []):
+                items.append({
+                    "Key": obj["Key"],
+                    "ETag": obj.get("ETag"),
+                    "Size": obj.get("Size"),
+                    "LastModified": obj["LastModified"].isoformat()
+                    if hasattr(obj.get("LastModified"), "isoformat") else obj.get("LastModified"),
+                    "StorageClass": obj.get("StorageClass"),
+                })
+                if len(items) == size:
+                    batches.append({"Items": items, "BatchInput": dict(batch_input)})
+                    items = []
+    except Exception as e:
+        raise translate_client_error(e, f"listing s3://{bucket}/{prefix}") from e
+    if items:
+        batches.append({"Items": items, "BatchInput": dict(batch_input)})
+    return batches

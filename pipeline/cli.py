@@ -18,7 +18,7 @@ from pipeline.errors import ImgpipeError
 
 __all__ = ["main", "build_parser"]
 
-COMMANDS: tuple[str, ...] = ("classify", "demo", "local", "results", "bench")
+COMMANDS: tuple[str, ...] = ("classify", "demo", "local", "backfill", "results", "bench")
 
 
 def build_parser() -> argparse.ArgumentParser:

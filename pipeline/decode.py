@@ -199,6 +199,9 @@ def prepare_pixels(
     except Exception as e:  # Pillow raises many types for garbage headers
         raise PermanentError(f"not a valid {fmt} image: {_reason(e)}") from e
 
+    # The data is already in memory: hand it to the decoder in one call instead of Pillow's
+    # 64 KB steps (a 3 MB photo: ~46 GIL round-trips and buffer copies fewer; same pixels).
+    im.decodermaxblock = max(im.decodermaxblock, len(data))
     try:
         return _prepare_opened(im, fmt, manifest, limits)
     finally:

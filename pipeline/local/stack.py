@@ -66,6 +66,7 @@ class LocalStack:
         self.poller: SqsPoller | None = None
         self.resources: LocalResources | None = None
         self._saved_env: dict[str, str | None] = {}
+        self._patches: list[tuple[Any, str, Any]] = []
 
     # ---- lifecycle ---------------------------------------------------------------------
 
@@ -96,9 +97,13 @@ class LocalStack:
         )
         self.resources = resources
         self._set_env(self.handler_environment(resources))
+        import handlers.backfill
         import handlers.ingest
 
         handlers.ingest._service = None  # a fresh container for this stack
+        handlers.backfill._services.clear()
+        self._install_lambda_shim(resources)
+        self._install_execution_names()
         if self.options.poll:
             self.poller = SqsPoller(
                 self.client("sqs"),
@@ -116,6 +121,9 @@ class LocalStack:
         return resources
 
     def stop(self) -> None:
+        for owner, attribute, original in reversed(self._patches):
+            setattr(owner, attribute, original)
+        self._patches = []
         if self.poller is not None:
             self.poller.stop()
             self.poller = None
@@ -201,6 +209,65 @@ class LocalStack:
                 )
             time.sleep(0.25)
         return found
+
+    def _install_execution_names(self) -> None:
+        """`start-execution` without `--name` gets a fresh UUID name, as on AWS.
+
+        moto 5.2 names such executions "None", so a second unnamed backfill fails with
+        ExecutionAlreadyExists.
+        """
+        import uuid
+
+        from moto.stepfunctions.parser.models import StepFunctionsParserBackend
+
+        original = StepFunctionsParserBackend.start_execution
+        self._patches.append((StepFunctionsParserBackend, "start_execution", original))
+
+        def start_execution(backend: Any, state_machine_arn: str, name: Any = None,
+                            *args: Any, **kwargs: Any) -> Any:
+            return original(backend, state_machine_arn, name or str(uuid.uuid4()), *args,
+                            **kwargs)
+
+        StepFunctionsParserBackend.start_execution = start_execution  # type: ignore[method-assign]
+
+    def _install_lambda_shim(self, r: LocalResources) -> None:
+        """Let Step Functions' Lambda tasks reach the real backfill handler in-process.
+
+        moto runs Lambda code only in Docker; its backend's `invoke` is the one seam every
+        caller (the Step Functions engine included) goes through. Errors come back the way
+        Lambda reports them (`X-Amz-Function-Error: Unhandled` and an error payload), so
+        the state machine's Retry and Catch see what they would on AWS.
+        """
+        import json
+
+        from moto.awslambda.models import LambdaBackend
+
+        import handlers.backfill
+        from pipeline.local.poller import LambdaContext
+
+        original = LambdaBackend.invoke
+        self._patches.append((LambdaBackend, "invoke", original))
+        name = r.backfill_function
+        timeout = r.function_timeout_s
+
+        def invoke(backend: Any, function_name: str, qualifier: Any, body: Any,
+                   headers: Any, response_headers: Any) -> Any:
+            target = function_name.split(":function:")[-1].split(":")[0]
+            if target != name:
+                return original(backend, function_name, qualifier, body, headers,
+                                response_headers)
+            event = json.loads(body or "{}")
+            try:
+                result = handlers.backfill.handler(event, LambdaContext(name, timeout))
+                payload = json.dumps(result).encode()
+            except Exception as e:  # noqa: BLE001 - reported as Lambda does
+                response_headers["x-amz-function-error"] = "Unhandled"
+                payload = json.dumps({"errorType": type(e).__name__,
+                                      "errorMessage": str(e)}).encode()
+            response_headers["Content-Length"] = str(len(payload))
+            return payload
+
+        LambdaBackend.invoke = invoke  # type: ignore[method-assign]
 
     def _configure_emulator(self) -> None:
         import json

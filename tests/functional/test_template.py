@@ -272,9 +272,18 @@ def test_emulator_definition_is_accepted_by_motos_interpreter(cfn: dict[str, Any
 
     text = emulator_definition(json.dumps(_state_machine_definition(cfn)))
     AmazonStateLanguageParser.parse(text)
-    state = json.loads(text)["States"]["ClassifyObjects"]
-    assert "ItemBatcher" not in state
-    assert state["ItemSelector"]["Items.$"] == "States.Array($$.Map.Item.Value)"
+    states = json.loads(text)["States"]
+    plan, state = states["ClassifyObjects"], states["ClassifyObjectsBatches"]
+    # Listing + batching become a Task calling the Map's own function, then the same Map.
+    assert plan["Type"] == "Task" and plan["Next"] == "ClassifyObjectsBatches"
+    assert plan["Parameters"]["FunctionName"] == "x-BackfillFunctionArn"
+    assert plan["Parameters"]["Payload"]["plan"] == {
+        "bucket.$": "$.request.bucket", "prefix.$": "$.request.prefix",
+        "max_items_per_batch.$": "$.limits.max_items_per_batch",
+        "batch_input": {"bucket.$": "$.request.bucket", "model.$": "$.request.model",
+                        "overwrite.$": "$.request.overwrite"}}
+    assert "ItemBatcher" not in state and "ItemReader" not in state
+    assert state["ItemsPath"] == "$.plan.batches"
     assert state["ItemProcessor"]["ProcessorConfig"]["ExecutionType"] == "STANDARD"
 
 
@@ -451,9 +460,21 @@ def test_backfill_executes_when_the_emulator_runs_state_machines(
 
     def invoke(self: Any, function_name: str, qualifier: Any, body: Any, headers: Any,
                response_headers: Any) -> bytes:
+        from pipeline.backfill import plan_batches, summarize
+
         event = json.loads(body)
+        if "plan" in event:  # the emulator's stand-in for ItemReader + ItemBatcher
+            p = event["plan"]
+            client = session.client("s3", endpoint_url=endpoint)
+            batches = plan_batches(client, p["bucket"], p["prefix"], p["max_items_per_batch"],
+                                   p["batch_input"])
+            return json.dumps({"batches": batches}).encode()
+        if "summarize" in event:
+            return json.dumps(summarize(event["summarize"]["map_run"], None,
+                                        event["summarize"]["request"])).encode()
         calls.append((function_name, event))
-        return json.dumps({"classified": len(event["Items"])}).encode()
+        counts = {"classified": len(event["Items"])}
+        return json.dumps({"model": "m@1", "counts": counts}).encode()
 
     monkeypatch.setattr(LambdaBackend, "invoke", invoke)
     port = _free_port()
@@ -500,8 +521,7 @@ def test_backfill_executes_when_the_emulator_runs_state_machines(
         output = json.loads(status["output"])
         assert output["request"] == {"bucket": r.bucket, "prefix": "old/", "model": "",
                                      "overwrite": False}
-        assert output["map_run"]["ResultWriterDetails"]["Key"].startswith(
-            "predictions/_backfill/")
+        assert output["counts"]["classified"] == 2 and output["models"] == ["m@1"]
         assert sorted(item["Key"] for _, event in calls for item in event["Items"]) == [
             "old/a.jpg", "old/b c.jpg"]
         for function, event in calls:

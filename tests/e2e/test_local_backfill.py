@@ -1,0 +1,149 @@
+"""Backfill on the local stack: 500+ objects, driven with the aws CLI and `imgpipe backfill`."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+
+from tests.e2e.conftest import BIN, ROOT, LocalProcess
+
+pytestmark = pytest.mark.e2e
+
+BUCKET = "imgpipe-local"
+TABLE = "imgpipe-predictions"
+MODEL = "efficientnet-lite0@1"
+MODEL_V2 = "efficientnet-lite0@2"
+ODD_NAMES = ["café {i}.jpg", "a+b {i}.JPG", "100% {i}", "東京/{i}.jpeg", "deep/er/dir/{i}.jpg",
+             "spaces and (parens) {i}.jpg", "{i}"]
+
+
+def _clients(stack: LocalProcess) -> tuple[Any, Any]:
+    session = boto3.session.Session(region_name="us-east-1", aws_access_key_id="test",
+                                    aws_secret_access_key="test")
+    return (session.client("s3", endpoint_url=stack.endpoint),
+            session.client("dynamodb", endpoint_url=stack.endpoint))
+
+
+def _records(ddb: Any) -> list[dict[str, Any]]:
+    from boto3.dynamodb.types import TypeDeserializer
+
+    de = TypeDeserializer()
+    items: list[dict[str, Any]] = []
+    kwargs: dict[str, Any] = {"TableName": TABLE}
+    while True:
+        page = ddb.scan(**kwargs)
+        items += [{k: de.deserialize(v) for k, v in i.items()} for i in page["Items"]]
+        if "LastEvaluatedKey" not in page:
+            return items
+        kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+
+def _run_with_aws_cli(stack: LocalProcess, request: dict[str, Any]) -> dict[str, Any]:
+    machines = stack.aws("stepfunctions", "list-state-machines")["stateMachines"]
+    arn = next(m["stateMachineArn"] for m in machines if m["name"] == "imgpipe-backfill")
+    started = stack.aws("stepfunctions", "start-execution", "--state-machine-arn", arn,
+                        "--input", json.dumps(request))
+    deadline = time.monotonic() + 300
+    while True:
+        desc = stack.aws("stepfunctions", "describe-execution", "--execution-arn",
+                         started["executionArn"])
+        if desc["status"] != "RUNNING":
+            return desc  # type: ignore[no-any-return]
+        assert time.monotonic() < deadline, "backfill did not finish in 300 s"
+        stack.assert_alive()
+        time.sleep(1)
+
+
+def test_backfill_500_objects(local_stack: LocalProcess, tmp_path: Path) -> None:
+    s3, ddb = _clients(local_stack)
+    photos = [p.read_bytes() for p in sorted((ROOT / "samples").glob("*.jpg"))]
+    images: list[str] = []
+    for i in range(500):
+        # Copies of real photos, each with its own bytes (a trailing byte after the JPEG's
+        # end marker changes the ETag, not the picture).
+        data = photos[i % len(photos)] + bytes([i % 251])
+        name = ODD_NAMES[i % len(ODD_NAMES)].format(i=i) if i % 5 == 0 else f"img-{i}.jpg"
+        key = f"archive/{'early/' if i < 40 else ''}{name}"
+        s3.put_object(Bucket=BUCKET, Key=key, Body=data)
+        images.append(key)
+    bad = {
+        "archive/bad/notes.txt": b"holiday notes, not a photo\n",
+        "archive/bad/truncated.jpg": photos[0][: len(photos[0]) // 3],
+        "archive/bad/empty.jpg": b"",
+        "archive/bad/clip.mp4": b"\x00\x00\x00\x18ftypmp42" + b"\x00" * 200,
+        "archive/bad/random.bin": bytes(range(256)) * 4,
+        "archive/bad/page.pdf": b"%PDF-1.7\n" + b"0" * 100,
+    }
+    for key, data in bad.items():
+        s3.put_object(Bucket=BUCKET, Key=key, Body=data)
+    folders = ["archive/", "archive/empty-folder/", "archive/bad/", "archive/deep/",
+               "archive/early/"]
+    for key in folders:
+        s3.put_object(Bucket=BUCKET, Key=key, Body=b"")
+    total = len(images) + len(bad) + len(folders)
+    assert total >= 500
+
+    # Some are already classified: a first backfill of archive/early/ (40 photos).
+    first = _run_with_aws_cli(local_stack, {"bucket": BUCKET, "prefix": "archive/early/"})
+    assert first["status"] == "SUCCEEDED", first
+    assert json.loads(first["output"])["counts"]["classified"] == 40
+
+    # The full run, through the aws CLI: exact counts in describe-execution's output.
+    desc = _run_with_aws_cli(local_stack, {"bucket": BUCKET, "prefix": "archive/"})
+    assert desc["status"] == "SUCCEEDED", desc
+    summary = json.loads(desc["output"])
+    assert summary["counts"] == {
+        "classified": len(images) - 40, "skipped": 40, "rejected": len(bad), "gone": 0,
+        "superseded": 0, "failed": 0, "ignored": len(folders)}
+
+    records = _records(ddb)
+    by_image = {r["image"]: r for r in records if r["model"] == MODEL}
+    assert len(by_image) == len([r for r in records if r["model"] == MODEL]), "one per image"
+    assert set(by_image) == {f"s3://{BUCKET}/{k}" for k in [*images, *bad]}
+    assert {by_image[f"s3://{BUCKET}/{k}"]["status"] for k in images} == {"classified"}
+    for key in bad:
+        rec = by_image[f"s3://{BUCKET}/{key}"]
+        assert rec["status"] == "rejected" and rec["error"], rec
+    coffee_like = [by_image[f"s3://{BUCKET}/{k}"]["label"] for k in images[2::6]]
+    assert set(coffee_like) == {"espresso"}, "sample #2 (coffee) and its copies"
+
+    # A second run skips everything, through `imgpipe backfill`.
+    done = subprocess.run(
+        [str(BIN / "imgpipe"), "backfill", f"s3://{BUCKET}/archive/", "--json"],
+        env=local_stack.env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    again = json.loads(done.stdout.strip().splitlines()[-1])
+    assert again["counts"]["classified"] == 0
+    assert again["counts"]["skipped"] == len(images) + len(bad)
+    assert len(_records(ddb)) == len(records)
+
+    # --overwrite with a second model version: a second record per image, the first intact.
+    v2 = tmp_path / "model-v2"
+    v2.mkdir()
+    for name in ("efficientnet_lite0.onnx", "labels.txt"):
+        shutil.copy(ROOT / "model" / name, v2 / name)
+    manifest = json.loads((ROOT / "model" / "manifest.json").read_text())
+    manifest["version"] = "2"
+    (v2 / "manifest.json").write_text(json.dumps(manifest))
+    done = subprocess.run(
+        [str(BIN / "imgpipe"), "backfill", f"s3://{BUCKET}/archive/", "--overwrite",
+         "--model", str(v2), "--json"],
+        env=local_stack.env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    v2_summary = json.loads(done.stdout.strip().splitlines()[-1])
+    assert v2_summary["models"] == [MODEL_V2]
+    assert v2_summary["counts"]["classified"] == len(images)
+    assert v2_summary["counts"]["rejected"] == len(bad)
+    after = _records(ddb)
+    assert {r["image"]: r for r in after if r["model"] == MODEL} == by_image, \
+        "the first model's records are untouched"
+    v2_images = {r["image"] for r in after if r["model"] == MODEL_V2}
+    assert v2_images == set(by_image)
+    assert len(after) == 2 * len(by_image)
