@@ -28,11 +28,13 @@ demo: $(VENV)/.installed-local  ## run the embedded stack on the sample photos
 local: $(VENV)/.installed-local  ## run the embedded AWS stack until Ctrl-C
 	$(BIN)/imgpipe local
 
-test: $(VENV)/.installed-dev  ## run the whole test suite
+test: $(VENV)/.installed-dev  ## lint, type-check and run the whole test suite
+	$(BIN)/ruff check pipeline handlers tests model
+	$(BIN)/mypy
 	$(BIN)/python -m pytest -q
 
 lint: $(VENV)/.installed-dev  ## ruff + mypy + cfn-lint
-	$(BIN)/ruff check pipeline handlers tests bench model
+	$(BIN)/ruff check pipeline handlers tests model
 	$(BIN)/mypy
 	$(BIN)/cfn-lint infra/template.yaml
 

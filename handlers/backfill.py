@@ -13,6 +13,7 @@ from typing import Any
 from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.metrics import MetricUnit
 
+from pipeline.aws import create_clients
 from pipeline.backfill import (
     BackfillIncomplete,
     parse_batch,
@@ -20,7 +21,6 @@ from pipeline.backfill import (
     run_batch,
     summarize,
 )
-from pipeline.aws import create_clients
 from pipeline.factory import build_service
 from pipeline.service import ClassificationService, deadline_from
 from pipeline.settings import Settings

@@ -18,7 +18,8 @@ from pipeline.errors import ImgpipeError
 
 __all__ = ["main", "build_parser"]
 
-COMMANDS: tuple[str, ...] = ("classify", "demo", "local", "backfill", "results", "bench")
+COMMANDS: tuple[str, ...] = ("classify", "demo", "local", "backfill", "results", "bench",
+                             "redrive", "reconcile")
 
 
 def build_parser() -> argparse.ArgumentParser:

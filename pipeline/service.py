@@ -60,9 +60,14 @@ log = logging.getLogger("imgpipe")
 
 
 class FetchedLike(Protocol):
-    data: bytes
-    etag: str | None
-    version_id: str | None
+    @property
+    def data(self) -> bytes: ...
+
+    @property
+    def etag(self) -> str | None: ...
+
+    @property
+    def version_id(self) -> str | None: ...
 
 
 class ObjectStore(Protocol):

@@ -29,6 +29,9 @@ def register(sub: Any) -> None:
                    help="images per set (default 32 x 12 MP and 64 web-size; --quick: 4)")
     p.add_argument("--repeats", type=int, default=None, metavar="N",
                    help="timed repeats per measurement, median reported (default 5)")
+    p.add_argument("--no-stack", action="store_true",
+                   help="skip the rows measured on the embedded stack (local ingest and "
+                   "backfill; they need the [local] extras)")
     p.set_defaults(run=run)
 
 
@@ -45,8 +48,14 @@ def run(args: argparse.Namespace) -> int:
     def progress(msg: str) -> None:
         print(f"[{time.perf_counter() - started:6.1f}s] {msg}", flush=True)
 
+    extra: list[Any] = []
+    if not args.no_stack:
+        from pipeline.bench_stack import STACK_SECTIONS
+
+        extra = list(STACK_SECTIONS)
     result = run_benchmark(args.out, quick=args.quick, images=args.images,
-                           report_path=args.report, repeats=args.repeats, progress=progress)
+                           report_path=args.report, repeats=args.repeats, progress=progress,
+                           extra_sections=extra)
     print()
     print(render_table(result.rows))
     print()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import signal
 import threading
 from typing import Any
@@ -69,6 +70,8 @@ def run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, on_signal)
     print(f"starting the embedded stack on {stack.endpoint_url} ...", flush=True)
     r = stack.start()
+    key_json = json.dumps({"image": {"S": f"s3://{r.bucket}/{r.input_prefix}coffee.jpg"},
+                           "model": {"S": _model_id(args.model)}})
     try:
         print(f"""
 imgpipe local stack is up: {stack.endpoint_url}
@@ -84,7 +87,7 @@ Point the aws CLI at it:
 Then, for example:
   aws s3 cp samples/ s3://{r.bucket}/{r.input_prefix} --recursive
   aws dynamodb get-item --table-name {r.table} \\
-      --key '{{"image": {{"S": "s3://{r.bucket}/{r.input_prefix}coffee.jpg"}}, "model": {{"S": "efficientnet-lite0@1"}}}}'
+      --key '{key_json}'
   imgpipe results query --label espresso
 
 Ctrl-C stops it (state is in memory and goes with it).
@@ -97,3 +100,12 @@ Ctrl-C stops it (state is in memory and goes with it).
     print("stopped", flush=True)
     return 0
 
+
+
+def _model_id(source: str) -> str:
+    from pipeline.manifest import load_manifest
+    from pipeline.modelstore import default_model_dir
+
+    if source.startswith("s3://"):
+        return "<name@version>"
+    return load_manifest(source or default_model_dir()).model_id

@@ -15,6 +15,7 @@ failures, so the local stack drives the handler itself, the way Lambda does:
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import logging
 import threading
@@ -94,6 +95,7 @@ class SqsPoller:
     # ---- lifecycle ---------------------------------------------------------------------
 
     def start(self) -> None:
+        self._stop.clear()  # a stopped poller can be started again
         self._thread = threading.Thread(target=self.run, name="imgpipe-poller", daemon=True)
         self._thread.start()
 
@@ -131,10 +133,10 @@ class SqsPoller:
             error = f"{type(e).__name__}: {e}"
             log.error("handler failed for the whole batch: %s", error)
         to_delete = [m for mid, m in by_id.items() if mid not in set(failed)]
-        self._delete(to_delete)
+        deleted = self._delete(to_delete)
         if failed and self.retry_visibility_s is not None:
             self._retry_sooner([by_id[mid] for mid in failed])
-        result = BatchResult(received=len(messages), deleted=len(to_delete), failed=failed,
+        result = BatchResult(received=len(messages), deleted=deleted, failed=failed,
                              error=error, seconds=time.monotonic() - started)
         self.batches += 1
         if self.on_batch:
@@ -151,7 +153,8 @@ class SqsPoller:
                 left = self.batching_window_s - (time.monotonic() - first_at)
                 if left <= 0:
                     break
-                wait = max(0, min(int(left + 0.999), 20))
+                # At most 1 s per long poll, so `stop()` is noticed within a long window.
+                wait = max(0, min(int(left + 0.999), 1))
             resp = self.sqs.receive_message(
                 QueueUrl=self.queue_url,
                 MaxNumberOfMessages=min(10, self.batch_size - len(messages)),
@@ -176,8 +179,10 @@ class SqsPoller:
             "receiptHandle": m["ReceiptHandle"],
             "body": body,
             "attributes": dict(m.get("Attributes", {})),
-            "messageAttributes": dict(m.get("MessageAttributes", {})),
+            "messageAttributes": {name: _lambda_message_attribute(value) for name, value
+                                  in m.get("MessageAttributes", {}).items()},
             "md5OfBody": m.get("MD5OfBody") or hashlib.md5(body.encode()).hexdigest(),
+            "md5OfMessageAttributes": m.get("MD5OfMessageAttributes"),
             "eventSource": "aws:sqs",
             "eventSourceARN": self.queue_arn,
             "awsRegion": self.region,
@@ -199,14 +204,21 @@ class SqsPoller:
             ids.append(mid)
         return list(dict.fromkeys(ids))
 
-    def _delete(self, messages: list[dict[str, Any]]) -> None:
+    def _delete(self, messages: list[dict[str, Any]]) -> int:
+        """Delete `messages`; returns how many SQS confirmed (a failed one comes back)."""
+        deleted = 0
         for start in range(0, len(messages), 10):
             chunk = messages[start:start + 10]
-            self.sqs.delete_message_batch(
+            resp = self.sqs.delete_message_batch(
                 QueueUrl=self.queue_url,
                 Entries=[{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]}
                          for i, m in enumerate(chunk)],
             )
+            deleted += len(resp.get("Successful", []))
+            for f in resp.get("Failed", []):
+                log.warning("could not delete message %s: %s (it will be delivered again)",
+                            chunk[int(f["Id"])]["MessageId"], f.get("Code"))
+        return deleted
 
     def _retry_sooner(self, messages: list[dict[str, Any]]) -> None:
         for start in range(0, len(messages), 10):
@@ -217,3 +229,20 @@ class SqsPoller:
                           "VisibilityTimeout": self.retry_visibility_s}
                          for i, m in enumerate(chunk)],
             )
+
+
+def _lambda_message_attribute(value: Mapping[str, Any]) -> dict[str, Any]:
+    """An SQS message attribute as Lambda puts it in a record: camelCase, binary as base64."""
+
+    def b64(data: Any) -> str:
+        return base64.b64encode(data if isinstance(data, bytes) else str(data).encode()).decode()
+
+    out: dict[str, Any] = {}
+    if "StringValue" in value:
+        out["stringValue"] = value["StringValue"]
+    if "BinaryValue" in value:
+        out["binaryValue"] = b64(value["BinaryValue"])
+    out["stringListValues"] = list(value.get("StringListValues", []))
+    out["binaryListValues"] = [b64(v) for v in value.get("BinaryListValues", [])]
+    out["dataType"] = value.get("DataType", "String")
+    return out

@@ -228,7 +228,7 @@ class LocalStack:
             return original(backend, state_machine_arn, name or str(uuid.uuid4()), *args,
                             **kwargs)
 
-        StepFunctionsParserBackend.start_execution = start_execution  # type: ignore[method-assign]
+        setattr(StepFunctionsParserBackend, "start_execution", start_execution)  # noqa: B010
 
     def _install_lambda_shim(self, r: LocalResources) -> None:
         """Let Step Functions' Lambda tasks reach the real backfill handler in-process.
@@ -267,7 +267,7 @@ class LocalStack:
             response_headers["Content-Length"] = str(len(payload))
             return payload
 
-        LambdaBackend.invoke = invoke  # type: ignore[method-assign]
+        setattr(LambdaBackend, "invoke", invoke)  # noqa: B010
 
     def _configure_emulator(self) -> None:
         import json

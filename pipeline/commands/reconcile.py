@@ -1,0 +1,100 @@
+"""`imgpipe reconcile`: one record per object, outputs equal classified records, DLQ empty."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from typing import Any
+
+HELP = "check that objects, records, output documents and the DLQ agree"
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser(
+        "reconcile", help=HELP,
+        description=HELP + ": every object under the input prefix has exactly one record for "
+        "the model with the object's current ETag, every classified record has its output "
+        "document and every output document its record, and the DLQ is empty. Reads "
+        "listings and a table scan only. Exit 0 when everything agrees, 1 otherwise (one "
+        "line per kind of problem). Works on AWS, or on `imgpipe local` with --endpoint-url "
+        "/ AWS_ENDPOINT_URL.",
+    )
+    p.add_argument("--bucket", default="imgpipe-local", help="the bucket (default: %(default)s)")
+    p.add_argument("--input-prefix", default=None,
+                   help="where photos go (default: IMGPIPE_INPUT_PREFIX or incoming/)")
+    p.add_argument("--output-prefix", default=None,
+                   help="where results go (default: IMGPIPE_OUTPUT_PREFIX or predictions/)")
+    p.add_argument("--table", default=None,
+                   help="table name (default: IMGPIPE_TABLE or imgpipe-predictions)")
+    p.add_argument("--model", default="", metavar="NAME@VERSION",
+                   help="model id (default: the packaged model's)")
+    p.add_argument("--queue", default="imgpipe-ingest", metavar="NAME_OR_URL",
+                   help="the ingest queue, to tell missing from still queued "
+                   "(default: %(default)s; '' to skip the queue checks)")
+    p.add_argument("--dlq", default=None, metavar="NAME_OR_URL",
+                   help="the dead-letter queue (default: <queue name>-dlq)")
+    p.add_argument("--endpoint-url", default=None,
+                   help="AWS endpoint, e.g. http://127.0.0.1:4566 (default: AWS_ENDPOINT_URL)")
+    p.add_argument("--region", default=None, help="AWS region (default: AWS_REGION)")
+    p.add_argument("--json", action="store_true", help="print the whole report as JSON")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from pipeline.aws import create_clients
+    from pipeline.commands.redrive import sqs_client
+    from pipeline.reconcile import reconcile
+    from pipeline.redrive import resolve_queue_url
+    from pipeline.settings import Settings
+
+    settings = Settings.from_env(os.environ, table_name=args.table,
+                                 input_prefix=args.input_prefix,
+                                 output_prefix=args.output_prefix,
+                                 endpoint_url=args.endpoint_url, region=args.region)
+    model = args.model or _packaged_model_id()
+    clients = create_clients(settings)
+    sqs = queue_url = dlq_url = None
+    if args.queue:
+        sqs = sqs_client(settings.endpoint_url or None, settings.region)
+        queue_url = resolve_queue_url(sqs, args.queue)
+        dlq_url = resolve_queue_url(
+            sqs, args.dlq or queue_url.rstrip("/").rsplit("/", 1)[-1] + "-dlq")
+    report = reconcile(
+        clients.s3, clients.dynamodb, bucket=args.bucket,
+        input_prefix=settings.input_prefix, output_prefix=settings.output_prefix,
+        table=settings.table_name, model=model, queue_url=queue_url, dlq_url=dlq_url,
+        sqs_client=sqs, output_bucket=settings.output_bucket or None,
+    )
+    if args.json:
+        print(json.dumps(report.to_dict(), ensure_ascii=False))
+        return 0 if report.ok else 1
+    statuses = ", ".join(f"{n} {s}" for s, n in sorted(report.statuses.items())) or "none"
+    print(f"s3://{report.bucket}/{report.input_prefix} with {report.model} "
+          f"(table {settings.table_name}):")
+    print(f"  {report.objects} object(s), {report.records} record(s) ({statuses}), "
+          f"{report.outputs} output document(s)")
+    if report.queue_depth is not None:
+        print(f"  queue: {report.queue_depth} message(s); DLQ: {report.dlq_depth} message(s)")
+    if report.deleted_objects:
+        print(f"  note: {len(report.deleted_objects)} record(s) of deleted objects (kept, no "
+              f"problem): {_examples(report.deleted_objects)}")
+    for kind, count, examples, meaning in report.problems():
+        print(f"{kind}: {count} {meaning}" + (f": {_examples(examples, count)}"
+                                              if examples else ""))
+    print("ok: everything agrees" if report.ok else
+          f"NOT OK: {len(report.problems())} kind(s) of problem")
+    return 0 if report.ok else 1
+
+
+def _packaged_model_id() -> str:
+    from pipeline.manifest import load_manifest
+    from pipeline.modelstore import default_model_dir
+
+    return load_manifest(default_model_dir()).model_id
+
+
+def _examples(items: tuple[str, ...], total: int | None = None) -> str:
+    shown = ", ".join(items[:5])
+    more = (total if total is not None else len(items)) - min(len(items), 5)
+    return shown + (f" (+{more} more)" if more > 0 else "")

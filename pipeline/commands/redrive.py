@@ -1,0 +1,81 @@
+"""`imgpipe redrive`: move the DLQ's messages back to the ingest queue."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Any
+
+HELP = "move messages from the dead-letter queue back to the ingest queue"
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser(
+        "redrive", help=HELP,
+        description=HELP + ". Receives from the DLQ in batches of 10, sends each body and its "
+        "message attributes to the queue, and deletes from the DLQ only what was sent. This "
+        "receive/send loop works everywhere, including `imgpipe local` (whose emulator has "
+        "no StartMessageMoveTask); on AWS the console's or the CLI's "
+        "`aws sqs start-message-move-task` does the same. Fix the cause first: a message "
+        "that still fails comes back to the DLQ after maxReceiveCount receives.",
+    )
+    p.add_argument("--queue", default="imgpipe-ingest", metavar="NAME_OR_URL",
+                   help="the source queue to move messages to (default: imgpipe-ingest)")
+    p.add_argument("--dlq", default=None, metavar="NAME_OR_URL",
+                   help="the dead-letter queue (default: <queue name>-dlq)")
+    p.add_argument("--max", type=int, default=None, metavar="N",
+                   help="move at most N messages (default: all)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="only say how many messages the DLQ holds; move nothing")
+    p.add_argument("--endpoint-url", default=None,
+                   help="AWS endpoint, e.g. http://127.0.0.1:4566 (default: AWS_ENDPOINT_URL)")
+    p.add_argument("--region", default=None, help="AWS region (default: AWS_REGION)")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from pipeline.reconcile import queue_depth
+    from pipeline.redrive import RedriveError, redrive, resolve_queue_url
+
+    if args.max is not None and args.max < 0:
+        print("imgpipe redrive: --max must be >= 0", file=sys.stderr)
+        return 2
+    sqs = sqs_client(args.endpoint_url, args.region)
+    queue_url = resolve_queue_url(sqs, args.queue)
+    dlq_url = resolve_queue_url(sqs, args.dlq or queue_url.rstrip("/").rsplit("/", 1)[-1]
+                                + "-dlq")
+    if args.dry_run:
+        depth = queue_depth(sqs, dlq_url)
+        would = depth if args.max is None else min(depth, args.max)
+        print(f"dry run: {dlq_url} holds about {depth} message(s); would move {would} "
+              f"to {queue_url}")
+        return 0
+
+    def moved(message: Any) -> None:
+        print(f"moved {message['MessageId']}  {_preview(message['Body'])}", flush=True)
+
+    try:
+        count = redrive(sqs, dlq_url, queue_url, args.max, on_moved=moved)
+    except RedriveError as e:
+        print(f"imgpipe redrive: {e}", file=sys.stderr)
+        return 1
+    print(f"moved {count} message(s) from {dlq_url} to {queue_url}")
+    return 0
+
+
+def sqs_client(endpoint_url: str | None, region: str | None) -> Any:
+    import boto3
+    from botocore.config import Config
+
+    kwargs: dict[str, Any] = {"config": Config(retries={"max_attempts": 5, "mode": "standard"})}
+    endpoint = endpoint_url or os.environ.get("AWS_ENDPOINT_URL")
+    if endpoint:
+        kwargs["endpoint_url"] = endpoint
+    region = region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    return boto3.session.Session(region_name=region or "us-east-1").client("sqs", **kwargs)
+
+
+def _preview(body: str, width: int = 80) -> str:
+    text = " ".join(body.split())
+    return text if len(text) <= width else text[:width - 3] + "..."

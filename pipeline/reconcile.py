@@ -1,0 +1,189 @@
+"""Reconciliation: do the bucket, the table, the output documents and the DLQ agree?
+
+RELIABILITY.md "Load": at the end of any run, exactly one record per (object, model),
+output documents equal classified records, and the DLQ accounted for. `reconcile` checks
+that from the outside, with listings and a scan only (no object is read):
+
+- every input object (zero-byte folder markers aside) has a record for the model, whose
+  ETag is the object's current one (else the record is *stale*: a newer upload is not
+  processed yet);
+- every classified record has its output document, and every output document under
+  `<output prefix><model>/` belongs to a classified record;
+- the DLQ is empty.
+
+Records whose object no longer exists are reported, not counted as problems: the object
+was deleted after it was processed (or before, for a `gone` record).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from pipeline.records import PredictionRecord
+
+__all__ = ["ReconcileReport", "reconcile", "queue_depth"]
+
+EXAMPLES = 5
+
+
+@dataclass(frozen=True)
+class ReconcileReport:
+    bucket: str
+    input_prefix: str
+    output_prefix: str
+    model: str
+    objects: int  # input objects (folder markers aside)
+    records: int  # records of the model in the bucket
+    outputs: int  # output documents under <output prefix><model>/
+    statuses: Mapping[str, int] = field(default_factory=dict)
+    missing_records: tuple[str, ...] = ()  # s3:// URIs of objects without a record
+    stale_records: tuple[str, ...] = ()  # record ETag (or a `gone`) != the current object
+    missing_outputs: tuple[str, ...] = ()  # output keys of classified records, not in S3
+    orphaned_outputs: tuple[str, ...] = ()  # output keys without a classified record
+    deleted_objects: tuple[str, ...] = ()  # records whose object is gone: information only
+    queue_depth: int | None = None  # visible + in flight in the ingest queue; None: not asked
+    dlq_depth: int | None = None  # None: not asked
+
+    @property
+    def in_flight(self) -> bool:
+        """Messages are still in the ingest queue, so missing records may yet appear."""
+        return bool(self.queue_depth)
+
+    @property
+    def ok(self) -> bool:
+        return not (self.missing_records or self.stale_records or self.missing_outputs
+                    or self.orphaned_outputs or self.dlq_depth)
+
+    def problems(self) -> list[tuple[str, int, tuple[str, ...], str]]:
+        """(kind, count, first examples, what it means) for each kind of problem found."""
+        out: list[tuple[str, int, tuple[str, ...], str]] = []
+
+        def add(kind: str, items: tuple[str, ...], meaning: str) -> None:
+            if items:
+                out.append((kind, len(items), items[:EXAMPLES], meaning))
+
+        add("missing-record", self.missing_records,
+            "object(s) without a record"
+            + (f" ({self.queue_depth} message(s) still in the queue: check again when it "
+               "drains)" if self.in_flight else ""))
+        add("stale-record", self.stale_records,
+            "record(s) older than the current object (a newer upload not processed yet)")
+        add("missing-output", self.missing_outputs,
+            "classified record(s) without their output document")
+        add("orphaned-output", self.orphaned_outputs,
+            "output document(s) without a classified record")
+        if self.dlq_depth:
+            out.append(("dlq", self.dlq_depth, (),
+                        "message(s) in the DLQ (look at them, then `imgpipe redrive`)"))
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        doc = asdict(self)
+        doc["statuses"] = dict(self.statuses)
+        for name, value in doc.items():
+            if isinstance(value, tuple):
+                doc[name] = list(value)
+        doc["in_flight"] = self.in_flight
+        doc["ok"] = self.ok
+        return doc
+
+
+def reconcile(
+    s3_client: Any,
+    ddb_client: Any,
+    *,
+    bucket: str,
+    input_prefix: str,
+    output_prefix: str,
+    table: str,
+    model: str,
+    queue_url: str | None = None,
+    dlq_url: str | None = None,
+    sqs_client: Any = None,
+    output_bucket: str | None = None,
+) -> ReconcileReport:
+    """Compare the input listing, the table (scan) and the output listing; see the module."""
+    if (queue_url or dlq_url) and sqs_client is None:
+        raise ValueError("queue_url and dlq_url need an sqs_client")
+    objects = {
+        key: etag for key, etag, size in _list(s3_client, bucket, input_prefix)
+        if not (size == 0 and key.endswith("/"))
+    }
+    records = list(_scan(ddb_client, table, f"s3://{bucket}/", model))
+    outputs = {key for key, _, _ in _list(s3_client, output_bucket or bucket,
+                                           f"{output_prefix}{model}/")}
+
+    uri_prefix = f"s3://{bucket}/"
+    by_key = {r.image[len(uri_prefix):]: r for r in records}
+    statuses: dict[str, int] = {}
+    for r in records:
+        statuses[r.status] = statuses.get(r.status, 0) + 1
+
+    missing_records = sorted(f"{uri_prefix}{k}" for k in objects if k not in by_key)
+    stale: list[str] = []
+    deleted: list[str] = []
+    for key, record in sorted(by_key.items()):
+        if not key.startswith(input_prefix):
+            continue  # another prefix of the bucket (a backfill elsewhere): not ours to judge
+        if key not in objects:
+            deleted.append(record.image)
+        elif record.status == "gone" or (
+            record.etag is not None and record.etag != objects[key]
+        ):
+            stale.append(record.image)
+
+    expected_outputs = {r.output_key for r in records
+                        if r.status == "classified" and r.output_key}
+    return ReconcileReport(
+        bucket=bucket,
+        input_prefix=input_prefix,
+        output_prefix=output_prefix,
+        model=model,
+        objects=len(objects),
+        records=len(records),
+        outputs=len(outputs),
+        statuses=statuses,
+        missing_records=tuple(missing_records),
+        stale_records=tuple(stale),
+        missing_outputs=tuple(sorted(expected_outputs - outputs)),
+        orphaned_outputs=tuple(sorted(outputs - expected_outputs)),
+        deleted_objects=tuple(deleted),
+        queue_depth=queue_depth(sqs_client, queue_url) if queue_url else None,
+        dlq_depth=queue_depth(sqs_client, dlq_url) if dlq_url else None,
+    )
+
+
+def queue_depth(sqs_client: Any, queue_url: str) -> int:
+    """Messages in a queue: visible, in flight and delayed (SQS's approximate counts)."""
+    names = ["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible",
+             "ApproximateNumberOfMessagesDelayed"]
+    attrs = sqs_client.get_queue_attributes(QueueUrl=queue_url, AttributeNames=names)
+    return sum(int(attrs.get("Attributes", {}).get(n, 0)) for n in names)
+
+
+def _list(s3_client: Any, bucket: str, prefix: str) -> Iterator[tuple[str, str, int]]:
+    """(key, ETag without quotes, size) of every object under `prefix`."""
+    paginator = s3_client.get_paginator("list_objects_v2")
+    for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
+        for obj in page.get("Contents", []):
+            yield obj["Key"], str(obj.get("ETag", "")).strip('"'), int(obj.get("Size", 0))
+
+
+def _scan(ddb_client: Any, table: str, image_prefix: str,
+          model: str) -> Iterator[PredictionRecord]:
+    from boto3.dynamodb.types import TypeDeserializer
+
+    de = TypeDeserializer()
+    paginator = ddb_client.get_paginator("scan")
+    pages = paginator.paginate(
+        TableName=table,
+        FilterExpression="begins_with(#i, :b) AND #m = :m",
+        ExpressionAttributeNames={"#i": "image", "#m": "model"},
+        ExpressionAttributeValues={":b": {"S": image_prefix}, ":m": {"S": model}},
+        ConsistentRead=True,
+    )
+    for page in pages:
+        for raw in page.get("Items", []):
+            yield PredictionRecord.from_item({k: de.deserialize(v) for k, v in raw.items()})
