@@ -228,28 +228,26 @@ class DynamoResultSink:
             kwargs["ExpressionAttributeValues"][":s"] = self._ser.serialize(
                 Decimal(str(min_score))
             )
+        return self._collect("query", kwargs, f"querying {self.table}", limit)
+
+    def scan_all(self, page_size: int = 500) -> Sequence[PredictionRecord]:
+        kwargs: dict[str, Any] = {"TableName": self.table, "Limit": page_size}
+        return self._collect("scan", kwargs, f"scanning {self.table}")
+
+    def _collect(
+        self, operation: str, kwargs: dict[str, Any], what: str, limit: int | None = None
+    ) -> list[PredictionRecord]:
+        """Every page of a query or scan, as records."""
+        call = getattr(self.client, operation)
         out: list[PredictionRecord] = []
         while True:
             try:
-                resp = self.client.query(**kwargs)
+                resp = call(**kwargs)
             except Exception as e:
-                raise translate_client_error(e, f"querying {self.table}") from e
+                raise translate_client_error(e, what) from e
             out.extend(PredictionRecord.from_item(self._deserialize(i)) for i in resp["Items"])
             if limit is not None and len(out) >= limit:
                 return out[:limit]
-            if "LastEvaluatedKey" not in resp:
-                return out
-            kwargs["ExclusiveStartKey"] = resp["LastEvaluatedKey"]
-
-    def scan_all(self, page_size: int = 500) -> Sequence[PredictionRecord]:
-        out: list[PredictionRecord] = []
-        kwargs: dict[str, Any] = {"TableName": self.table, "Limit": page_size}
-        while True:
-            try:
-                resp = self.client.scan(**kwargs)
-            except Exception as e:
-                raise translate_client_error(e, f"scanning {self.table}") from e
-            out.extend(PredictionRecord.from_item(self._deserialize(i)) for i in resp["Items"])
             if "LastEvaluatedKey" not in resp:
                 return out
             kwargs["ExclusiveStartKey"] = resp["LastEvaluatedKey"]

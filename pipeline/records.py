@@ -198,6 +198,28 @@ def utc_now_iso(now: datetime | None = None) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
 
 
+def _record(
+    ref: ObjectRef,
+    model_id: str,
+    status: Status,
+    now: datetime | None,
+    nbytes: int | None,
+    **fields: Any,
+) -> PredictionRecord:
+    """What every record says about its object; `fields` add the status's own."""
+    return PredictionRecord(
+        image=ref.uri,
+        model=model_id,
+        status=status,
+        processed_at=utc_now_iso(now),
+        etag=ref.etag,
+        version_id=ref.version_id,
+        sequencer=ref.sequencer,
+        bytes=nbytes if nbytes is not None else ref.size,
+        **fields,
+    )
+
+
 def classified_record(
     ref: ObjectRef,
     model_id: str,
@@ -206,15 +228,8 @@ def classified_record(
     now: datetime | None = None,
     nbytes: int | None = None,
 ) -> PredictionRecord:
-    return PredictionRecord(
-        image=ref.uri,
-        model=model_id,
-        status="classified",
-        processed_at=utc_now_iso(now),
-        etag=ref.etag,
-        version_id=ref.version_id,
-        sequencer=ref.sequencer,
-        bytes=nbytes if nbytes is not None else ref.size,
+    return _record(
+        ref, model_id, "classified", now, nbytes,
         width=prediction.width,
         height=prediction.height,
         format=prediction.format,
@@ -234,27 +249,8 @@ def rejected_record(
 ) -> PredictionRecord:
     if not error or not error.strip():
         raise ValueError("a rejected record needs the sentence that says what is wrong")
-    return PredictionRecord(
-        image=ref.uri,
-        model=model_id,
-        status="rejected",
-        processed_at=utc_now_iso(now),
-        etag=ref.etag,
-        version_id=ref.version_id,
-        sequencer=ref.sequencer,
-        bytes=nbytes if nbytes is not None else ref.size,
-        error=error,
-    )
+    return _record(ref, model_id, "rejected", now, nbytes, error=error)
 
 
 def gone_record(ref: ObjectRef, model_id: str, now: datetime | None = None) -> PredictionRecord:
-    return PredictionRecord(
-        image=ref.uri,
-        model=model_id,
-        status="gone",
-        processed_at=utc_now_iso(now),
-        etag=ref.etag,
-        version_id=ref.version_id,
-        sequencer=ref.sequencer,
-        bytes=ref.size,
-    )
+    return _record(ref, model_id, "gone", now, None)
