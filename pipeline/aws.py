@@ -19,6 +19,7 @@ from pipeline.settings import Settings
 
 __all__ = [
     "Clients",
+    "client_for",
     "DynamoResultSink",
     "FetchedObject",
     "S3ObjectStore",
@@ -71,8 +72,9 @@ class Clients:
     dynamodb: Any
 
 
-def create_clients(settings: Settings, session: Any | None = None) -> Clients:
-    """boto3 clients with retries on throttling (standard mode: backoff with jitter)."""
+def client_for(service: str, settings: Settings, session: Any | None = None) -> Any:
+    """A boto3 client with retries on throttling (standard mode: backoff with jitter),
+    pointed at `settings.endpoint_url` when set (the local stack)."""
     import boto3
     from botocore.config import Config
 
@@ -86,7 +88,12 @@ def create_clients(settings: Settings, session: Any | None = None) -> Clients:
     kwargs: dict[str, Any] = {"config": config, "region_name": settings.region}
     if settings.endpoint_url:
         kwargs["endpoint_url"] = settings.endpoint_url
-    return Clients(s3=session.client("s3", **kwargs), dynamodb=session.client("dynamodb", **kwargs))
+    return session.client(service, **kwargs)
+
+
+def create_clients(settings: Settings, session: Any | None = None) -> Clients:
+    return Clients(s3=client_for("s3", settings, session),
+                   dynamodb=client_for("dynamodb", settings, session))
 
 
 @dataclass(frozen=True)

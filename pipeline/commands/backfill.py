@@ -9,6 +9,8 @@ import sys
 import time
 from typing import Any
 
+from pipeline.commands import add_aws_options, settings_from
+
 HELP = "classify every object under an S3 prefix (Step Functions Distributed Map)"
 
 
@@ -33,9 +35,7 @@ def register(sub: Any) -> None:
     p.add_argument("--state-machine", default=None, metavar="ARN_OR_NAME",
                    help="the backfill state machine (default: IMGPIPE_STATE_MACHINE or "
                    "imgpipe-backfill)")
-    p.add_argument("--endpoint-url", default=None,
-                   help="AWS endpoint, e.g. http://127.0.0.1:4566 (default: AWS_ENDPOINT_URL)")
-    p.add_argument("--region", default=None, help="AWS region (default: AWS_REGION)")
+    add_aws_options(p)
     p.add_argument("--json", action="store_true", help="print the final summary as JSON")
     p.set_defaults(run=run)
 
@@ -48,7 +48,9 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as e:
         print(f"imgpipe backfill: {e}", file=sys.stderr)
         return 2
-    sfn = _client(args)
+    from pipeline.aws import client_for
+
+    sfn = client_for("stepfunctions", settings_from(args))
     arn = _state_machine_arn(sfn, args.state_machine
                              or os.environ.get("IMGPIPE_STATE_MACHINE", "imgpipe-backfill"))
     request: dict[str, Any] = {"bucket": bucket, "prefix": prefix,
@@ -76,19 +78,6 @@ def run(args: argparse.Namespace) -> int:
     else:
         _print_summary(summary, elapsed)
     return 1 if summary.get("counts", {}).get("failed") else 0
-
-
-def _client(args: argparse.Namespace) -> Any:
-    import boto3
-    from botocore.config import Config
-
-    kwargs: dict[str, Any] = {"config": Config(retries={"max_attempts": 5, "mode": "standard"})}
-    endpoint = args.endpoint_url or os.environ.get("AWS_ENDPOINT_URL")
-    if endpoint:
-        kwargs["endpoint_url"] = endpoint
-    region = args.region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
-    return boto3.session.Session(region_name=region or "us-east-1").client("stepfunctions",
-                                                                             **kwargs)
 
 
 def _state_machine_arn(sfn: Any, wanted: str) -> str:

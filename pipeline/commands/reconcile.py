@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from typing import Any
+
+from pipeline.commands import add_aws_options, settings_from
 
 HELP = "check that objects, records, output documents and the DLQ agree"
 
@@ -34,29 +35,23 @@ def register(sub: Any) -> None:
                    "(default: %(default)s; '' to skip the queue checks)")
     p.add_argument("--dlq", default=None, metavar="NAME_OR_URL",
                    help="the dead-letter queue (default: <queue name>-dlq)")
-    p.add_argument("--endpoint-url", default=None,
-                   help="AWS endpoint, e.g. http://127.0.0.1:4566 (default: AWS_ENDPOINT_URL)")
-    p.add_argument("--region", default=None, help="AWS region (default: AWS_REGION)")
+    add_aws_options(p)
     p.add_argument("--json", action="store_true", help="print the whole report as JSON")
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from pipeline.aws import create_clients
-    from pipeline.commands.redrive import sqs_client
+    from pipeline.aws import client_for, create_clients
     from pipeline.reconcile import reconcile
     from pipeline.redrive import resolve_queue_url
-    from pipeline.settings import Settings
 
-    settings = Settings.from_env(os.environ, table_name=args.table,
-                                 input_prefix=args.input_prefix,
-                                 output_prefix=args.output_prefix,
-                                 endpoint_url=args.endpoint_url, region=args.region)
+    settings = settings_from(args, table_name=args.table, input_prefix=args.input_prefix,
+                             output_prefix=args.output_prefix)
     model = args.model or _packaged_model_id()
     clients = create_clients(settings)
     sqs = queue_url = dlq_url = None
     if args.queue:
-        sqs = sqs_client(settings.endpoint_url or None, settings.region)
+        sqs = client_for("sqs", settings)
         queue_url = resolve_queue_url(sqs, args.queue)
         dlq_url = resolve_queue_url(
             sqs, args.dlq or queue_url.rstrip("/").rsplit("/", 1)[-1] + "-dlq")

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from typing import Any
+
+from pipeline.commands import add_aws_options, settings_from
 
 HELP = "move messages from the dead-letter queue back to the ingest queue"
 
@@ -28,9 +29,7 @@ def register(sub: Any) -> None:
                    help="move at most N messages (default: all)")
     p.add_argument("--dry-run", action="store_true",
                    help="only say how many messages the DLQ holds; move nothing")
-    p.add_argument("--endpoint-url", default=None,
-                   help="AWS endpoint, e.g. http://127.0.0.1:4566 (default: AWS_ENDPOINT_URL)")
-    p.add_argument("--region", default=None, help="AWS region (default: AWS_REGION)")
+    add_aws_options(p)
     p.set_defaults(run=run)
 
 
@@ -41,7 +40,9 @@ def run(args: argparse.Namespace) -> int:
     if args.max is not None and args.max < 0:
         print("imgpipe redrive: --max must be >= 0", file=sys.stderr)
         return 2
-    sqs = sqs_client(args.endpoint_url, args.region)
+    from pipeline.aws import client_for
+
+    sqs = client_for("sqs", settings_from(args))
     queue_url = resolve_queue_url(sqs, args.queue)
     dlq_url = resolve_queue_url(sqs, args.dlq or queue_url.rstrip("/").rsplit("/", 1)[-1]
                                 + "-dlq")
@@ -62,18 +63,6 @@ def run(args: argparse.Namespace) -> int:
         return 1
     print(f"moved {count} message(s) from {dlq_url} to {queue_url}")
     return 0
-
-
-def sqs_client(endpoint_url: str | None, region: str | None) -> Any:
-    import boto3
-    from botocore.config import Config
-
-    kwargs: dict[str, Any] = {"config": Config(retries={"max_attempts": 5, "mode": "standard"})}
-    endpoint = endpoint_url or os.environ.get("AWS_ENDPOINT_URL")
-    if endpoint:
-        kwargs["endpoint_url"] = endpoint
-    region = region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
-    return boto3.session.Session(region_name=region or "us-east-1").client("sqs", **kwargs)
 
 
 def _preview(body: str, width: int = 80) -> str:

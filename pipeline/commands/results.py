@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from typing import Any
+
+from pipeline.commands import add_aws_options, settings_from
 
 HELP = "read predictions from the DynamoDB table (by image, or by label)"
 
@@ -39,19 +40,15 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help="model id (default: the packaged model's, efficientnet-lite0@1)")
     p.add_argument("--table", default=None,
                    help="table name (default: IMGPIPE_TABLE or imgpipe-predictions)")
-    p.add_argument("--endpoint-url", default=None,
-                   help="AWS endpoint, e.g. http://127.0.0.1:4566 (default: AWS_ENDPOINT_URL)")
-    p.add_argument("--region", default=None, help="AWS region (default: AWS_REGION)")
+    add_aws_options(p)
 
 
 def _sink(args: argparse.Namespace) -> tuple[Any, str]:
     from pipeline.aws import DynamoResultSink, create_clients
     from pipeline.manifest import load_manifest
     from pipeline.modelstore import default_model_dir
-    from pipeline.settings import Settings
 
-    settings = Settings.from_env(os.environ, table_name=args.table,
-                                 endpoint_url=args.endpoint_url, region=args.region)
+    settings = settings_from(args, table_name=args.table)
     model = args.model or load_manifest(default_model_dir()).model_id
     clients = create_clients(settings)
     return DynamoResultSink(clients.dynamodb, settings.table_name), model
