@@ -1,0 +1,72 @@
+"""Settings from an injected mapping, and AWS error codes translated in one place."""
+
+from __future__ import annotations
+
+import pytest
+from botocore.exceptions import ClientError, EndpointConnectionError
+
+from pipeline.aws import translate_client_error
+from pipeline.errors import ConfigError, GoneError, SupersededError, TransientError
+from pipeline.settings import Settings
+
+
+def test_settings_come_from_the_mapping_and_explicit_values_win() -> None:
+    env = {"IMGPIPE_TABLE": "t", "IMGPIPE_BATCH_SIZE": "8", "AWS_DEFAULT_REGION": "eu-west-1",
+           "IMGPIPE_INPUT_PREFIX": "in/", "IMGPIPE_OUTPUT_PREFIX": "out/"}
+    s = Settings.from_env(env, batch_size=4)
+    assert (s.table_name, s.batch_size, s.region) == ("t", 4, "eu-west-1")
+    assert (s.input_prefix, s.output_prefix) == ("in/", "out/")
+    assert Settings.from_env({"AWS_REGION": "ap-south-1",
+                              "AWS_DEFAULT_REGION": "eu-west-1"}).region == "ap-south-1"
+
+
+@pytest.mark.parametrize(("inp", "out"), [
+    ("photos/", "photos/predictions/"),  # results inside the input: they would trigger it
+    ("photos/raw/", "photos/"),
+    ("same/", "same/"),
+])
+def test_overlapping_prefixes_are_refused_because_results_would_loop(inp: str, out: str) -> None:
+    with pytest.raises(ConfigError, match="overlap"):
+        Settings(input_prefix=inp, output_prefix=out)
+
+
+@pytest.mark.parametrize("bad", ["", "incoming", "/incoming/"])
+def test_a_prefix_must_end_with_a_slash(bad: str) -> None:
+    with pytest.raises(ConfigError, match="prefix"):
+        Settings(input_prefix=bad)
+
+
+def test_a_number_that_is_not_one_names_the_variable() -> None:
+    with pytest.raises(ConfigError, match="IMGPIPE_BATCH_SIZE='lots'"):
+        Settings.from_env({"IMGPIPE_BATCH_SIZE": "lots"})
+
+
+def _client_error(code: str, status: int) -> ClientError:
+    return ClientError({"Error": {"Code": code, "Message": code},
+                        "ResponseMetadata": {"HTTPStatusCode": status}}, "GetObject")
+
+
+@pytest.mark.parametrize(("code", "status", "kind"), [
+    ("NoSuchKey", 404, GoneError),
+    ("AccessDenied", 403, GoneError),  # deleted, and the role has no ListBucket there
+    ("PreconditionFailed", 412, SupersededError),
+    ("SlowDown", 503, TransientError),
+    ("ProvisionedThroughputExceededException", 400, TransientError),
+    ("ThrottlingException", 400, TransientError),
+    ("InternalError", 500, TransientError),
+    ("SomethingNew", 400, TransientError),  # unknown: retry, never a false `rejected`
+])
+def test_client_errors_map_to_the_core_error_family(code: str, status: int, kind: type) -> None:
+    error = translate_client_error(_client_error(code, status), "reading s3://b/k")
+    assert type(error) is kind
+    assert "s3://b/k" in str(error)
+
+
+def test_a_status_without_a_code_is_still_classified() -> None:
+    error = ClientError({"Error": {}, "ResponseMetadata": {"HTTPStatusCode": 404}}, "HeadObject")
+    assert isinstance(translate_client_error(error, "x"), GoneError)
+
+
+def test_connection_errors_are_transient() -> None:
+    error = EndpointConnectionError(endpoint_url="http://127.0.0.1:1")
+    assert isinstance(translate_client_error(error, "reading"), TransientError)
