@@ -153,6 +153,10 @@ def check(reference_dir: Path) -> int:
             worst_repo = max(worst_repo, float(np.abs(got_repo - np.asarray(expected)).max()))
         repo_labels = (reference_dir / LABELS_FILE).read_text("utf-8")
         fresh_labels = (Path(tmp) / LABELS_FILE).read_text("utf-8")
+    same = "identical to" if fresh.sha256 == json.loads(
+        (reference_dir / "manifest.json").read_text())["sha256"] else "different from"
+    print(f"fresh export: sha256 {fresh.sha256[:16]}..., byte-for-byte {same} the committed "
+          f"file")
     print(f"fresh export vs PyTorch: max |logit diff| = {worst:.2e} over {len(ref)} photos")
     print(f"committed model vs PyTorch: max |logit diff| = {worst_repo:.2e}")
     ok = worst < TOLERANCE and worst_repo < TOLERANCE and repo_labels == fresh_labels
