@@ -193,6 +193,7 @@ class Classifier:
         *,
         batch_size: int = 16,
         decode_workers: int | None = None,
+        fetch_workers: int = 8,
         intra_op_threads: int | None = None,
         limits: DecodeLimits | None = None,
     ) -> None:
@@ -202,8 +203,12 @@ class Classifier:
         self.session = session or create_session(manifest, intra_op_threads)
         self.batch_size = batch_size
         self.decode_workers = decode_workers or available_cpus()
+        if fetch_workers < 1:
+            raise ValueError("fetch_workers must be at least 1")
+        self.fetch_workers = fetch_workers
         self.limits = limits or DecodeLimits()
         self._pool: ThreadPoolExecutor | None = None
+        self._fetch_pool: ThreadPoolExecutor | None = None
         self._pool_lock = threading.Lock()
 
     @property
@@ -244,13 +249,20 @@ class Classifier:
     def classify_many(self, items: Iterable[tuple[K, Loader]]) -> Iterator[ItemResult[K]]:
         """Fetch, decode and classify, streaming, in input order.
 
-        `items` are (key, loader) pairs; the loader returns the image bytes and runs in the
-        decode pool, so fetching from S3 overlaps with decoding and inference. Any
-        exception from a loader or the decoder becomes that item's `error`.
+        `items` are (key, loader) pairs. Loaders run in a fetch pool (`fetch_workers`
+        threads: an S3 read is mostly waiting, so several run at once) and hand the bytes
+        to the decode pool (`decode_workers`, one per CPU), so fetching, decoding and
+        inference overlap. Any exception from a loader or the decoder becomes that item's
+        `error`.
         """
-        pool = self._executor()
-        window = max(2 * self.batch_size, 2 * self.decode_workers)
-        pending: list[tuple[K, Future[tuple[DecodedImage, int]]]] = []
+        fetch_pool, decode_pool = self._executors()
+
+        def fetch_then_decode(loader: Loader) -> Future[tuple[DecodedImage, int]]:
+            data = loader()
+            return decode_pool.submit(self._decode_sized, data)
+
+        window = max(2 * self.batch_size, 2 * self.decode_workers, self.fetch_workers)
+        pending: list[tuple[K, Future[Future[tuple[DecodedImage, int]]]]] = []
         ready: list[tuple[K, DecodedImage, int]] = []
         iterator = iter(items)
         exhausted = False
@@ -262,12 +274,12 @@ class Classifier:
                 except StopIteration:
                     exhausted = True
                     break
-                pending.append((key, pool.submit(self._load_and_decode, loader)))
+                pending.append((key, fetch_pool.submit(fetch_then_decode, loader)))
             if not pending:
                 break
             key, fut = pending.pop(0)
             try:
-                decoded, nbytes = fut.result()
+                decoded, nbytes = fut.result().result()
             except Exception as e:  # noqa: BLE001 - one item's failure stays its own
                 yield from self._flush(ready)
                 ready = []
@@ -303,23 +315,26 @@ class Classifier:
                 nbytes=nbytes,
             )
 
-    def _load_and_decode(self, loader: Loader) -> tuple[DecodedImage, int]:
-        data = loader()
+    def _decode_sized(self, data: bytes) -> tuple[DecodedImage, int]:
         return self.preprocess(data), len(data)
 
-    def _executor(self) -> ThreadPoolExecutor:
+    def _executors(self) -> tuple[ThreadPoolExecutor, ThreadPoolExecutor]:
         with self._pool_lock:
-            if self._pool is None:
+            if self._pool is None or self._fetch_pool is None:
+                self._fetch_pool = ThreadPoolExecutor(
+                    max_workers=self.fetch_workers, thread_name_prefix="imgpipe-fetch"
+                )
                 self._pool = ThreadPoolExecutor(
                     max_workers=self.decode_workers, thread_name_prefix="imgpipe-decode"
                 )
-            return self._pool
+            return self._fetch_pool, self._pool
 
     def close(self) -> None:
         with self._pool_lock:
-            if self._pool is not None:
-                self._pool.shutdown(wait=True)
-                self._pool = None
+            for pool in (self._fetch_pool, self._pool):
+                if pool is not None:
+                    pool.shutdown(wait=True)
+            self._pool = self._fetch_pool = None
 
     def __enter__(self) -> Classifier:
         return self

@@ -24,6 +24,7 @@ def build_classifier(settings: Settings, s3_client: Any = None) -> Classifier:
         manifest,
         batch_size=settings.batch_size,
         decode_workers=settings.decode_workers or None,
+        fetch_workers=settings.fetch_workers,
         limits=DecodeLimits(max_pixels=settings.max_pixels,
                             max_bytes=settings.max_object_bytes),
     )

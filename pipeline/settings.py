@@ -24,6 +24,7 @@ ENV_VARS: dict[str, str] = {
     "model_cache_dir": "IMGPIPE_MODEL_CACHE",
     "batch_size": "IMGPIPE_BATCH_SIZE",
     "decode_workers": "IMGPIPE_DECODE_WORKERS",
+    "fetch_workers": "IMGPIPE_FETCH_WORKERS",
     "max_pixels": "IMGPIPE_MAX_PIXELS",
     "max_object_bytes": "IMGPIPE_MAX_OBJECT_BYTES",
     "timeout_margin_ms": "IMGPIPE_TIMEOUT_MARGIN_MS",
@@ -42,6 +43,7 @@ class Settings:
     model_cache_dir: str = "/tmp/imgpipe-model"
     batch_size: int = 16
     decode_workers: int = 0  # 0: one per available CPU
+    fetch_workers: int = 8  # concurrent S3 reads feeding the decoders
     max_pixels: int = 40_000_000
     max_object_bytes: int = 50 * 1024 * 1024
     timeout_margin_ms: int = 10_000
@@ -90,7 +92,7 @@ class Settings:
             )
         if not self.table_name:
             raise ConfigError("IMGPIPE_TABLE must name the DynamoDB table")
-        for name in ("batch_size", "max_pixels", "max_object_bytes"):
+        for name in ("batch_size", "max_pixels", "max_object_bytes", "fetch_workers"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{ENV_VARS[name]} must be at least 1")
         if self.decode_workers < 0 or self.timeout_margin_ms < 0:

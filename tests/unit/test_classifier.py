@@ -292,3 +292,25 @@ def test_default_thread_count_follows_available_cpus(tiny_model: MakeTiny) -> No
         assert clf.decode_workers == available_cpus()
     assert 1 <= available_cpus() <= (Path("/proc/cpuinfo").read_text().count("processor\t")
                                       or 1024)
+
+
+def test_fetches_run_concurrently_beyond_the_decode_threads(fake_session: FakeSession) -> None:
+    # Four loaders that can only finish together: they pass the barrier only if four run
+    # at once, which one decode thread alone could never do (S3 reads are mostly waiting).
+    import threading
+
+    barrier = threading.Barrier(4, timeout=10)
+
+    def loader(colour: tuple[int, int, int]) -> Callable[[], bytes]:
+        def load() -> bytes:
+            barrier.wait()
+            return png(colour)
+
+        return load
+
+    work = [(i, loader((i * 40, 0, 0))) for i in range(4)]
+    with Classifier(manifest(), fake_session, batch_size=4, decode_workers=1,
+                    fetch_workers=4) as clf:
+        results = list(clf.classify_many(work))
+    assert [r.error for r in results] == [None] * 4
+    assert fake_session.batches == [4]
