@@ -78,24 +78,22 @@ def run(args: argparse.Namespace) -> int:
         print()
         _print_results([records[i] for i in images], model)
         elapsed = time.monotonic() - started
-        classified = sum(1 for rec in records.values() if rec["status"] == "classified")
+        classified = sum(1 for rec in records.values() if rec.status == "classified")
         print(f"\n{classified} classified, {len(records) - classified} rejected, "
               f"in {elapsed:.1f} s. The same stack runs with `imgpipe local` for the aws CLI.")
     return 0
 
 
-def _print_results(records: list[dict[str, Any]], model: str) -> None:
+def _print_results(records: list[Any], model: str) -> None:
     rows = []
     for rec in records:
-        image = str(rec["image"])
-        if rec["status"] == "classified":
-            rows.append((image, rec["status"], str(rec["label"]), f"{float(rec['score']):.3f}"))
+        if rec.status == "classified":
+            rows.append((rec.image, rec.status, str(rec.label), f"{rec.score:.3f}"))
         else:
-            rows.append((image, rec["status"], str(rec.get("error", "")), ""))
+            rows.append((rec.image, rec.status, rec.error or "", ""))
     headers = ("IMAGE", "STATUS", "LABEL / ERROR", "SCORE")
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
     print(f"\nresults (model {model}):")
     print("  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip())
     for row in rows:
         print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
-

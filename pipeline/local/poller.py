@@ -75,7 +75,11 @@ class SqsPoller:
         queue_arn: str = "",
         retry_visibility_s: int | None = None,
         on_batch: Callable[[BatchResult], None] | None = None,
+        concurrency: int = 1,
     ) -> None:
+        if concurrency < 1:
+            raise ValueError("concurrency must be at least 1")
+        self.concurrency = concurrency
         self.sqs = sqs
         self.queue_url = queue_url
         self.handler = handler
@@ -89,20 +93,28 @@ class SqsPoller:
         self.retry_visibility_s = retry_visibility_s
         self.on_batch = on_batch
         self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
+        self._lock = threading.Lock()
         self.batches = 0
 
     # ---- lifecycle ---------------------------------------------------------------------
 
     def start(self) -> None:
+        """Start `concurrency` pollers, each invoking the handler one batch at a time, as
+        the event source mapping scales concurrent invocations up to its maximum."""
         self._stop.clear()  # a stopped poller can be started again
-        self._thread = threading.Thread(target=self.run, name="imgpipe-poller", daemon=True)
-        self._thread.start()
+        self._threads = [
+            threading.Thread(target=self.run, name=f"imgpipe-poller-{i}", daemon=True)
+            for i in range(self.concurrency)
+        ]
+        for thread in self._threads:
+            thread.start()
 
     def stop(self, timeout: float = 30.0) -> None:
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
+        for thread in self._threads:
+            thread.join(timeout)
+        self._threads = []
 
     def run(self) -> None:
         while not self._stop.is_set():
@@ -138,7 +150,8 @@ class SqsPoller:
             self._retry_sooner([by_id[mid] for mid in failed])
         result = BatchResult(received=len(messages), deleted=deleted, failed=failed,
                              error=error, seconds=time.monotonic() - started)
-        self.batches += 1
+        with self._lock:
+            self.batches += 1
         if self.on_batch:
             self.on_batch(result)
         return result

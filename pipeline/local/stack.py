@@ -20,9 +20,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pipeline.classifier import available_cpus
 from pipeline.errors import ConfigError, ImgpipeError
 from pipeline.local.poller import BatchResult, SqsPoller
 from pipeline.local.provision import LocalResources, provision
+from pipeline.records import PredictionRecord
 
 __all__ = ["LocalStack", "StackOptions", "local_session", "free_port"]
 
@@ -116,6 +118,9 @@ class LocalStack:
                 region=REGION,
                 retry_visibility_s=self.options.retry_visibility_s,
                 on_batch=self.on_batch,
+                # Lambda runs up to MaximumConcurrency batches at once; here they share
+                # this machine's CPUs, so no more than there are.
+                concurrency=max(1, min(resources.max_concurrency, available_cpus())),
             )
             self.poller.start()
         return resources
@@ -176,39 +181,34 @@ class LocalStack:
     def wait_for_records(
         self, images: Iterable[str], model: str, timeout_s: float = 60.0,
         progress: Callable[[int, int], None] | None = None,
-    ) -> dict[str, dict[str, Any]]:
-        """Poll the table until every `s3://...` image has an item for `model`."""
-        from boto3.dynamodb.types import TypeDeserializer
+    ) -> dict[str, PredictionRecord]:
+        """Poll the table until every `s3://...` image has an item for `model`.
+
+        One BatchGetItem per 100 missing images every half second: the emulator shares
+        the CPUs with the pipeline it is watching.
+        """
+        from pipeline.aws import DynamoResultSink
 
         assert self.resources is not None
-        ddb = self.client("dynamodb")
-        de = TypeDeserializer()
+        sink = DynamoResultSink(self.client("dynamodb"), self.resources.table)
         wanted = list(dict.fromkeys(images))
-        found: dict[str, dict[str, Any]] = {}
+        found: dict[str, PredictionRecord] = {}
         deadline = time.monotonic() + timeout_s
-        while len(found) < len(wanted):
-            for image in wanted:
-                if image in found:
-                    continue
-                item = ddb.get_item(
-                    TableName=self.resources.table,
-                    Key={"image": {"S": image}, "model": {"S": model}},
-                    ConsistentRead=True,
-                ).get("Item")
-                if item:
-                    found[image] = {k: de.deserialize(v) for k, v in item.items()}
+        while True:
+            missing = [image for image in wanted if image not in found]
+            for (image, _), record in sink.get_many((i, model) for i in missing).items():
+                found[image] = record
             if progress:
                 progress(len(found), len(wanted))
             if len(found) == len(wanted):
-                break
+                return found
             if time.monotonic() > deadline:
                 missing = [w for w in wanted if w not in found]
                 raise ImgpipeError(
                     f"timed out after {timeout_s:.0f} s waiting for {len(missing)} record(s): "
                     + ", ".join(missing[:5])
                 )
-            time.sleep(0.25)
-        return found
+            time.sleep(0.5)
 
     def _install_execution_names(self) -> None:
         """`start-execution` without `--name` gets a fresh UUID name, as on AWS.

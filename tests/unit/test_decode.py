@@ -12,7 +12,6 @@ import os
 import struct
 import subprocess
 import sys
-import time
 import tracemalloc
 import warnings
 import zlib
@@ -130,17 +129,14 @@ def test_decompression_bomb_is_refused_from_the_header(
     assert len(bomb) < 200  # the file is tiny; the claimed image is 1.2 GB of RGB
 
     tracemalloc.start()
-    started = time.perf_counter()
     try:
         message = refusal(bomb, default_manifest)
     finally:
         _, peak = tracemalloc.get_traced_memory()
         tracemalloc.stop()
-    elapsed = time.perf_counter() - started
 
     assert message == "image too large: 20000x20000 pixels exceeds the 40 MP limit"
-    assert peak < 5_000_000
-    assert elapsed < 1.0  # generous: the refusal itself takes about a millisecond
+    assert peak < 5_000_000  # Python-side; the capped child below covers C allocations
 
 
 # Run in a child whose address space is capped a little above what it already uses: any
@@ -479,9 +475,7 @@ def test_extreme_aspect_and_single_pixel(
     size: tuple[int, int], default_manifest: ModelManifest, encode: Encode
 ) -> None:
     data = encode(Image.new("RGB", size, (12, 34, 56)), "PNG")
-    started = time.perf_counter()
     decoded = decode_image(data, default_manifest)
-    assert time.perf_counter() - started < 2
     assert decoded.tensor.shape == (3, 224, 224)
     assert (decoded.width, decoded.height) == size
     expected = (np.array([12, 34, 56], dtype=np.float32) - 127) / 128
