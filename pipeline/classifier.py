@@ -193,7 +193,7 @@ class Classifier:
         *,
         batch_size: int = 16,
         decode_workers: int | None = None,
-        fetch_workers: int = 8,
+        fetch_workers: int = 4,
         intra_op_threads: int | None = None,
         limits: DecodeLimits | None = None,
     ) -> None:
@@ -256,10 +256,20 @@ class Classifier:
         `error`.
         """
         fetch_pool, decode_pool = self._executors()
+        # Raw bytes are the big allocation (3 MB per photo): hold at most this many at
+        # once, from the start of a fetch to the end of its decode.
+        slots = threading.BoundedSemaphore(self.fetch_workers + self.decode_workers)
 
         def fetch_then_decode(loader: Loader) -> Future[tuple[DecodedImage, int]]:
-            data = loader()
-            return decode_pool.submit(self._decode_sized, data)
+            slots.acquire()
+            try:
+                data = loader()
+                future = decode_pool.submit(self._decode_sized, data)
+            except BaseException:
+                slots.release()
+                raise
+            future.add_done_callback(lambda _: slots.release())
+            return future
 
         window = max(2 * self.batch_size, 2 * self.decode_workers, self.fetch_workers)
         pending: list[tuple[K, Future[Future[tuple[DecodedImage, int]]]]] = []

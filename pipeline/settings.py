@@ -43,7 +43,7 @@ class Settings:
     model_cache_dir: str = "/tmp/imgpipe-model"
     batch_size: int = 16
     decode_workers: int = 0  # 0: one per available CPU
-    fetch_workers: int = 8  # concurrent S3 reads feeding the decoders
+    fetch_workers: int = 4  # concurrent S3 reads feeding the decoders
     max_pixels: int = 40_000_000
     max_object_bytes: int = 50 * 1024 * 1024
     timeout_margin_ms: int = 10_000
