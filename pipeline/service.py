@@ -18,8 +18,10 @@ turns them into batch item failures); they never become `rejected` records.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal, Protocol
@@ -127,6 +129,8 @@ class ClassificationService:
         self.settings = settings
         self.clock = clock
         self.log = logger or log
+        self._writer_pool: ThreadPoolExecutor | None = None
+        self._writers_lock = threading.Lock()
 
     @property
     def model_id(self) -> str:
@@ -231,6 +235,9 @@ class ClassificationService:
 
             return load
 
+        # The two writes of each image (S3, then DynamoDB) are round trips: run them in a
+        # pool so they overlap with each other and with the next images' inference.
+        writes: dict[ObjectRef, Future[Outcome]] = {}
         for result in self.classifier.classify_many(
             (i, loader(i, ref)) for i, ref in enumerate(todo)
         ):
@@ -238,11 +245,21 @@ class ClassificationService:
             obj = fetched.get(result.key)
             if obj is not None:
                 ref = _with_object_facts(ref, obj)
-            results[todo[result.key]] = self._finish(
-                ref, result.prediction, result.error, result.nbytes,
+            writes[todo[result.key]] = self._writers().submit(
+                self._finish, ref, result.prediction, result.error, result.nbytes,
                 existing.get((ref.uri, model)), overwrite,
             )
+        for original, future in writes.items():
+            results[original] = future.result()
         return [results[r] for r in unique]
+
+    def _writers(self) -> ThreadPoolExecutor:
+        with self._writers_lock:
+            if self._writer_pool is None:
+                self._writer_pool = ThreadPoolExecutor(
+                    max_workers=self.settings.fetch_workers, thread_name_prefix="imgpipe-write"
+                )
+            return self._writer_pool
 
     def _finish(
         self,

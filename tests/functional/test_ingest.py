@@ -315,3 +315,25 @@ def test_model_from_s3_is_downloaded_once_and_verified(tmp_path: Any, aws: Any) 
                       Body=(default_model_dir() / "manifest.json").read_bytes())
     with pytest.raises(ModelError, match="cannot download"):
         resolve_model("s3://models/lite0/v2", cache, aws.s3)
+
+
+def test_the_writes_of_different_images_overlap(harness: Harness) -> None:
+    # Each put waits until another one is in flight too: this passes only if the record
+    # writes of a batch run concurrently (they are round trips, not CPU work).
+    import threading
+
+    a = harness.upload("incoming/a.jpg", sample("coffee.jpg"))
+    b = harness.upload("incoming/b.jpg", sample("rocket.jpg"))
+    sink = harness.service.sink
+    real_put = sink.put
+    barrier = threading.Barrier(2, timeout=10)
+
+    def put_together(record: Any, expected: Any) -> bool:
+        barrier.wait()
+        return real_put(record, expected)
+
+    sink.put = put_together  # type: ignore[method-assign]
+    response, _ = invoke(s3_event(a), s3_event(b))
+    assert failed_ids(response) == []
+    assert {harness.record(k)["status"] for k in ("incoming/a.jpg", "incoming/b.jpg")} == {
+        "classified"}
