@@ -35,7 +35,8 @@ def classifier() -> Iterator[Classifier]:
 
 
 @pytest.fixture
-def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[Clients]:
+def mocked_aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """moto in-process, with fake credentials and nothing of the caller's AWS config."""
     from moto import mock_aws
 
     for var in ("AWS_ENDPOINT_URL", "AWS_PROFILE"):
@@ -44,28 +45,34 @@ def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[Clients]:
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
     with mock_aws():
-        s3 = boto3.client("s3", region_name="us-east-1")
-        ddb = boto3.client("dynamodb", region_name="us-east-1")
-        s3.create_bucket(Bucket=BUCKET)
-        ddb.create_table(
-            TableName=TABLE,
-            BillingMode="PAY_PER_REQUEST",
-            AttributeDefinitions=[
-                {"AttributeName": "image", "AttributeType": "S"},
-                {"AttributeName": "model", "AttributeType": "S"},
-                {"AttributeName": "label_key", "AttributeType": "S"},
-                {"AttributeName": "score", "AttributeType": "N"},
-            ],
-            KeySchema=[{"AttributeName": "image", "KeyType": "HASH"},
-                       {"AttributeName": "model", "KeyType": "RANGE"}],
-            GlobalSecondaryIndexes=[{
-                "IndexName": "by-label",
-                "KeySchema": [{"AttributeName": "label_key", "KeyType": "HASH"},
-                              {"AttributeName": "score", "KeyType": "RANGE"}],
-                "Projection": {"ProjectionType": "ALL"},
-            }],
-        )
-        yield Clients(s3=s3, dynamodb=ddb)
+        yield
+
+
+@pytest.fixture
+def aws(mocked_aws: None) -> Iterator[Clients]:
+    """The bucket and table every ingest test starts from (the template's schema)."""
+    s3 = boto3.client("s3", region_name="us-east-1")
+    ddb = boto3.client("dynamodb", region_name="us-east-1")
+    s3.create_bucket(Bucket=BUCKET)
+    ddb.create_table(
+        TableName=TABLE,
+        BillingMode="PAY_PER_REQUEST",
+        AttributeDefinitions=[
+            {"AttributeName": "image", "AttributeType": "S"},
+            {"AttributeName": "model", "AttributeType": "S"},
+            {"AttributeName": "label_key", "AttributeType": "S"},
+            {"AttributeName": "score", "AttributeType": "N"},
+        ],
+        KeySchema=[{"AttributeName": "image", "KeyType": "HASH"},
+                   {"AttributeName": "model", "KeyType": "RANGE"}],
+        GlobalSecondaryIndexes=[{
+            "IndexName": "by-label",
+            "KeySchema": [{"AttributeName": "label_key", "KeyType": "HASH"},
+                          {"AttributeName": "score", "KeyType": "RANGE"}],
+            "Projection": {"ProjectionType": "ALL"},
+        }],
+    )
+    yield Clients(s3=s3, dynamodb=ddb)
 
 
 @dataclass
