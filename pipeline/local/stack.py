@@ -106,6 +106,7 @@ class LocalStack:
         handlers.backfill._services.clear()
         self._install_lambda_shim(resources)
         self._install_execution_names()
+        self._cache_service_directory()
         if self.options.poll:
             self.poller = SqsPoller(
                 self.client("sqs"),
@@ -209,6 +210,20 @@ class LocalStack:
                     + ", ".join(missing[:5])
                 )
             time.sleep(0.5)
+
+    def _cache_service_directory(self) -> None:
+        """List moto's service packages once, not on every request.
+
+        moto's server routes each request by listing its own package directory (a
+        listdir and ~150 stat calls per request); the directory does not change while the
+        stack runs, and the emulator shares the CPUs with the pipeline it serves.
+        """
+        import moto.backends
+
+        original = moto.backends.list_of_moto_modules
+        modules = tuple(original())
+        self._patches.append((moto.backends, "list_of_moto_modules", original))
+        setattr(moto.backends, "list_of_moto_modules", lambda: modules)  # noqa: B010
 
     def _install_execution_names(self) -> None:
         """`start-execution` without `--name` gets a fresh UUID name, as on AWS.
