@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -71,11 +72,19 @@ def run(args: argparse.Namespace) -> int:
             print(f"  uploaded s3://{r.bucket}/{key} ({len(data):,} bytes)", flush=True)
         images = [f"s3://{r.bucket}/{key}" for key, _ in uploads]
 
+        shown = [-1]
+        tty = sys.stdout.isatty()
+
         def progress(done: int, total: int) -> None:
-            print(f"\r  records: {done}/{total}", end="", flush=True)
+            if done == shown[0]:
+                return  # a log file gets one line per change, a terminal one updated line
+            shown[0] = done
+            print(f"\r  records: {done}/{total}" if tty else f"  records: {done}/{total}",
+                  end="" if tty else "\n", flush=True)
 
         records = stack.wait_for_records(images, model, args.timeout, progress)
-        print()
+        if tty:
+            print()
         _print_results([records[i] for i in images], model)
         elapsed = time.monotonic() - started
         classified = sum(1 for rec in records.values() if rec.status == "classified")
