@@ -53,11 +53,14 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
         s3 = create_clients(Settings.from_env(os.environ)).s3
         batches = plan_batches(s3, plan["bucket"], plan.get("prefix", ""),
                                plan.get("max_items_per_batch", 64), plan.get("batch_input", {}))
+        metrics.add_metric(name="BackfillBatchesPlanned", unit=MetricUnit.Count,
+                           value=len(batches))
         return {"batches": batches}
     if "summarize" in event:  # the state machine's last step
         step = event["summarize"]
         s3 = create_clients(Settings.from_env(os.environ)).s3
         summary = summarize(step.get("map_run"), s3, step.get("request"))
+        metrics.add_metric(name="BackfillRunsSummarized", unit=MetricUnit.Count, value=1)
         logger.info("backfill summary", extra=summary)
         return summary
     batch = parse_batch(event, Settings.from_env(os.environ).output_prefix)

@@ -38,6 +38,7 @@ def get_service() -> ClassificationService:
 def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     service = get_service()
     messages = [(r.message_id, r.body) for r in SQSEvent(event).records]
+    metrics.add_metric(name="MessagesReceived", unit=MetricUnit.Count, value=len(messages))
     report = service.process_messages(messages, remaining_ms=deadline_from(context))
     for status, count in report.counts().items():
         metrics.add_metric(name=f"Images{status.capitalize()}", unit=MetricUnit.Count,

@@ -21,6 +21,7 @@ from pipeline.settings import Settings
 __all__ = [
     "Clients",
     "client_for",
+    "is_loopback",
     "DynamoResultSink",
     "FetchedObject",
     "S3ObjectStore",
@@ -108,14 +109,14 @@ def _new_client(service: str, settings: Settings, session: Any) -> Any:
     kwargs: dict[str, Any] = {"config": config, "region_name": settings.region}
     if settings.endpoint_url:
         kwargs["endpoint_url"] = settings.endpoint_url
-        if _is_loopback(settings.endpoint_url):
+        if is_loopback(settings.endpoint_url):
             # The local emulator: no network to protect against, and a CRC32 over every
             # 3 MB photo read is CPU the emulator and the decoder share.
             kwargs["config"] = config.merge(Config(response_checksum_validation="when_required"))
     return session.client(service, **kwargs)
 
 
-def _is_loopback(url: str) -> bool:
+def is_loopback(url: str) -> bool:
     from urllib.parse import urlparse
 
     host = urlparse(url).hostname or ""

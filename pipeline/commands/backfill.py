@@ -48,9 +48,13 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as e:
         print(f"imgpipe backfill: {e}", file=sys.stderr)
         return 2
-    from pipeline.aws import client_for
+    from pipeline.aws import client_for, is_loopback
 
-    sfn = client_for("stepfunctions", settings_from(args))
+    settings = settings_from(args)
+    sfn = client_for("stepfunctions", settings)
+    # On AWS a map run counts objects; the local stack's Map runs over batches of them.
+    unit = "batches" if settings.endpoint_url and is_loopback(settings.endpoint_url) \
+        else "objects"
     arn = _state_machine_arn(sfn, args.state_machine
                              or os.environ.get("IMGPIPE_STATE_MACHINE", "imgpipe-backfill"))
     request: dict[str, Any] = {"bucket": bucket, "prefix": prefix,
@@ -65,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.wait:
         print(execution_arn)
         return 0
-    desc = _follow(sfn, execution_arn, started)
+    desc = _follow(sfn, execution_arn, started, unit)
     elapsed = time.monotonic() - started
     if desc["status"] != "SUCCEEDED":
         cause = desc.get("cause") or desc.get("error") or "no cause given"
@@ -94,7 +98,7 @@ def _state_machine_arn(sfn: Any, wanted: str) -> str:
                       f"infra/template.yaml, or start `imgpipe local`; or pass --state-machine)")
 
 
-def _follow(sfn: Any, execution_arn: str, started: float) -> dict[str, Any]:
+def _follow(sfn: Any, execution_arn: str, started: float, unit: str) -> dict[str, Any]:
     """Poll until the execution ends, drawing a progress bar from DescribeMapRun counts."""
     tty = sys.stderr.isatty()
     last_line = ""
@@ -102,7 +106,7 @@ def _follow(sfn: Any, execution_arn: str, started: float) -> dict[str, Any]:
     while True:
         desc: dict[str, Any] = sfn.describe_execution(executionArn=execution_arn)
         counts = _map_run_counts(sfn, execution_arn)
-        line = _progress_line(counts, time.monotonic() - started, desc["status"])
+        line = _progress_line(counts, time.monotonic() - started, desc["status"], unit)
         now = time.monotonic()
         if tty:
             print("\r" + line.ljust(len(last_line)), end="", file=sys.stderr, flush=True)
@@ -130,7 +134,9 @@ def _map_run_counts(sfn: Any, execution_arn: str) -> dict[str, int] | None:
         return None
 
 
-def _progress_line(counts: dict[str, int] | None, elapsed: float, status: str) -> str:
+def _progress_line(
+    counts: dict[str, int] | None, elapsed: float, status: str, unit: str = "objects"
+) -> str:
     if not counts or not counts.get("total"):
         return f"  listing and starting ... {elapsed:5.0f} s  ({status.lower()})"
     total = counts["total"]
@@ -143,7 +149,7 @@ def _progress_line(counts: dict[str, int] | None, elapsed: float, status: str) -
     bar = "#" * filled + "-" * (width - filled)
     eta_text = f"ETA {eta:4.0f} s" if eta != float("inf") else "ETA    ?"
     failed = counts.get("failed", 0)
-    return (f"  [{bar}] {done}/{total} objects  {rate:6.1f}/s  {eta_text}"
+    return (f"  [{bar}] {done}/{total} {unit}  {rate:6.1f}/s  {eta_text}"
             + (f"  {failed} failed" if failed else ""))
 
 
