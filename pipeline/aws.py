@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -268,10 +268,6 @@ class DynamoResultSink:
                 Decimal(str(min_score))
             )
         return self._collect("query", kwargs, f"querying {self.table}", limit)
-
-    def scan_all(self, page_size: int = 500) -> Sequence[PredictionRecord]:
-        kwargs: dict[str, Any] = {"TableName": self.table, "Limit": page_size}
-        return self._collect("scan", kwargs, f"scanning {self.table}")
 
     def _collect(
         self, operation: str, kwargs: dict[str, Any], what: str, limit: int | None = None

@@ -17,12 +17,18 @@ from typing import Any
 from pipeline.errors import ModelError
 from pipeline.manifest import ModelManifest, load_manifest
 
-__all__ = ["default_model_dir", "resolve_model"]
+__all__ = ["default_model_dir", "model_id_of", "resolve_model"]
 
 
 def default_model_dir() -> Path:
     """The model shipped with the code (`model/` beside `pipeline/`)."""
     return Path(__file__).resolve().parent.parent / "model"
+
+
+def model_id_of(source: str = "") -> str:
+    """The `name@version` of a local model source (default: the packaged model), read from
+    its manifest alone: no download, no hash. Commands use it to name the records to read."""
+    return load_manifest(Path(source).expanduser() if source else default_model_dir()).model_id
 
 
 def resolve_model(

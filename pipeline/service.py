@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -376,8 +375,3 @@ def deadline_from(context: Any) -> Callable[[], int] | None:
     fn = getattr(context, "get_remaining_time_in_millis", None)
     return fn if callable(fn) else None
 
-
-def monotonic_deadline(seconds: float) -> Callable[[], int]:
-    """A `remaining_ms` for the local stack, which emulates Lambda's timeout."""
-    end = time.monotonic() + seconds
-    return lambda: int((end - time.monotonic()) * 1000)

@@ -49,8 +49,7 @@ def demo_uploads(samples: Path, prefix: str) -> list[tuple[str, bytes]]:
 
 def run(args: argparse.Namespace) -> int:
     from pipeline.local.stack import LocalStack, free_port
-    from pipeline.manifest import load_manifest
-    from pipeline.modelstore import default_model_dir
+    from pipeline.modelstore import model_id_of
 
     if not args.port:
         args.port = free_port()
@@ -62,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
     with LocalStack(options, on_batch=print_batch if args.verbose else None) as stack:
         r = stack.resources
         assert r is not None
-        model = load_manifest(args.model or default_model_dir()).model_id
+        model = model_id_of(args.model)
         print(f"stack ready in {time.monotonic() - started:.1f} s; uploading to "
               f"s3://{r.bucket}/{r.input_prefix}", flush=True)
         s3 = stack.client("s3")

@@ -103,9 +103,6 @@ Ctrl-C stops it (state is in memory and goes with it).
 
 
 def _model_id(source: str) -> str:
-    from pipeline.manifest import load_manifest
-    from pipeline.modelstore import default_model_dir
+    from pipeline.modelstore import model_id_of
 
-    if source.startswith("s3://"):
-        return "<name@version>"
-    return load_manifest(source or default_model_dir()).model_id
+    return "<name@version>" if source.startswith("s3://") else model_id_of(source)

@@ -42,12 +42,13 @@ def register(sub: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from pipeline.aws import client_for, create_clients
+    from pipeline.modelstore import model_id_of
     from pipeline.reconcile import reconcile
     from pipeline.redrive import resolve_queue_url
 
     settings = settings_from(args, table_name=args.table, input_prefix=args.input_prefix,
                              output_prefix=args.output_prefix)
-    model = args.model or _packaged_model_id()
+    model = args.model or model_id_of()
     clients = create_clients(settings)
     sqs = queue_url = dlq_url = None
     if args.queue:
@@ -80,13 +81,6 @@ def run(args: argparse.Namespace) -> int:
     print("ok: everything agrees" if report.ok else
           f"NOT OK: {len(report.problems())} kind(s) of problem")
     return 0 if report.ok else 1
-
-
-def _packaged_model_id() -> str:
-    from pipeline.manifest import load_manifest
-    from pipeline.modelstore import default_model_dir
-
-    return load_manifest(default_model_dir()).model_id
 
 
 def _examples(items: tuple[str, ...], total: int | None = None) -> str:

@@ -45,11 +45,10 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 def _sink(args: argparse.Namespace) -> tuple[Any, str]:
     from pipeline.aws import DynamoResultSink, create_clients
-    from pipeline.manifest import load_manifest
-    from pipeline.modelstore import default_model_dir
+    from pipeline.modelstore import model_id_of
 
     settings = settings_from(args, table_name=args.table)
-    model = args.model or load_manifest(default_model_dir()).model_id
+    model = args.model or model_id_of()
     clients = create_clients(settings)
     return DynamoResultSink(clients.dynamodb, settings.table_name), model
 

@@ -57,6 +57,8 @@ __all__ = [
     "deployed_state_machine_definition",
     "emulator_definition",
     "load_sam_template",
+    "local_session",
+    "moto_api",
     "provision",
     "resolve_parameters",
     "translate_template",
@@ -203,7 +205,6 @@ def translate_template(
     Local `CodeUri`s (the template uses `..`, the repository root) are replaced by
     `code_uri`, which is what `sam package` does after uploading the code.
     """
-    import boto3
     from samtranslator.model.exceptions import InvalidDocumentException
     from samtranslator.parser.parser import Parser
     from samtranslator.translator.translator import Translator
@@ -216,7 +217,7 @@ def translate_template(
             if isinstance(uri, str) and not uri.startswith("s3://"):
                 resource["Properties"]["CodeUri"] = code_uri
     # A session built from explicit values: only its region is used, never the network.
-    session = boto3.session.Session(region_name=region, **CREDENTIALS)
+    session = local_session(region)
     translator = Translator(None, Parser(), boto_session=session)
     try:
         translated: dict[str, Any] = translator.translate(
@@ -482,13 +483,12 @@ def provision(
     the fresh deployment a new server promises. Pass False to deploy a second stack (other
     names) next to a live one.
     """
-    import boto3
 
     sam = load_sam_template(template_path)
     values = resolve_parameters(sam, parameters)
     check_parameter_rules(values)
 
-    session = boto3.session.Session(region_name=region, **CREDENTIALS)
+    session = local_session(region)
 
     def client(service: str) -> Any:
         return session.client(service, endpoint_url=endpoint_url)
@@ -562,9 +562,8 @@ def deployed_state_machine_definition(
     `Definition`, substitutions resolved); with `executed=True`, the one the emulator's
     Step Functions API serves (differs when the emulator executes state machines, see
     `emulator_definition`)."""
-    import boto3
 
-    session = boto3.session.Session(region_name=resources.region, **CREDENTIALS)
+    session = local_session(resources.region)
     if executed:
         sfn = session.client("stepfunctions", endpoint_url=resources.endpoint_url)
         text = sfn.describe_state_machine(
@@ -585,16 +584,29 @@ def deployed_state_machine_definition(
 # ---------------------------------------------------------------- helpers
 
 
-def _reset_emulator(endpoint_url: str) -> None:
+def local_session(region: str) -> Any:
+    """A boto3 session with the emulator's dummy credentials."""
+    import boto3
+
+    return boto3.session.Session(region_name=region, **CREDENTIALS)
+
+
+def moto_api(endpoint_url: str, action: str, settings: Mapping[str, Any] | None = None) -> None:
+    """POST to the emulator's own API (`reset`, `config`, ...)."""
     import urllib.request
 
-    request = urllib.request.Request(f"{endpoint_url.rstrip('/')}/moto-api/reset", data=b"",
-                                     method="POST")
+    body = json.dumps(settings).encode() if settings is not None else b""
+    request = urllib.request.Request(f"{endpoint_url.rstrip('/')}/moto-api/{action}", data=body,
+                                     method="POST", headers={"Content-Type": "application/json"})
     try:
         with urllib.request.urlopen(request, timeout=30) as response:
             response.read()
     except OSError as e:
-        raise ProvisionError(f"cannot reset the emulator at {endpoint_url}: {e}") from None
+        raise ProvisionError(f"the emulator at {endpoint_url} refused {action}: {e}") from None
+
+
+def _reset_emulator(endpoint_url: str) -> None:
+    moto_api(endpoint_url, "reset")
 
 
 def _placeholder_zip() -> bytes:

@@ -23,14 +23,19 @@ from typing import Any
 from pipeline.classifier import available_cpus
 from pipeline.errors import ConfigError, ImgpipeError
 from pipeline.local.poller import BatchResult, SqsPoller
-from pipeline.local.provision import LocalResources, provision
+from pipeline.local.provision import (
+    CREDENTIALS,
+    LocalResources,
+    local_session,
+    moto_api,
+    provision,
+)
 from pipeline.records import PredictionRecord
 
 __all__ = ["LocalStack", "StackOptions", "local_session", "free_port"]
 
 log = logging.getLogger("imgpipe.local")
 REGION = "us-east-1"
-CREDENTIALS = {"aws_access_key_id": "test", "aws_secret_access_key": "test"}
 
 
 def free_port() -> int:
@@ -38,12 +43,6 @@ def free_port() -> int:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
         return port
-
-
-def local_session(region: str = REGION) -> Any:
-    import boto3
-
-    return boto3.session.Session(region_name=region, **CREDENTIALS)
 
 
 @dataclass(frozen=True)
@@ -153,7 +152,7 @@ class LocalStack:
     # ---- helpers -----------------------------------------------------------------------
 
     def client(self, service: str) -> Any:
-        return local_session().client(service, endpoint_url=self.endpoint_url)
+        return local_session(REGION).client(service, endpoint_url=self.endpoint_url)
 
     def handler_environment(self, r: LocalResources) -> dict[str, str]:
         """What Lambda would set for the ingest function, pointed at the emulator."""
@@ -285,14 +284,7 @@ class LocalStack:
         setattr(LambdaBackend, "invoke", invoke)  # noqa: B010
 
     def _configure_emulator(self) -> None:
-        import json
-        import urllib.request
-
-        body = json.dumps({"stepfunctions": {"execute_state_machine": True}}).encode()
-        req = urllib.request.Request(f"{self.endpoint_url}/moto-api/config", data=body,
-                                     method="POST", headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(req, timeout=10) as resp:
-            resp.read()
+        moto_api(self.endpoint_url, "config", {"stepfunctions": {"execute_state_machine": True}})
 
     def _set_env(self, values: Mapping[str, str]) -> None:
         for key, value in values.items():
