@@ -257,11 +257,13 @@ class Classifier:
         """
         fetch_pool, decode_pool = self._executors()
         # Raw bytes are the big allocation (3 MB per photo): hold at most this many at
-        # once, from the start of a fetch to the end of its decode.
+        # once, from the start of a fetch to the end of its decode. A slot is taken here,
+        # before the fetch is queued, never by a fetch thread: the pools are shared by
+        # concurrent calls (a local stack runs two invocations in one process), and a fetch
+        # thread waiting for one call's slot would hold up every other call's fetches.
         slots = threading.BoundedSemaphore(self.fetch_workers + self.decode_workers)
 
         def fetch_then_decode(loader: Loader) -> Future[tuple[DecodedImage, int]]:
-            slots.acquire()
             try:
                 data = loader()
                 future = decode_pool.submit(self._decode_sized, data)
@@ -278,10 +280,13 @@ class Classifier:
         exhausted = False
 
         while True:
-            while not exhausted and len(pending) < window:
+            # Queue more while slots are free; wait for one only when nothing is queued.
+            while (not exhausted and len(pending) < window
+                   and slots.acquire(blocking=not pending)):
                 try:
                     key, loader = next(iterator)
                 except StopIteration:
+                    slots.release()
                     exhausted = True
                     break
                 pending.append((key, fetch_pool.submit(fetch_then_decode, loader)))

@@ -24,7 +24,7 @@ What moto's CloudFormation ignores (checked against moto 5.2.5) and is applied h
 Not applied (no local effect): the functions' TracingConfig and the SAM tags.
 
 Other adaptations (see `adapt_for_emulator`): the Lambda code is a placeholder zip in a
-staging bucket (the handlers run in-process, never in moto); the SQS event source mapping
+staging bucket (the handlers never run in moto); the SQS event source mapping
 is created disabled (moto's own trigger would eat the messages; the local poller reads the
 mapping's settings back from `LocalResources`); `Fn::If ... AWS::NoValue` list items are
 decided from the parameters. When the emulator executes state machines, the API is served
@@ -254,7 +254,7 @@ def adapt_for_emulator(
        into None and then fails on it (CloudFormation drops it).
     The Lambda Code already points at an S3 object (`translate_template(code_uri=...)`),
     which provision fills with a placeholder zip: moto needs a zip to create a function,
-    and the handlers run in-process, not in moto.
+    and the handlers run in the stack's process, not in moto.
     """
     adapted = copy.deepcopy(dict(template))
     values = resolve_parameters(adapted, parameters)
@@ -614,8 +614,8 @@ def _placeholder_zip() -> bytes:
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
         zf.writestr(
             "README.txt",
-            "Placeholder for the imgpipe function code: the local stack runs the handlers "
-            "in-process; on AWS `sam build` packages the repository root.\n",
+            "Placeholder for the imgpipe function code: the local stack runs the handlers in "
+            "its own process; on AWS `sam build` packages the repository root.\n",
         )
     return buf.getvalue()
 

@@ -5,8 +5,11 @@ with the ingest handler driven by a Lambda-like SQS poller.
         stack.resources.bucket  # "imgpipe-local"
         ...
 
-Everything runs in this process: the emulator in a thread, the poller in another, the
-handler in-process (moto cannot run Lambda code without Docker).
+Two processes: the emulator (`pipeline.local.emulator`, moto's server) in a child process
+of its own, and everything that stands in for Lambda in this one: the ingest poller and
+the function host that runs the backfill handler when Step Functions invokes it (moto
+cannot run Lambda code without Docker). Stopping the stack stops the child; the child also
+exits by itself if this process dies.
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -22,6 +27,7 @@ from typing import Any
 
 from pipeline.classifier import available_cpus
 from pipeline.errors import ConfigError, ImgpipeError
+from pipeline.local.functions import FunctionHost
 from pipeline.local.poller import BatchResult, SqsPoller
 from pipeline.local.provision import (
     CREDENTIALS,
@@ -63,17 +69,15 @@ class LocalStack:
         self.options = options or StackOptions()
         self.on_batch = on_batch
         self.endpoint_url = f"http://{self.options.host}:{self.options.port}"
-        self._server: Any = None
+        self._emulator: subprocess.Popen[bytes] | None = None
+        self._functions: FunctionHost | None = None
         self.poller: SqsPoller | None = None
         self.resources: LocalResources | None = None
         self._saved_env: dict[str, str | None] = {}
-        self._patches: list[tuple[Any, str, Any]] = []
 
     # ---- lifecycle ---------------------------------------------------------------------
 
     def start(self) -> LocalResources:
-        from moto.server import ThreadedMotoServer
-
         host, port = self.options.host, self.options.port
         if not host.startswith("127.") and host not in ("localhost", "::1"):
             raise ConfigError(f"the local stack only listens on loopback, not {host!r}")
@@ -82,13 +86,16 @@ class LocalStack:
                 f"port {port} on {host} is already in use (another `imgpipe local`?); "
                 f"stop it or pick another with --port"
             )
-        # Step Functions' engine calls back into the server on this port.
-        self._set_env({"MOTO_PORT": str(port)})
-        # The emulator's per-request access log would drown the one line per batch.
-        logging.getLogger("werkzeug").setLevel(logging.ERROR)
-        self._server = ThreadedMotoServer(ip_address=host, port=port, verbose=False)
-        self._server.start()
-        _wait_until_listening(host, port)
+        try:
+            return self._start(host, port)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self, host: str, port: int) -> LocalResources:
+        self._functions = FunctionHost(region=REGION)
+        self._emulator = _spawn_emulator(host, port, self._functions.start())
+        _wait_until_listening(host, port, self._emulator)
         self._configure_emulator()
         resources = provision(
             self.endpoint_url,
@@ -103,9 +110,8 @@ class LocalStack:
 
         handlers.ingest._service = None  # a fresh container for this stack
         handlers.backfill._services.clear()
-        self._install_lambda_shim(resources)
-        self._install_execution_names()
-        self._cache_service_directory()
+        self._functions.register(resources.backfill_function, handlers.backfill.handler,
+                                 resources.function_timeout_s)
         if self.options.poll:
             self.poller = SqsPoller(
                 self.client("sqs"),
@@ -126,15 +132,15 @@ class LocalStack:
         return resources
 
     def stop(self) -> None:
-        for owner, attribute, original in reversed(self._patches):
-            setattr(owner, attribute, original)
-        self._patches = []
         if self.poller is not None:
             self.poller.stop()
             self.poller = None
-        if self._server is not None:
-            self._server.stop()
-            self._server = None
+        if self._emulator is not None:
+            _stop_process(self._emulator)
+            self._emulator = None
+        if self._functions is not None:
+            self._functions.stop()
+            self._functions = None
         for key, value in self._saved_env.items():
             if value is None:
                 os.environ.pop(key, None)
@@ -210,79 +216,6 @@ class LocalStack:
                 )
             time.sleep(0.5)
 
-    def _cache_service_directory(self) -> None:
-        """List moto's service packages once, not on every request.
-
-        moto's server routes each request by listing its own package directory (a
-        listdir and ~150 stat calls per request); the directory does not change while the
-        stack runs, and the emulator shares the CPUs with the pipeline it serves.
-        """
-        import moto.backends
-
-        original = moto.backends.list_of_moto_modules
-        modules = tuple(original())
-        self._patches.append((moto.backends, "list_of_moto_modules", original))
-        setattr(moto.backends, "list_of_moto_modules", lambda: modules)  # noqa: B010
-
-    def _install_execution_names(self) -> None:
-        """`start-execution` without `--name` gets a fresh UUID name, as on AWS.
-
-        moto 5.2 names such executions "None", so a second unnamed backfill fails with
-        ExecutionAlreadyExists.
-        """
-        import uuid
-
-        from moto.stepfunctions.parser.models import StepFunctionsParserBackend
-
-        original = StepFunctionsParserBackend.start_execution
-        self._patches.append((StepFunctionsParserBackend, "start_execution", original))
-
-        def start_execution(backend: Any, state_machine_arn: str, name: Any = None,
-                            *args: Any, **kwargs: Any) -> Any:
-            return original(backend, state_machine_arn, name or str(uuid.uuid4()), *args,
-                            **kwargs)
-
-        setattr(StepFunctionsParserBackend, "start_execution", start_execution)  # noqa: B010
-
-    def _install_lambda_shim(self, r: LocalResources) -> None:
-        """Let Step Functions' Lambda tasks reach the real backfill handler in-process.
-
-        moto runs Lambda code only in Docker; its backend's `invoke` is the one seam every
-        caller (the Step Functions engine included) goes through. Errors come back the way
-        Lambda reports them (`X-Amz-Function-Error: Unhandled` and an error payload), so
-        the state machine's Retry and Catch see what they would on AWS.
-        """
-        import json
-
-        from moto.awslambda.models import LambdaBackend
-
-        import handlers.backfill
-        from pipeline.local.poller import LambdaContext
-
-        original = LambdaBackend.invoke
-        self._patches.append((LambdaBackend, "invoke", original))
-        name = r.backfill_function
-        timeout = r.function_timeout_s
-
-        def invoke(backend: Any, function_name: str, qualifier: Any, body: Any,
-                   headers: Any, response_headers: Any) -> Any:
-            target = function_name.split(":function:")[-1].split(":")[0]
-            if target != name:
-                return original(backend, function_name, qualifier, body, headers,
-                                response_headers)
-            event = json.loads(body or "{}")
-            try:
-                result = handlers.backfill.handler(event, LambdaContext(name, timeout))
-                payload = json.dumps(result).encode()
-            except Exception as e:  # noqa: BLE001 - reported as Lambda does
-                response_headers["x-amz-function-error"] = "Unhandled"
-                payload = json.dumps({"errorType": type(e).__name__,
-                                      "errorMessage": str(e)}).encode()
-            response_headers["Content-Length"] = str(len(payload))
-            return payload
-
-        setattr(LambdaBackend, "invoke", invoke)  # noqa: B010
-
     def _configure_emulator(self) -> None:
         moto_api(self.endpoint_url, "config", {"stepfunctions": {"execute_state_machine": True}})
 
@@ -299,9 +232,38 @@ def _port_in_use(host: str, port: int) -> bool:
         return s.connect_ex((host, port)) == 0
 
 
-def _wait_until_listening(host: str, port: int, timeout_s: float = 10.0) -> None:
+def _spawn_emulator(host: str, port: int, functions_url: str) -> subprocess.Popen[bytes]:
+    import pipeline
+
+    # Importable however imgpipe was installed (or run from a checkout).
+    root = str(Path(pipeline.__file__).resolve().parents[1])
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+    return subprocess.Popen(
+        [sys.executable, "-m", "pipeline.local.emulator", "--host", host, "--port", str(port),
+         "--functions", functions_url, "--parent-pid", str(os.getpid())],
+        env=env, stdin=subprocess.DEVNULL,
+    )
+
+
+def _stop_process(proc: subprocess.Popen[bytes], timeout_s: float = 10.0) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _wait_until_listening(host: str, port: int, proc: subprocess.Popen[bytes],
+                          timeout_s: float = 60.0) -> None:
     deadline = time.monotonic() + timeout_s
     while not _port_in_use(host, port):
+        if proc.poll() is not None:
+            raise ImgpipeError(f"the emulator exited with status {proc.returncode} before it "
+                               f"listened on {host}:{port} (its error is printed above)")
         if time.monotonic() > deadline:
-            raise ImgpipeError(f"the emulator did not start listening on {host}:{port}")
+            raise ImgpipeError(f"the emulator did not start listening on {host}:{port} "
+                               f"within {timeout_s:.0f} s")
         time.sleep(0.05)

@@ -314,3 +314,43 @@ def test_fetches_run_concurrently_beyond_the_decode_threads(fake_session: FakeSe
         results = list(clf.classify_many(work))
     assert [r.error for r in results] == [None] * 4
     assert fake_session.batches == [4]
+
+
+def test_a_stalled_call_does_not_hold_up_the_fetches_of_another(
+    fake_session: FakeSession,
+) -> None:
+    # Concurrent calls share the pools (the local stack runs invocations side by side in
+    # one process). A call whose decodes are stuck holds its own memory slots, never the
+    # fetch threads: the other call's photos are still fetched.
+    release = threading.Event()
+    other_fetched = threading.Event()
+
+    class Stalling(Classifier):
+        def preprocess(self, data: bytes) -> Any:
+            if data == b"stall":
+                release.wait(60)
+                raise PermanentError("stalled on purpose")
+            return super().preprocess(data)
+
+    def fetch_other() -> bytes:
+        other_fetched.set()
+        return png((0, 90, 0))
+
+    with Stalling(manifest(), fake_session, batch_size=4, decode_workers=1,
+                  fetch_workers=2) as clf:
+        stalled: list[Any] = []
+        first = threading.Thread(target=lambda: stalled.extend(
+            clf.classify_many((i, lambda: b"stall") for i in range(20))))
+        first.start()
+        other: list[Any] = []
+        second = threading.Thread(target=lambda: other.extend(
+            clf.classify_many((i, fetch_other) for i in range(3))))
+        second.start()
+        fetched_while_stalled = other_fetched.wait(10)
+        release.set()
+        first.join(10)
+        second.join(10)
+    assert fetched_while_stalled
+    assert [r.error for r in other] == [None] * 3
+    assert len(stalled) == 20
+    assert all(isinstance(r.error, PermanentError) for r in stalled)

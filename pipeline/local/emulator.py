@@ -1,0 +1,201 @@
+"""The emulator process of the embedded stack: moto's server plus the three adjustments
+`imgpipe local` needs.
+
+    python -m pipeline.local.emulator --port 4566 --functions http://127.0.0.1:PORT \
+        --parent-pid PID
+
+It runs in a process of its own, not in a thread of the pipeline's. The emulator's request
+handling is pure Python; in the pipeline's process it competed with the handlers' botocore
+calls for one GIL, and the backfill of 12 MP photos ran at about 60 % of the core's rate.
+In its own process, the two sides use both CPUs.
+
+The adjustments, each applied to this process's moto only:
+
+- Lambda: moto runs function code only in Docker. Every `Invoke` (the Step Functions
+  engine's included) is forwarded to the parent's function host (`--functions`, the Lambda
+  Invoke API's path and error header), which runs the real handler.
+- Executions started without a name get a fresh UUID, as on AWS (moto 5.2 names them all
+  "None", so a second unnamed backfill fails with ExecutionAlreadyExists).
+- moto routes each request by listing its own package directory (a listdir and ~150 stat
+  calls per request); the directory does not change, so it is listed once.
+
+The process ignores Ctrl-C (the terminal's SIGINT reaches the whole process group; the
+parent decides when to stop), exits on SIGTERM, and exits by itself when its parent dies.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+from moto.moto_server.werkzeug_app import (
+    DomainDispatcherApplication,
+    MotoRequestHandler,
+    create_backend_app,
+)
+from werkzeug.serving import make_server
+
+__all__ = ["main", "invoke_url", "KeepAliveHandler"]
+
+# Invoke API path (as AWS Lambda serves it); the function host answers it.
+INVOKE_PATH = "/2015-03-31/functions/{name}/invocations"
+# A forwarded invocation that cannot reach the function host is reported as Lambda reports
+# its own service faults, so the state machine's Retry on Lambda.ServiceException applies.
+SERVICE_ERROR = "Lambda.ServiceException"
+
+
+def invoke_url(functions_url: str, name: str) -> str:
+    return functions_url.rstrip("/") + INVOKE_PATH.format(name=urllib.parse.quote(name, ""))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m pipeline.local.emulator",
+                                description="moto's server for `imgpipe local` (started by it)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--functions", required=True, metavar="URL",
+                   help="the function host that runs Lambda invocations")
+    p.add_argument("--parent-pid", type=int, default=0,
+                   help="exit when this process (the stack) is gone (default: the parent)")
+    args = p.parse_args(argv)
+
+    # The Step Functions engine calls the other services back through this port.
+    os.environ["MOTO_PORT"] = str(args.port)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    _exit_with_parent(args.parent_pid or os.getppid())
+    # The per-request access log would drown the stack's one line per batch.
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+
+    _cache_service_directory()
+    _name_unnamed_executions()
+    _forward_lambda_invocations(args.functions)
+    server = make_server(args.host, args.port, DomainDispatcherApplication(create_backend_app),
+                         threaded=True, request_handler=KeepAliveHandler)
+    try:
+        server.serve_forever()
+    finally:
+        server.server_close()
+    return 0
+
+
+class KeepAliveHandler(MotoRequestHandler):
+    """Werkzeug's server answers every request with `Connection: close`, because
+    http.server cannot drain a request body the application left unread. This handler reads
+    the body (Content-Length) before the application runs, so the connection can serve the
+    next request: one TCP connection and one server thread per client connection instead of
+    per request (three requests per photo). Chunked or HTTP/1.0 requests keep werkzeug's
+    behaviour."""
+
+    timeout = 300  # an idle connection's thread ends after 5 minutes
+    # Headers and body go out in separate writes; with Nagle's algorithm the body of a
+    # small response waits for the client's delayed ACK (~40 ms a request).
+    disable_nagle_algorithm = True
+    _reuse = False
+
+    def run_wsgi(self) -> None:
+        self._reuse = False
+        if self.request_version != "HTTP/1.1" or "Transfer-Encoding" in self.headers:
+            return super().run_wsgi()
+        if self.headers.get("Expect", "").lower().strip(" \t") == "100-continue":
+            self.wfile.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            del self.headers["Expect"]
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length > 0 else b""
+        connection_file = self.rfile
+        self.rfile = io.BytesIO(body)
+        self._reuse = len(body) == length
+        try:
+            super().run_wsgi()
+        finally:
+            self.rfile = connection_file
+
+    def send_header(self, keyword: str, value: str) -> None:
+        if self._reuse and keyword.lower() == "connection" and value.lower() == "close":
+            return
+        super().send_header(keyword, value)
+
+
+def _exit_with_parent(parent: int) -> None:
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
+def _cache_service_directory() -> None:
+    import moto.backends
+
+    modules = tuple(moto.backends.list_of_moto_modules())
+    setattr(moto.backends, "list_of_moto_modules", lambda: modules)  # noqa: B010
+
+
+def _name_unnamed_executions() -> None:
+    from moto.stepfunctions.parser.models import StepFunctionsParserBackend
+
+    original = StepFunctionsParserBackend.start_execution
+
+    def start_execution(backend: Any, state_machine_arn: str, name: Any = None,
+                        *args: Any, **kwargs: Any) -> Any:
+        return original(backend, state_machine_arn, name or str(uuid.uuid4()), *args,
+                        **kwargs)
+
+    setattr(StepFunctionsParserBackend, "start_execution", start_execution)  # noqa: B010
+
+
+def _forward_lambda_invocations(functions_url: str) -> None:
+    """moto's LambdaBackend.invoke is the one seam every caller goes through. Errors come
+    back the way Lambda reports them (`X-Amz-Function-Error` and an error payload), so the
+    state machine's Retry and Catch see what they would on AWS."""
+    from moto.awslambda.models import LambdaBackend
+
+    original = LambdaBackend.invoke
+
+    def invoke(backend: Any, function_name: str, qualifier: Any, body: Any, headers: Any,
+               response_headers: Any) -> Any:
+        name = function_name.split(":function:")[-1].split(":")[0]
+        data = body.encode() if isinstance(body, str) else (body or b"{}")
+        request = urllib.request.Request(invoke_url(functions_url, name), data=data,
+                                         method="POST",
+                                         headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request) as response:
+                payload: bytes = response.read()
+                error = response.headers.get("X-Amz-Function-Error")
+        except urllib.error.HTTPError as e:
+            if e.code == 404:  # not one of ours: moto's own behaviour
+                return original(backend, function_name, qualifier, body, headers,
+                                response_headers)
+            payload, error = _service_error(f"function host answered {e.code}: {e.reason}")
+        except OSError as e:
+            payload, error = _service_error(f"function host unreachable: {e}")
+        if error:
+            response_headers["x-amz-function-error"] = error
+        response_headers["Content-Length"] = str(len(payload))
+        return payload
+
+    setattr(LambdaBackend, "invoke", invoke)  # noqa: B010
+
+
+def _service_error(message: str) -> tuple[bytes, str]:
+    return json.dumps({"errorType": SERVICE_ERROR, "errorMessage": message}).encode(), \
+        "Unhandled"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
