@@ -844,9 +844,10 @@ def targets_from(values: dict[str, float], cpus: int) -> list[Target]:
         out.append(Target(
             "backfill >= 70 % of the core (12 MP, local stack)",
             values["stack_backfill.12mp.vs_core"], TARGET_BACKFILL_VS_CORE, "x", True,
-            "backfill images/s on the local stack (StartExecution to SUCCEEDED, the emulator "
-            "sharing the CPUs) / the core's images/s (classify_many from memory) on the same "
-            "photos, measured right before and right after the backfill and averaged",
+            "median over paired rounds of backfill images/s on the local stack "
+            "(StartExecution to SUCCEEDED, the emulator sharing the CPUs) / the core's "
+            "images/s (classify_many from memory) on the same photos, measured right before "
+            "and right after each backfill and averaged",
         ))
     if "cold_start.s" in values:
         out.append(Target(
