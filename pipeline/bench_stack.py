@@ -12,7 +12,6 @@ the emulator itself, so they are compared with the core's images/s from the same
 from __future__ import annotations
 
 import json
-import statistics
 import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -64,8 +63,8 @@ def section_local_stack(ctx: BenchContext) -> list[Row]:
             backfill_keys = [f"{c}-{k.rsplit('/', 1)[-1]}" for c in range(twice) for k in keys]
             _upload(s3, r.bucket, _under(f"bench-backfill/{name}/0/", backfill_keys,
                                          backfill_photos))
-            ingest_core = (core_before + _core_ips(ctx, photos)) / 2
-            cores = [_core_ips(ctx, backfill_photos)]
+            cores = [_core_ips(ctx, backfill_photos)]  # after the ingest, before round 1
+            ingest_core = (core_before + cores[0]) / 2
             results: list[tuple[float, float]] = []  # (backfill img/s, ratio to the core)
             for i in range(rounds):
                 ctx.progress(f"local stack, {name}: backfill of {len(backfill_keys)} photos "
@@ -84,8 +83,7 @@ def section_local_stack(ctx: BenchContext) -> list[Row]:
                                        f"{len(backfill_keys)}: {summary}")
                 ips = classified / seconds
                 results.append((ips, ips / ((cores[-2] + cores[-1]) / 2)))
-            ips, _ = sorted(results, key=lambda x: x[1])[len(results) // 2]
-            ratio = statistics.median(x[1] for x in results)
+            ips, ratio = sorted(results, key=lambda x: x[1])[len(results) // 2]  # median round
             ctx.details[f"stack_backfill.{name}.rounds"] = [
                 {"ips": round(a, 2), "vs_core": round(b, 3)} for a, b in results]
             rows.append(_vs_core(ctx, f"stack_ingest.{name}.ips",

@@ -35,7 +35,6 @@ import sys
 import threading
 import time
 import urllib.error
-import urllib.parse
 import urllib.request
 import uuid
 from collections.abc import Sequence
@@ -48,17 +47,13 @@ from moto.moto_server.werkzeug_app import (
 )
 from werkzeug.serving import make_server
 
-__all__ = ["main", "invoke_url", "KeepAliveHandler"]
+from pipeline.local.functions import invoke_url
 
-# Invoke API path (as AWS Lambda serves it); the function host answers it.
-INVOKE_PATH = "/2015-03-31/functions/{name}/invocations"
+__all__ = ["main", "KeepAliveHandler"]
+
 # A forwarded invocation that cannot reach the function host is reported as Lambda reports
 # its own service faults, so the state machine's Retry on Lambda.ServiceException applies.
 SERVICE_ERROR = "Lambda.ServiceException"
-
-
-def invoke_url(functions_url: str, name: str) -> str:
-    return functions_url.rstrip("/") + INVOKE_PATH.format(name=urllib.parse.quote(name, ""))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -19,10 +19,16 @@ from typing import Any
 
 from pipeline.local.poller import LambdaContext
 
-__all__ = ["FunctionHost"]
+__all__ = ["FunctionHost", "invoke_url"]
 
 Handler = Callable[[dict[str, Any], Any], Any]
+# The Lambda Invoke API's path: the emulator forwards to it, the host answers it.
 _PATH = re.compile(r"^/2015-03-31/functions/([^/]+)/invocations$")
+
+
+def invoke_url(functions_url: str, name: str) -> str:
+    quoted = urllib.parse.quote(name, safe="")
+    return f"{functions_url.rstrip('/')}/2015-03-31/functions/{quoted}/invocations"
 
 
 class FunctionHost:

@@ -14,7 +14,6 @@ exits by itself if this process dies.
 
 from __future__ import annotations
 
-import logging
 import os
 import socket
 import subprocess
@@ -40,7 +39,6 @@ from pipeline.records import PredictionRecord
 
 __all__ = ["LocalStack", "StackOptions", "local_session", "free_port"]
 
-log = logging.getLogger("imgpipe.local")
 REGION = "us-east-1"
 
 

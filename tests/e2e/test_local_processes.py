@@ -20,9 +20,15 @@ from typing import Any
 import pytest
 
 from pipeline.errors import PermanentError
-from pipeline.local.emulator import invoke_url
-from pipeline.local.functions import FunctionHost
-from pipeline.local.stack import LocalStack, StackOptions, free_port
+from pipeline.local.functions import FunctionHost, invoke_url
+from pipeline.local.stack import (
+    LocalStack,
+    StackOptions,
+    _spawn_emulator,
+    _stop_process,
+    _wait_until_listening,
+    free_port,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -88,16 +94,10 @@ def test_function_host_answers_as_lambda_does() -> None:
 @pytest.fixture
 def emulator() -> Iterator[tuple[subprocess.Popen[bytes], int]]:
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline.local.emulator", "--port",
-                             str(port), "--functions", "http://127.0.0.1:9"])
-    deadline = time.monotonic() + 60
-    while socket.socket().connect_ex(("127.0.0.1", port)) != 0:
-        assert proc.poll() is None, "the emulator exited at start-up"
-        assert time.monotonic() < deadline, "the emulator did not listen"
-        time.sleep(0.1)
+    proc = _spawn_emulator("127.0.0.1", port, "http://127.0.0.1:9")
+    _wait_until_listening("127.0.0.1", port, proc)
     yield proc, port
-    proc.terminate()
-    proc.wait(20)
+    _stop_process(proc)
 
 
 def test_emulator_keeps_connections_alive_and_ignores_ctrl_c(
