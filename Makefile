@@ -4,7 +4,21 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 EXPORT_VENV := .venv-export
 
-.PHONY: demo test lint bench local model model-check clean help
+# The Lambda runtime's Python builds the package (tools/lambda_package.py) and runs it in
+# tests (.venv-runtime). A pyenv shim answers to `python3.12` even when that version is not
+# selected, so each candidate is asked for its real path; evaluated once, when first used.
+PYTHON312 = $(eval PYTHON312 := $(or $(shell for p in python3.12 \
+    $$(pyenv root 2>/dev/null)/versions/3.12*/bin/python3.12; do "$$p" -c 'import sys; \
+    assert sys.version_info[:2] == (3, 12); print(sys.executable)' 2>/dev/null && break; \
+    done),$(error python3.12 not found: the Lambda runtime is python3.12, so building and \
+    testing its package needs it on PATH (e.g. `pyenv install 3.12`, or your system's \
+    python3.12 package))))$(PYTHON312)
+RUNTIME_VENV := .venv-runtime
+ARCH ?= x86_64
+PACKAGE_DIR := build/package
+
+.PHONY: demo test lint bench local model model-check clean help lock package runtime-venv \
+    build-IngestFunction build-BackfillFunction
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -29,12 +43,12 @@ local: $(VENV)/.installed-local  ## run the embedded AWS stack until Ctrl-C
 	$(BIN)/imgpipe local
 
 test: $(VENV)/.installed-dev  ## lint, type-check and run the whole test suite
-	$(BIN)/ruff check pipeline handlers tests model
+	$(BIN)/ruff check pipeline handlers tests model tools
 	$(BIN)/mypy
 	$(BIN)/python -m pytest -q
 
 lint: $(VENV)/.installed-dev  ## ruff + mypy + cfn-lint
-	$(BIN)/ruff check pipeline handlers tests model
+	$(BIN)/ruff check pipeline handlers tests model tools
 	$(BIN)/mypy
 	$(BIN)/cfn-lint infra/template.yaml
 
@@ -56,5 +70,29 @@ model: $(EXPORT_VENV)/.installed  ## re-export the default model (needs PyTorch)
 model-check: $(EXPORT_VENV)/.installed  ## re-export with PyTorch and verify against the repo
 	$(EXPORT_VENV)/bin/python model/export.py --check
 
-clean:  ## remove the virtual environments and caches
-	rm -rf $(VENV) $(EXPORT_VENV) .pytest_cache .mypy_cache .ruff_cache
+# ---- the Lambda package (see infra/template.yaml's packaging comment)
+
+package:  ## build the Lambda package into build/package/<arch>/ (+ .zip); ARCH=x86_64|arm64
+	$(PYTHON312) -m tools.lambda_package --arch $(ARCH) --out $(PACKAGE_DIR)/$(ARCH) \
+	    --zip $(PACKAGE_DIR)/$(ARCH).zip
+
+# `sam build` runs these (BuildMethod: makefile) with ARTIFACTS_DIR set; the architecture
+# comes from SAM's build definition.
+build-IngestFunction build-BackfillFunction:
+	$(PYTHON312) -m tools.lambda_package --sam-function $(@:build-%=%) --out "$(ARTIFACTS_DIR)"
+
+lock:  ## re-pin requirements-lambda.txt after changing pyproject.toml's dependencies
+	$(PYTHON312) -m tools.lambda_deps
+
+runtime-venv: $(RUNTIME_VENV)/.installed  ## python3.12 with only what Lambda's runtime has
+
+$(RUNTIME_VENV)/.installed: tools/lambda-runtime.txt
+	rm -rf $(RUNTIME_VENV)
+	$(PYTHON312) -m venv $(RUNTIME_VENV)
+	$(RUNTIME_VENV)/bin/python -m pip install --quiet --disable-pip-version-check \
+	    -r tools/lambda-runtime.txt
+	touch $@
+
+clean:  ## remove the virtual environments, caches and built packages
+	rm -rf $(VENV) $(EXPORT_VENV) $(RUNTIME_VENV) build .aws-sam .pytest_cache .mypy_cache \
+	    .ruff_cache

@@ -169,7 +169,7 @@ def test_event_source_mapping(cfn: dict[str, Any]) -> None:
         props = cfn["Resources"][name]["Properties"]
         assert "ReservedConcurrentExecutions" not in props
         assert props["TracingConfig"] == {"Mode": "Active"}
-        assert props["Runtime"] == "python3.11"
+        assert props["Runtime"] == "python3.12"
         env = props["Environment"]["Variables"]
         assert {"IMGPIPE_TABLE", "IMGPIPE_INPUT_PREFIX", "IMGPIPE_OUTPUT_PREFIX",
                 "IMGPIPE_MODEL"} <= set(env)

@@ -1,0 +1,1 @@
+"""Build-time tools (the Lambda package); they never ship in it."""

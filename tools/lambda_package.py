@@ -1,0 +1,299 @@
+"""Build the zip package of imgpipe's Lambda functions: one implementation for `sam build`
+(the Makefile's `build-<Function>` targets) and `make package`.
+
+The package root holds what the functions run and nothing else:
+- `handlers/`, and the modules of `pipeline/` the handlers import (traced from their import
+  statements, so the emulator, the CLI and the benchmark never ship);
+- the packaged models: each `model/**/manifest.json` with the ONNX and labels files it names;
+- the pinned dependencies of `requirements-lambda.txt`, wheels for the target platform only;
+- byte code for python3.12, compiled with unchecked hashes: `/var/task` is read-only, so
+  without it every cold start would compile every module again.
+
+    python3.12 -m tools.lambda_package --arch arm64 --out build/package/arm64 \\
+        --zip build/package/arm64.zip
+    python3.12 -m tools.lambda_package --sam-function IngestFunction --out "$ARTIFACTS_DIR"
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import compileall
+import hashlib
+import json
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import tomllib
+import zipfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from py_compile import PycInvalidationMode
+
+from tools.lambda_deps import (
+    LOCK_FILE,
+    MACHINES,
+    ROOT,
+    check_arch,
+    pip_target_args,
+    read_lock,
+    require_runtime_python,
+)
+
+# Lambda's limit for a function's unzipped code, layers included.
+UNZIPPED_LIMIT = 262_144_000
+ENTRY_PACKAGE = "handlers"
+ELF_MACHINES = {62: "x86_64", 183: "arm64"}  # ELF e_machine -> Lambda architecture
+# Dependencies' own test suites (numpy's: 15 MB with byte code) never run in the function:
+# they ship as the wheels have them, without byte code.
+_NOT_RUN = re.compile(r"[/\\]tests[/\\]")
+
+
+# ---------------------------------------------------------------- what goes in
+
+
+def module_file(root: Path, module: str) -> Path | None:
+    """The source file of a first-party module, or None when it is not one of ours."""
+    base = root.joinpath(*module.split("."))
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _imported_modules(path: Path, module: str) -> Iterator[str]:
+    """Every module an import statement of `path` may load, wherever the statement is
+    (imports inside functions count: they run on some path)."""
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+        if isinstance(node, ast.Import):
+            yield from (alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parent = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join([*parent, base] if base else parent)
+            yield base
+            yield from (f"{base}.{alias.name}" for alias in node.names)
+
+
+def traced_sources(root: Path = ROOT) -> list[Path]:
+    """The first-party files the handlers import, transitively, with their packages'
+    `__init__.py`, relative to `root`."""
+    entry = root / ENTRY_PACKAGE
+    todo = [f"{ENTRY_PACKAGE}.{p.stem}" if p.name != "__init__.py" else ENTRY_PACKAGE
+            for p in sorted(entry.glob("*.py"))]
+    seen: dict[str, Path] = {}
+    while todo:
+        module = todo.pop()
+        if module in seen:
+            continue
+        path = module_file(root, module)
+        if path is None:
+            continue
+        seen[module] = path
+        parts = module.split(".")
+        todo += [".".join(parts[:i]) for i in range(1, len(parts))]  # parent packages
+        todo += [m for m in _imported_modules(path, module) if m.split(".")[0] in
+                 (ENTRY_PACKAGE, *_first_party_packages(root))]
+    return sorted(p.relative_to(root) for p in seen.values())
+
+
+def _first_party_packages(root: Path) -> tuple[str, ...]:
+    with (root / "pyproject.toml").open("rb") as f:
+        packages = tomllib.load(f)["tool"]["setuptools"]["packages"]
+    return tuple(sorted({p.split(".")[0] for p in packages}))
+
+
+def model_files(root: Path = ROOT) -> list[Path]:
+    """Each packaged model: its manifest and the ONNX and labels files the manifest names."""
+    files: list[Path] = []
+    for manifest in sorted((root / "model").rglob("manifest.json")):
+        doc = json.loads(manifest.read_text(encoding="utf-8"))
+        named = [manifest] + [manifest.parent / doc[k] for k in ("file", "labels_file")
+                              if doc.get(k)]
+        for path in named:
+            if not path.is_file():
+                raise SystemExit(f"error: {manifest.relative_to(root)} names "
+                                 f"{path.name}, which does not exist")
+        files += [p.relative_to(root) for p in named]
+    if not files:
+        raise SystemExit("error: no model/**/manifest.json: the functions need a model")
+    return files
+
+
+# ---------------------------------------------------------------- checks
+
+
+def elf_machine(path: Path) -> str | None:
+    """The architecture an ELF file is built for ("x86_64", "arm64", or the raw e_machine
+    number), or None when the file is not ELF."""
+    with path.open("rb") as f:
+        header = f.read(20)
+    if len(header) < 20 or header[:4] != b"\x7fELF":
+        return None
+    machine = int.from_bytes(header[18:20], "little" if header[5] == 1 else "big")
+    return ELF_MACHINES.get(machine, str(machine))
+
+
+def elf_files(root: Path) -> dict[Path, str]:
+    """Every ELF file under `root` (shared objects, executables) -> its architecture."""
+    found = {}
+    for path in sorted(root.rglob("*")):
+        if path.is_file() and not path.is_symlink():
+            machine = elf_machine(path)
+            if machine is not None:
+                found[path.relative_to(root)] = machine
+    return found
+
+
+def tree_size(root: Path) -> int:
+    return sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
+
+
+# ---------------------------------------------------------------- build
+
+
+def fingerprint(arch: str, sources: Sequence[Path], root: Path = ROOT) -> str:
+    """Changes when anything that goes into the package changes."""
+    digest = hashlib.sha256(f"{arch} {sys.version}".encode())
+    tools = sorted(p.relative_to(ROOT) for p in Path(__file__).parent.glob("*.py"))
+    for path in [*tools, LOCK_FILE.relative_to(ROOT), *sources]:
+        digest.update(str(path).encode() + b"\0" + (root / path).read_bytes())
+    return digest.hexdigest()
+
+
+def install_dependencies(arch: str, out: Path) -> None:
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
+         "--root-user-action=ignore",
+         "--no-deps", "--require-hashes", "--no-compile", "--target", str(out),
+         *pip_target_args(arch), "-r", str(LOCK_FILE)],
+        check=True,
+    )
+    shutil.rmtree(out / "bin", ignore_errors=True)  # console scripts: nothing runs them
+
+
+def build(arch: str, out: Path, root: Path = ROOT) -> int:
+    """(Re)create the package root `out`; returns its unzipped size."""
+    require_runtime_python()
+    read_lock()  # a clear message when the lock file is missing
+    if out.exists():
+        for child in out.iterdir():
+            shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
+    out.mkdir(parents=True, exist_ok=True)
+    install_dependencies(arch, out)
+    for rel in [*traced_sources(root), *model_files(root)]:
+        (out / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(root / rel, out / rel)
+    if not compileall.compile_dir(
+        out, quiet=1, workers=0, rx=_NOT_RUN,
+        invalidation_mode=PycInvalidationMode.UNCHECKED_HASH,
+    ):
+        raise SystemExit(f"error: byte-compiling {out} failed")
+    return verify(arch, out)
+
+
+def verify(arch: str, out: Path) -> int:
+    """Fail when the package holds a shared object of another architecture or is over
+    Lambda's size limit; returns its unzipped size."""
+    foreign = {str(p): m for p, m in elf_files(out).items() if m != arch}
+    if foreign:
+        sample = ", ".join(f"{p} ({m})" for p, m in list(foreign.items())[:5])
+        raise SystemExit(f"error: the {arch} package holds {len(foreign)} binaries of "
+                         f"another architecture: {sample}")
+    size = tree_size(out)
+    if size > UNZIPPED_LIMIT:
+        raise SystemExit(f"error: the package is {size:,} bytes unzipped; Lambda allows "
+                         f"{UNZIPPED_LIMIT:,}")
+    return size
+
+
+def write_zip(src: Path, dest: Path) -> int:
+    """A reproducible zip of `src`: sorted entries, fixed times, normalised modes (Lambda
+    needs every file readable by all). Returns its size."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_suffix(".zip.part")
+    with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
+        for path in sorted(p for p in src.rglob("*") if p.is_file()):
+            info = zipfile.ZipInfo(path.relative_to(src).as_posix(), (1980, 1, 1, 0, 0, 0))
+            mode = 0o755 if os.access(path, os.X_OK) else 0o644
+            info.external_attr = (0o100000 | mode) << 16
+            info.compress_type = zipfile.ZIP_DEFLATED
+            with path.open("rb") as f, zf.open(info, "w") as w:
+                shutil.copyfileobj(f, w, 1 << 20)
+    tmp.replace(dest)
+    return dest.stat().st_size
+
+
+# ---------------------------------------------------------------- architecture under SAM
+
+
+def sam_architecture(function: str, artifacts_dir: Path) -> tuple[str, str]:
+    """(architecture, how it was learnt) of a function `sam build` is building.
+
+    SAM CLI passes only ARTIFACTS_DIR to a makefile build (aws/aws-sam-cli#3349). Before it
+    builds, it writes its build graph (each build definition with its architecture and
+    functions) to build.toml, beside the build directory: that file says it. A container
+    build (`--use-container`) has no such file, but runs in an image of the function's
+    architecture, so the machine's architecture is the answer there.
+    """
+    graph = artifacts_dir.parent.parent / "build.toml"
+    if graph.is_file():
+        with graph.open("rb") as f:
+            definitions = tomllib.load(f).get("function_build_definitions", {})
+        for definition in definitions.values():
+            if function in definition.get("functions", []) and "architecture" in definition:
+                return check_arch(definition["architecture"]), f"SAM's {graph.name}"
+    machine = platform.machine().lower()
+    arch = {v: k for k, v in MACHINES.items()}.get(machine, machine)
+    return check_arch(arch), f"this machine ({machine}): SAM wrote no build definition"
+
+
+# ---------------------------------------------------------------- command line
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:.1f} MB"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, required=True,
+                        help="the package root to (re)create")
+    which = parser.add_mutually_exclusive_group(required=True)
+    which.add_argument("--arch", choices=sorted(MACHINES), help="target architecture")
+    which.add_argument("--sam-function", metavar="LOGICAL_ID",
+                       help="building for `sam build`: learn the architecture from SAM")
+    parser.add_argument("--zip", type=Path, help="also write this zip of the package")
+    args = parser.parse_args(argv)
+
+    if args.sam_function:
+        arch, how = sam_architecture(args.sam_function, args.out)
+        print(f"imgpipe: building {args.sam_function} for {arch} (from {how})", flush=True)
+    else:
+        arch = args.arch
+    stamp = args.zip.with_suffix(".json") if args.zip else None
+    key = fingerprint(arch, [*traced_sources(), *model_files()])
+    if stamp and stamp.is_file() and args.zip.is_file() and args.out.is_dir():
+        previous = json.loads(stamp.read_text())
+        if previous.get("fingerprint") == key:
+            print(f"{args.out}: up to date ({arch}, {_mb(previous['unzipped_bytes'])} "
+                  f"unzipped, {_mb(previous['zipped_bytes'])} zipped)")
+            return 0
+    size = build(arch, args.out)
+    line = f"{args.out}: {arch} package, {_mb(size)} unzipped (limit {_mb(UNZIPPED_LIMIT)})"
+    if args.zip and stamp:
+        zipped = write_zip(args.out, args.zip)
+        stamp.write_text(json.dumps({"fingerprint": key, "arch": arch, "unzipped_bytes": size,
+                                     "zipped_bytes": zipped}, indent=2) + "\n")
+        line += f", {_mb(zipped)} zipped -> {args.zip}"
+    print(line)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
