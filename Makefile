@@ -15,6 +15,7 @@ PYTHON312 = $(eval PYTHON312 := $(or $(shell for p in python3.12 \
     python3.12 package))))$(PYTHON312)
 RUNTIME_VENV := .venv-runtime
 ARCH ?= x86_64
+HOST_ARCH := $(if $(filter aarch64 arm64,$(shell uname -m)),arm64,x86_64)
 PACKAGE_DIR := build/package
 
 .PHONY: demo test lint bench local model model-check clean help lock package runtime-venv \
@@ -52,7 +53,8 @@ lint: $(VENV)/.installed-dev  ## ruff + mypy + cfn-lint
 	$(BIN)/mypy
 	$(BIN)/cfn-lint infra/template.yaml
 
-bench: $(VENV)/.installed-dev  ## measure throughput, cold start, memory; writes bench/REPORT.md
+bench: $(VENV)/.installed-dev runtime-venv  ## measure throughput, cold start, memory; writes bench/REPORT.md
+	$(MAKE) --no-print-directory package ARCH=$(HOST_ARCH)
 	$(BIN)/imgpipe bench
 
 # PyTorch is for export only, in its own venv; torch first so nothing pulls a CUDA build.

@@ -610,6 +610,26 @@ print(json.dumps({"label": pred.label, "import_s": t1 - t0, "session_s": t2 - t1
                   "first_prediction_s": t3 - t2}), flush=True)
 """
 
+# The packaged handler as Lambda starts it: the runtime's python3.12 with only what the
+# runtime gives (.venv-runtime), the package first on sys.path as /var/task is; importing
+# the handler module, building its service (model check, session, AWS clients) and the
+# first prediction. `-I`: nothing from the environment or the working directory.
+_PACKAGED_COLD_CHILD = """
+import time
+t0 = time.perf_counter()
+import json, sys
+sys.path.insert(0, sys.argv[2])
+import handlers.ingest
+t1 = time.perf_counter()
+service = handlers.ingest.get_service()
+t2 = time.perf_counter()
+with open(sys.argv[1], "rb") as f:
+    pred = service.classifier.classify_bytes(f.read())
+t3 = time.perf_counter()
+print(json.dumps({"label": pred.label, "import_s": t1 - t0, "session_s": t2 - t1,
+                  "first_prediction_s": t3 - t2}), flush=True)
+"""
+
 # VmHWM, not ru_maxrss: ru_maxrss survives execve, so a child spawned (vfork) from a big
 # parent would report the parent's RSS.
 _RSS_CHILD = """
@@ -649,16 +669,35 @@ def _child_env() -> dict[str, str]:
     return env
 
 
-def measure_cold_start(image: Path, repeats: int) -> ColdStart:
-    """Fresh `python` process -> first prediction printed, wall clock seen by the parent."""
-    env = _child_env()
+def packaged_runtime() -> tuple[Path, Path] | None:
+    """(runtime python, package root) for this machine's architecture, when `make package`
+    and `make runtime-venv` have made them in the repository this module runs from."""
+    root = Path(__file__).resolve().parent.parent
+    arch = "arm64" if platform.machine().lower() in ("aarch64", "arm64") else "x86_64"
+    python, package = root / ".venv-runtime" / "bin" / "python", root / "build" / "package" / arch
+    if python.exists() and (package / "handlers" / "ingest.py").is_file():
+        return python, package
+    return None
+
+
+def measure_cold_start(image: Path, repeats: int,
+                       packaged: tuple[Path, Path] | None = None) -> ColdStart:
+    """Fresh `python` process -> first prediction printed, wall clock seen by the parent:
+    the source tree's core, or with `packaged` (runtime python, package root) the packaged
+    ingest handler."""
+    if packaged:
+        python, package = packaged
+        command = [str(python), "-I", "-c", _PACKAGED_COLD_CHILD, str(image), str(package)]
+        env = {**os.environ, "POWERTOOLS_TRACE_DISABLED": "true",
+               "POWERTOOLS_METRICS_DISABLED": "true"}
+    else:
+        command, env = [sys.executable, "-c", _COLD_CHILD, str(image)], _child_env()
     walls: list[float] = []
     phases: list[dict[str, Any]] = []
     for _ in range(repeats):
         t0 = time.perf_counter()
         proc = subprocess.Popen(
-            [sys.executable, "-c", _COLD_CHILD, str(image)],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True,
+            command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True,
         )
         assert proc.stdout is not None
         line = proc.stdout.readline()
@@ -805,6 +844,20 @@ def section_process(ctx: BenchContext) -> list[Row]:
                 cold.seconds, "s",
                 f"import {cold.import_s:.3f} + session {cold.session_s:.3f} + first "
                 f"prediction {cold.first_prediction_s:.3f} s", section="process")]
+    packaged = packaged_runtime()
+    if packaged is None:
+        ctx.progress("packaged cold start skipped: run `make package runtime-venv` first")
+    else:
+        ctx.progress(f"cold start of the packaged handler: {repeats} fresh python3.12 processes")
+        pcold = measure_cold_start(big.paths[0], repeats, packaged)
+        ctx.details["cold_start.packaged"] = pcold
+        ctx.values["cold_start.packaged.s"] = pcold.seconds
+        rows.append(Row(
+            "cold_start.packaged.s", "cold start, packaged ingest handler (python3.12, "
+            "runtime-only venv): spawn -> first prediction", pcold.seconds, "s",
+            f"source tree {cold.seconds:.3f} s",
+            f"import {pcold.import_s:.3f} + service {pcold.session_s:.3f} + first "
+            f"prediction {pcold.first_prediction_s:.3f} s", section="process"))
     work = Path(ctx.details["out_dir"])
     for batch in (CORE_BATCH, 32):
         ctx.progress(f"peak RSS: fresh process, core over the 12 MP set at batch {batch}")

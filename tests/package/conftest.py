@@ -6,6 +6,7 @@ changed (tools/lambda_package.py keeps a fingerprint beside the zip)."""
 from __future__ import annotations
 
 import os
+import platform
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -15,6 +16,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGE_DIR = ROOT / "build" / "package"
 RUNTIME_PYTHON = ROOT / ".venv-runtime" / "bin" / "python"
+# The package whose handlers can run on this machine.
+HOST_ARCH = "arm64" if platform.machine().lower() in ("aarch64", "arm64") else "x86_64"
 
 
 def make(*targets: str) -> str:

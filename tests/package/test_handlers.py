@@ -24,7 +24,7 @@ from pipeline.local.stack import LocalStack, StackOptions, free_port
 from pipeline.modelstore import model_id_of
 from tests.conftest import load_event
 
-from .conftest import ROOT
+from .conftest import HOST_ARCH, ROOT
 
 SAMPLES = ROOT / "samples"
 
@@ -157,7 +157,7 @@ def sqs_event_for(obj: dict[str, Any]) -> dict[str, Any]:
 def test_packaged_ingest_handler_classifies_an_uploaded_photo(
         stack: Stack, package: Callable[[str], Path], runtime_python: Path,
         tmp_path: Path) -> None:
-    root = package("x86_64")
+    root = package(HOST_ARCH)
     obj = put_sample(stack, "incoming/from the package/coffee.jpg", SAMPLES / "coffee.jpg")
     event = sqs_event_for(obj)
     inv = invoke(runtime_python, root, "handlers.ingest", "IngestFunction", event,
@@ -178,7 +178,7 @@ def test_packaged_ingest_handler_classifies_an_uploaded_photo(
 def test_packaged_backfill_handler_classifies_an_item_batch(
         stack: Stack, package: Callable[[str], Path], runtime_python: Path,
         tmp_path: Path) -> None:
-    root = package("x86_64")
+    root = package(HOST_ARCH)
     photo = put_sample(stack, "archive/2019/chelsea.jpg", SAMPLES / "chelsea.jpg")
     notes = put_sample(stack, "archive/2019/notes.txt", b"not a photo, just words\n")
     event = {
