@@ -72,6 +72,24 @@ def pip_target_args(arch: str) -> list[str]:
     return args
 
 
+def pip_install(arch: str, *args: str) -> None:
+    """`pip install` for the runtime's platform with this interpreter's pip; a failure
+    ends the program with what to check."""
+    try:
+        subprocess.run(
+            [sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
+             "--root-user-action=ignore", *pip_target_args(arch), *args],
+            check=True,
+        )
+    except subprocess.CalledProcessError as e:
+        raise SystemExit(
+            f"error: pip failed ({e.returncode}) installing the {arch} wheels (its message is "
+            f"above). Check that {sys.executable} has pip (`-m ensurepip`) and that the "
+            f"package index is reachable; a missing wheel means a pin in "
+            f"{LOCK_FILE.name} has no build for the runtime's platform."
+        ) from None
+
+
 def project_dependencies(pyproject: Path = PYPROJECT) -> list[str]:
     """pyproject.toml's runtime dependencies, as written."""
     with pyproject.open("rb") as f:
@@ -135,13 +153,8 @@ def _resolve(arch: str, requirements: Sequence[str]) -> dict[str, tuple[str, str
     """{canonical name: (version, wheel sha256)} of pip's resolution for `arch`."""
     with tempfile.TemporaryDirectory() as tmp:
         report = Path(tmp) / "report.json"
-        subprocess.run(
-            [sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-             "--root-user-action=ignore",
-             "--dry-run", "--ignore-installed", "--target", str(Path(tmp) / "none"),
-             "--report", str(report), *pip_target_args(arch), *requirements],
-            check=True,
-        )
+        pip_install(arch, "--dry-run", "--ignore-installed", "--target", str(Path(tmp) / "none"),
+                    "--report", str(report), *requirements)
         installs = json.loads(report.read_text())["install"]
     return {
         canonical(i["metadata"]["name"]): (

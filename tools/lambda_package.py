@@ -25,7 +25,6 @@ import os
 import platform
 import re
 import shutil
-import subprocess
 import sys
 import tomllib
 import zipfile
@@ -38,7 +37,7 @@ from tools.lambda_deps import (
     MACHINES,
     ROOT,
     check_arch,
-    pip_target_args,
+    pip_install,
     read_lock,
     require_runtime_python,
 )
@@ -86,6 +85,7 @@ def traced_sources(root: Path = ROOT) -> list[Path]:
     entry = root / ENTRY_PACKAGE
     todo = [f"{ENTRY_PACKAGE}.{p.stem}" if p.name != "__init__.py" else ENTRY_PACKAGE
             for p in sorted(entry.glob("*.py"))]
+    ours = (ENTRY_PACKAGE, *_first_party_packages(root))
     seen: dict[str, Path] = {}
     while todo:
         module = todo.pop()
@@ -97,8 +97,7 @@ def traced_sources(root: Path = ROOT) -> list[Path]:
         seen[module] = path
         parts = module.split(".")
         todo += [".".join(parts[:i]) for i in range(1, len(parts))]  # parent packages
-        todo += [m for m in _imported_modules(path, module) if m.split(".")[0] in
-                 (ENTRY_PACKAGE, *_first_party_packages(root))]
+        todo += [m for m in _imported_modules(path, module) if m.split(".")[0] in ours]
     return sorted(p.relative_to(root) for p in seen.values())
 
 
@@ -167,13 +166,8 @@ def fingerprint(arch: str, sources: Sequence[Path], root: Path = ROOT) -> str:
 
 
 def install_dependencies(arch: str, out: Path) -> None:
-    subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-         "--root-user-action=ignore",
-         "--no-deps", "--require-hashes", "--no-compile", "--target", str(out),
-         *pip_target_args(arch), "-r", str(LOCK_FILE)],
-        check=True,
-    )
+    pip_install(arch, "--no-deps", "--require-hashes", "--no-compile", "--target", str(out),
+                "-r", str(LOCK_FILE))
     shutil.rmtree(out / "bin", ignore_errors=True)  # console scripts: nothing runs them
 
 
@@ -181,6 +175,8 @@ def build(arch: str, out: Path, root: Path = ROOT) -> int:
     """(Re)create the package root `out`; returns its unzipped size."""
     require_runtime_python()
     read_lock()  # a clear message when the lock file is missing
+    if root.resolve().is_relative_to(out.resolve()):
+        raise SystemExit(f"error: --out {out} holds the repository; it would be emptied")
     if out.exists():
         for child in out.iterdir():
             shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
@@ -213,8 +209,8 @@ def verify(arch: str, out: Path) -> int:
 
 
 def write_zip(src: Path, dest: Path) -> int:
-    """A reproducible zip of `src`: sorted entries, fixed times, normalised modes (Lambda
-    needs every file readable by all). Returns its size."""
+    """A zip of `src`: sorted entries, fixed times (a file's time says nothing about the
+    package), normalised modes (Lambda needs every file readable by all). Returns its size."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_suffix(".zip.part")
     with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
