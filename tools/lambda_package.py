@@ -36,6 +36,7 @@ from tools.lambda_deps import (
     LOCK_FILE,
     MACHINES,
     ROOT,
+    RUNTIME,
     check_arch,
     pip_install,
     read_lock,
@@ -45,6 +46,7 @@ from tools.lambda_deps import (
 # Lambda's limit for a function's unzipped code, layers included.
 UNZIPPED_LIMIT = 262_144_000
 ENTRY_PACKAGE = "handlers"
+PACKAGE_INFO = "imgpipe-package.json"  # read by handlers/__init__.py
 ELF_MACHINES = {62: "x86_64", 183: "arm64"}  # ELF e_machine -> Lambda architecture
 # Dependencies' own test suites (numpy's: 15 MB with byte code) never run in the function:
 # they ship as the wheels have them, without byte code.
@@ -185,6 +187,11 @@ def build(arch: str, out: Path, root: Path = ROOT) -> int:
     for rel in [*traced_sources(root), *model_files(root)]:
         (out / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(root / rel, out / rel)
+    # What it was built for: handlers/__init__.py refuses to start on another architecture.
+    (out / PACKAGE_INFO).write_text(json.dumps({
+        "architecture": arch, "runtime": RUNTIME,
+        "requirements_sha256": hashlib.sha256(LOCK_FILE.read_bytes()).hexdigest(),
+    }, indent=2) + "\n")
     if not compileall.compile_dir(
         out, quiet=1, workers=0, rx=_NOT_RUN,
         invalidation_mode=PycInvalidationMode.UNCHECKED_HASH,

@@ -3,6 +3,8 @@ target architecture only, nothing of the repository's tooling, under Lambda's si
 
 from __future__ import annotations
 
+import hashlib
+import json
 import platform
 import sys
 import zipfile
@@ -12,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tools.lambda_deps import MACHINES
+from tools.lambda_deps import LOCK_FILE, MACHINES, RUNTIME
 from tools.lambda_package import (
     UNZIPPED_LIMIT,
     elf_files,
@@ -92,6 +94,13 @@ def test_zip_holds_the_same_files(package: Callable[[str], Path]) -> None:
         modes = {(i.external_attr >> 16) & 0o444 for i in zf.infolist()}
     assert names == {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()}
     assert modes == {0o444}  # every file readable by Lambda's user
+
+
+@pytest.mark.parametrize("arch", sorted(MACHINES))
+def test_package_says_what_it_was_built_for(arch: str, package: Callable[[str], Path]) -> None:
+    info = json.loads((package(arch) / "imgpipe-package.json").read_text())
+    assert info["architecture"] == arch and info["runtime"] == RUNTIME
+    assert info["requirements_sha256"] == hashlib.sha256(LOCK_FILE.read_bytes()).hexdigest()
 
 
 @pytest.mark.parametrize("arch", sorted(MACHINES))

@@ -200,3 +200,21 @@ def test_packaged_backfill_handler_classifies_an_item_batch(
     assert doc["label"] == "tiger cat"
     text = get_item(stack, f"s3://{notes['bucket']}/{notes['key']}")
     assert text["status"] == "rejected" and "not an image" in text["error"]
+
+
+def test_a_package_on_the_wrong_architecture_says_so(
+        package: Callable[[str], Path], runtime_python: Path, tmp_path: Path) -> None:
+    """Built for one architecture, deployed on the other: the import fails with the reason
+    and the fix, before numpy's own (misleading) error could."""
+    root = package(HOST_ARCH)
+    other = "aarch64" if HOST_ARCH == "x86_64" else "x86_64"
+    done = subprocess.run(
+        [str(runtime_python), "-I", "-c",
+         f"import sys, platform; sys.path.insert(0, {str(root)!r}); "
+         f"platform.machine = lambda: {other!r}; import handlers.ingest"],
+        capture_output=True, text=True, cwd=tmp_path, timeout=120,
+    )
+    assert done.returncode != 0
+    assert f"built for {HOST_ARCH} but runs on {other}" in done.stderr
+    assert "Architecture=" in done.stderr
+    assert "numpy" not in done.stderr.splitlines()[-1]
