@@ -181,7 +181,10 @@ def build(arch: str, out: Path, root: Path = ROOT) -> int:
         raise SystemExit(f"error: --out {out} holds the repository; it would be emptied")
     if out.exists():
         for child in out.iterdir():
-            shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
+            if child.is_dir() and not child.is_symlink():
+                shutil.rmtree(child)
+            else:
+                child.unlink()
     out.mkdir(parents=True, exist_ok=True)
     install_dependencies(arch, out)
     for rel in [*traced_sources(root), *model_files(root)]:
