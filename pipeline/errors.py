@@ -17,6 +17,7 @@ __all__ = [
     "SupersededError",
     "ModelError",
     "ConfigError",
+    "StateMachineRetry",
 ]
 
 
@@ -50,3 +51,13 @@ class ModelError(ImgpipeError):
 
 class ConfigError(ImgpipeError):
     """Settings are invalid; the message says which one and how to fix it."""
+
+
+class StateMachineRetry(ImgpipeError):
+    """Raised by a handler so that the state machine runs its task again later.
+
+    Step Functions matches a Retry by the exception's class name (the `errorType` Lambda
+    reports), so every subclass must be named in the Retry of the tasks that call the
+    function: tests/functional/test_template_retry.py reads infra/template.yaml and fails
+    when one is not.
+    """

@@ -21,7 +21,6 @@ from pipeline.local.provision import (
     DEFAULT_TEMPLATE,
     LocalResources,
     adapt_for_emulator,
-    check_parameter_rules,
     deployed_state_machine_definition,
     emulator_definition,
     load_sam_template,
@@ -65,13 +64,13 @@ def test_cfn_lint_is_clean() -> None:
 def test_parameters_have_documented_defaults() -> None:
     params = load_sam_template(TEMPLATE)["Parameters"]
     expected = {
-        "BucketName": "imgpipe-local", "InputPrefix": "incoming/",
+        "BucketName": "", "ExistingBucketName": "", "InputPrefix": "incoming/",
         "OutputPrefix": "predictions/", "TableName": "imgpipe-predictions",
         "QueueName": "imgpipe-ingest", "StateMachineName": "imgpipe-backfill",
         "BatchSize": 16, "MaximumBatchingWindowInSeconds": 5, "MaximumConcurrency": 5,
         "FunctionTimeout": 120, "FunctionMemorySize": 2048, "BackfillBatchSize": 64,
         "BackfillMaxConcurrency": 10, "BackfillToleratedFailurePercentage": 5,
-        "ModelSource": "",
+        "ModelSource": "", "AlarmEmail": "", "LogRetentionDays": 30,
     }
     for name, default in expected.items():
         assert params[name]["Default"] == default, name
@@ -106,29 +105,29 @@ def _policy_statements(cfn: dict[str, Any], role: str) -> list[dict[str, Any]]:
             for st in p["PolicyDocument"]["Statement"]]
 
 
+BUCKET = {"Fn::If": ["CreateBucket", {"Ref": "Bucket"}, {"Ref": "ExistingBucketName"}]}
+
+
 def test_ingest_role_is_scoped_to_prefixes_and_table(cfn: dict[str, Any]) -> None:
     by_sid = {st["Sid"]: st for st in _policy_statements(cfn, "IngestFunctionRole")}
-    assert by_sid["ReadInput"]["Resource"] == {
-        "Fn::Sub": "arn:${AWS::Partition}:s3:::${Bucket}/${InputPrefix}*"}
-    assert by_sid["WriteOutput"]["Action"] == "s3:PutObject"
-    assert by_sid["WriteOutput"]["Resource"] == {
-        "Fn::Sub": "arn:${AWS::Partition}:s3:::${Bucket}/${OutputPrefix}*"}
-    assert by_sid["ListInput"]["Condition"]["StringLike"]["s3:prefix"] == {
-        "Fn::Sub": "${InputPrefix}*"}
-    assert set(by_sid["Records"]["Action"]) == {
-        "dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem",
-        "dynamodb:BatchGetItem", "dynamodb:Query"}
-    assert {"Fn::GetAtt": ["PredictionsTable", "Arn"]} in by_sid["Records"]["Resource"]
+    assert by_sid["ReadInput"]["Resource"] == {"Fn::Sub": [
+        "arn:${AWS::Partition}:s3:::${BucketName}/${InputPrefix}*", {"BucketName": BUCKET}]}
+    assert by_sid["WriteOutput"]["Action"] == ["s3:PutObject", "s3:DeleteObject"]
+    assert by_sid["WriteOutput"]["Resource"] == {"Fn::Sub": [
+        "arn:${AWS::Partition}:s3:::${BucketName}/${OutputPrefix}*", {"BucketName": BUCKET}]}
+    assert by_sid["Records"]["Resource"] == {"Fn::GetAtt": ["PredictionsTable", "Arn"]}
 
 
 def test_queue_timeouts_and_redrive(cfn: dict[str, Any]) -> None:
     values = defaults()
     queue = cfn["Resources"]["IngestQueue"]["Properties"]
     function = cfn["Resources"]["IngestFunction"]["Properties"]
-    assert queue["VisibilityTimeout"] == {"Ref": "QueueVisibilityTimeout"}
+    assert queue["VisibilityTimeout"] == {"Fn::FindInMap": [
+        "QueueVisibility", {"Ref": "FunctionTimeout"}, {"Ref": "MaximumBatchingWindowInSeconds"}]}
     assert function["Timeout"] == {"Ref": "FunctionTimeout"}
-    visibility = int(values["QueueVisibilityTimeout"])
-    assert visibility >= 6 * int(values["FunctionTimeout"]) + int(
+    visibility = cfn["Mappings"]["QueueVisibility"][values["FunctionTimeout"]][
+        values["MaximumBatchingWindowInSeconds"]]
+    assert visibility == 6 * int(values["FunctionTimeout"]) + int(
         values["MaximumBatchingWindowInSeconds"])
     assert queue["RedrivePolicy"]["maxReceiveCount"] >= 5
     assert queue["RedrivePolicy"]["deadLetterTargetArn"] == {
@@ -140,23 +139,21 @@ def test_queue_timeouts_and_redrive(cfn: dict[str, Any]) -> None:
     assert "RedriveAllowPolicy" in dlq
 
 
-def test_visibility_rule_is_enforced_before_deploying() -> None:
-    values = defaults()
-    check_parameter_rules(values)
-    with pytest.raises(ConfigError, match="at least"):
-        check_parameter_rules({**values, "FunctionTimeout": "300"})
-    with pytest.raises(ConfigError, match="overlap"):
-        check_parameter_rules({**values, "OutputPrefix": "incoming/results/"})
-
-
 def test_queue_policy_is_limited_to_the_bucket_and_account(cfn: dict[str, Any]) -> None:
-    policy = only(cfn, "AWS::SQS::QueuePolicy")["PolicyDocument"]["Statement"][0]
+    s3, events = only(cfn, "AWS::SQS::QueuePolicy")["PolicyDocument"]["Statement"]
+    assert s3["Fn::If"][0] == "CreateBucket" and events["Fn::If"][0] == "UseExistingBucket"
+    policy = s3["Fn::If"][1]
     assert policy["Principal"] == {"Service": "s3.amazonaws.com"}
     assert policy["Action"] == "sqs:SendMessage"
-    assert policy["Condition"]["ArnEquals"]["aws:SourceArn"] == {
-        "Fn::Sub": "arn:${AWS::Partition}:s3:::${BucketName}"}
+    assert policy["Condition"]["ArnEquals"]["aws:SourceArn"] == {"Fn::If": [
+        "HasBucketName", {"Fn::Sub": "arn:${AWS::Partition}:s3:::${BucketName}"},
+        {"Fn::Sub": "arn:${AWS::Partition}:s3:::imgpipe-${AWS::AccountId}-${AWS::Region}"}]}
     assert policy["Condition"]["StringEquals"]["aws:SourceAccount"] == {
         "Ref": "AWS::AccountId"}
+    rule = events["Fn::If"][1]
+    assert rule["Principal"] == {"Service": "events.amazonaws.com"}
+    assert rule["Condition"]["ArnEquals"]["aws:SourceArn"] == {
+        "Fn::GetAtt": ["ExistingBucketUploads", "Arn"]}
 
 
 def test_event_source_mapping(cfn: dict[str, Any]) -> None:
@@ -218,20 +215,27 @@ def test_bucket_and_table_protection(cfn: dict[str, Any]) -> None:
     assert gsi["Projection"] == {"ProjectionType": "ALL"}
 
 
-def test_dlq_alarm(cfn: dict[str, Any]) -> None:
-    alarm = only(cfn, "AWS::CloudWatch::Alarm")
-    assert alarm["MetricName"] == "ApproximateNumberOfMessagesVisible"
-    assert alarm["Threshold"] == 0 and alarm["ComparisonOperator"] == "GreaterThanThreshold"
-    assert alarm["Dimensions"][0]["Value"] == {"Fn::GetAtt": ["DeadLetterQueue", "QueueName"]}
-
-
 def test_model_source_policy_only_when_s3(cfn: dict[str, Any]) -> None:
     default = adapt_for_emulator(cfn)
     assert len(default["Resources"]["IngestFunctionRole"]["Properties"]["Policies"]) == 1
     with_model = adapt_for_emulator(cfn, {"ModelSource": "s3://models/effnet/"})
     policies = with_model["Resources"]["IngestFunctionRole"]["Properties"]["Policies"]
     assert len(policies) == 2
-    assert policies[1]["PolicyDocument"]["Statement"][0]["Action"] == "s3:GetObject"
+    (statement,) = policies[1]["PolicyDocument"]["Statement"]
+    assert statement["Action"] == "s3:GetObject"
+    assert resolve_sub_split(statement["Resource"], "s3://models/effnet/") == \
+        "arn:${AWS::Partition}:s3:::models/effnet/*"
+
+
+def resolve_sub_split(resource: dict[str, Any], model_source: str) -> str:
+    """The ReadModel resource for `model_source`, its Select/Split done as CloudFormation
+    would."""
+    text, variables = resource["Fn::Sub"]
+    select = variables["Location"]["Fn::Select"]
+    delimiter, source = select[1]["Fn::Split"]
+    whole = source["Fn::Sub"].replace("${ModelSource}", model_source)
+    location = whole.split(delimiter)[select[0]]
+    return str(text).replace("${Location}", location)
 
 
 def _state_machine_definition(cfn: dict[str, Any]) -> dict[str, Any]:
@@ -261,8 +265,8 @@ def test_backfill_is_a_distributed_map(cfn: dict[str, Any]) -> None:
     assert task["Resource"] == "arn:aws:states:::lambda:invoke"
     assert task["Parameters"] == {"FunctionName": "x-BackfillFunctionArn", "Payload.$": "$"}
     assert {"Lambda.ServiceException", "Lambda.AWSLambdaException",
-            "Lambda.SdkClientException", "Lambda.TooManyRequestsException"} <= set(
-        task["Retry"][0]["ErrorEquals"])
+            "Lambda.SdkClientException", "Lambda.TooManyRequestsException"} <= {
+        error for retrier in task["Retry"] for error in retrier["ErrorEquals"]}
     assert props["DefinitionSubstitutions"]["ResultPrefix"] == {
         "Fn::Sub": "${OutputPrefix}_backfill/"}
 
@@ -339,6 +343,7 @@ def test_resources_come_from_the_template(deployed: tuple[LocalResources, Any]) 
     assert (r.batch_size, r.batching_window_s, r.max_concurrency) == (16, 5, 5)
     assert r.function_response_types == ("ReportBatchItemFailures",)
     assert (r.function_timeout_s, r.visibility_timeout_s, r.max_receive_count) == (120, 725, 5)
+    assert r.outputs["AlarmTopicArn"].startswith("arn:aws:sns:")
     assert r.function_environment["IMGPIPE_TABLE"] == "imgpipe-predictions"
     assert r.ingest_function and r.backfill_function
 
