@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 EXPORT_VENV := .venv-export
+CHECKOV_VENV := .venv-checkov
 
 .PHONY: demo test lint bench local model model-check clean help
 
@@ -28,10 +29,18 @@ demo: $(VENV)/.installed-local  ## run the embedded stack on the sample photos
 local: $(VENV)/.installed-local  ## run the embedded AWS stack until Ctrl-C
 	$(BIN)/imgpipe local
 
-test: $(VENV)/.installed-dev  ## lint, type-check and run the whole test suite
+test: $(VENV)/.installed-dev $(CHECKOV_VENV)/.installed  ## lint, type-check, template gates, tests
 	$(BIN)/ruff check pipeline handlers tests model
 	$(BIN)/mypy
+	$(BIN)/cfn-lint infra/template.yaml
+	$(BIN)/python -m tests.template_gates
 	$(BIN)/python -m pytest -q
+
+# checkov pins an old boto3, so it gets a venv of its own (tests/template_gates.py runs it).
+$(CHECKOV_VENV)/.installed:
+	$(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/pip install --quiet checkov==3.3.30
+	touch $@
 
 lint: $(VENV)/.installed-dev  ## ruff + mypy + cfn-lint
 	$(BIN)/ruff check pipeline handlers tests model
@@ -57,4 +66,4 @@ model-check: $(EXPORT_VENV)/.installed  ## re-export with PyTorch and verify aga
 	$(EXPORT_VENV)/bin/python model/export.py --check
 
 clean:  ## remove the virtual environments and caches
-	rm -rf $(VENV) $(EXPORT_VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(EXPORT_VENV) $(CHECKOV_VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -9,7 +10,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,14 +50,16 @@ class LocalProcess:
             return json.loads(out)
         return out
 
-    def wait_for_item(self, table: str, image: str, model: str,
-                      timeout_s: float = 90) -> dict[str, Any]:
+    def wait_for_item(self, table: str, image: str, model: str, timeout_s: float = 90,
+                      until: Callable[[dict[str, Any]], bool] | None = None) -> dict[str, Any]:
+        """The item of (image, model), once it exists (and satisfies `until`, if given)."""
         deadline = time.monotonic() + timeout_s
         key = json.dumps({"image": {"S": image}, "model": {"S": model}})
         while time.monotonic() < deadline:
             resp = self.aws("dynamodb", "get-item", "--table-name", table, "--key", key,
                             "--consistent-read")
-            if isinstance(resp, dict) and "Item" in resp:
+            if isinstance(resp, dict) and "Item" in resp and (
+                    until is None or until(resp["Item"])):
                 return resp["Item"]  # type: ignore[no-any-return]
             self.assert_alive()
             time.sleep(0.5)
@@ -70,8 +73,14 @@ class LocalProcess:
 
 @pytest.fixture(scope="module")
 def local_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalProcess]:
+    with local_process(tmp_path_factory.mktemp("home")) as lp:
+        yield lp
+
+
+@contextlib.contextmanager
+def local_process(home: Path, *args: str) -> Iterator[LocalProcess]:
+    """`imgpipe local [ARGS]` on a free port, with HOME at `home`; stopped with SIGTERM."""
     port = _free_port()
-    home = tmp_path_factory.mktemp("home")
     env = {
         "PATH": f"{BIN}:{os.environ.get('PATH', '')}",
         "HOME": str(home),  # no ~/.aws config of the person running the tests
@@ -83,7 +92,7 @@ def local_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalProce
         "PYTHONUNBUFFERED": "1",
     }
     proc = subprocess.Popen(
-        [str(BIN / "imgpipe"), "local", "--port", str(port)],
+        [str(BIN / "imgpipe"), "local", "--port", str(port), *args],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     output: list[str] = []
@@ -113,12 +122,14 @@ def local_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalProce
 
     threading.Thread(target=drain, daemon=True).start()
     lp = LocalProcess(proc=proc, port=port, env=env, output=output)
-    yield lp
-    proc.send_signal(signal.SIGTERM)
     try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        raise AssertionError("imgpipe local did not stop on SIGTERM") from None
+        yield lp
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise AssertionError("imgpipe local did not stop on SIGTERM") from None
     assert proc.returncode == 0, "".join(output[-30:])
     assert any("stopped" in line for line in output)
