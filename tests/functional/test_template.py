@@ -6,11 +6,8 @@ from __future__ import annotations
 import json
 import os
 import socket
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 from urllib.parse import unquote_plus
 
@@ -54,13 +51,6 @@ def defaults() -> dict[str, str]:
 # ---------------------------------------------------------------- static checks
 
 
-def test_cfn_lint_is_clean() -> None:
-    cfn_lint = Path(sys.executable).parent / "cfn-lint"
-    result = subprocess.run([str(cfn_lint), str(TEMPLATE)], capture_output=True, text=True,
-                            timeout=120)
-    assert result.returncode == 0, result.stdout + result.stderr
-
-
 def test_parameters_have_documented_defaults() -> None:
     params = load_sam_template(TEMPLATE)["Parameters"]
     expected = {
@@ -76,27 +66,6 @@ def test_parameters_have_documented_defaults() -> None:
         assert params[name]["Default"] == default, name
         assert params[name].get("Description"), f"{name} is not documented"
     assert params["MaximumConcurrency"]["MinValue"] == 2
-
-
-def test_no_wildcard_resource_in_any_role_policy(cfn: dict[str, Any]) -> None:
-    roles = resources_of(cfn, "AWS::IAM::Role")
-    assert len(roles) == 3  # two functions, the state machine
-    statements = []
-    for role in roles.values():
-        for policy in role["Properties"].get("Policies", []):
-            if "Fn::If" in policy:  # the optional model policy: check both branches
-                candidates = [b for b in policy["Fn::If"][1:] if "PolicyDocument" in b]
-            else:
-                candidates = [policy]
-            for p in candidates:
-                statements.extend(p["PolicyDocument"]["Statement"])
-    assert statements
-    for st in statements:
-        resources = st["Resource"] if isinstance(st["Resource"], list) else [st["Resource"]]
-        for resource in resources:
-            assert resource != "*", st
-            text = json.dumps(resource)
-            assert '"*"' not in text and not text.endswith(':::*"'), st
 
 
 def _policy_statements(cfn: dict[str, Any], role: str) -> list[dict[str, Any]]:
