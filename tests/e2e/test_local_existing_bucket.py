@@ -1,7 +1,7 @@
 """An existing bucket (ExistingBucketName): the stack owns no bucket and sets no S3
 notification; the bucket's EventBridge events reach the ingest queue through the
-template's rule. Driven as a user would: `imgpipe local --param ExistingBucketName=...`,
-then the aws CLI."""
+template's rule. The same stack subscribes an AlarmEmail to the alarm topic. Driven as a
+user would: `imgpipe local --param ExistingBucketName=...`, then the aws CLI."""
 
 from __future__ import annotations
 
@@ -22,8 +22,9 @@ MODEL = "efficientnet-lite0@1"
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalProcess]:
-    with local_process(tmp_path_factory.mktemp("home"), "--param",
-                       f"ExistingBucketName={BUCKET}") as lp:
+    with local_process(tmp_path_factory.mktemp("home"),
+                       "--param", f"ExistingBucketName={BUCKET}",
+                       "--param", "AlarmEmail=ops@example.com") as lp:
         # The user's bucket, with EventBridge turned on (what the README asks them to do).
         lp.aws("s3api", "create-bucket", "--bucket", BUCKET)
         lp.aws("s3api", "put-bucket-notification-configuration", "--bucket", BUCKET,
@@ -52,6 +53,14 @@ def test_the_stack_owns_no_bucket_and_routes_through_eventbridge(stack: LocalPro
     (statement,) = json.loads(attributes["Policy"])["Statement"]
     assert statement["Principal"] == {"Service": "events.amazonaws.com"}
     assert statement["Condition"]["ArnEquals"]["aws:SourceArn"] == rule["Arn"]
+
+
+def test_the_alarm_email_is_subscribed(stack: LocalProcess) -> None:
+    (subscription,) = stack.aws("sns", "list-subscriptions")["Subscriptions"]
+    assert (subscription["Protocol"], subscription["Endpoint"]) == ("email", "ops@example.com")
+    alarms = stack.aws("cloudwatch", "describe-alarms")["MetricAlarms"]
+    assert len(alarms) == 6
+    assert {a["AlarmActions"][0] for a in alarms} == {subscription["TopicArn"]}
 
 
 def test_an_upload_to_the_existing_bucket_is_classified(

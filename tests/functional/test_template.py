@@ -184,6 +184,66 @@ def test_bucket_and_table_protection(cfn: dict[str, Any]) -> None:
     assert gsi["Projection"] == {"ProjectionType": "ALL"}
 
 
+def test_alarms_notify_an_encrypted_topic(cfn: dict[str, Any]) -> None:
+    alarms = {lid: r["Properties"]
+              for lid, r in resources_of(cfn, "AWS::CloudWatch::Alarm").items()}
+    watched = {(a["Namespace"], a["MetricName"], json.dumps(a["Dimensions"][0]["Value"]))
+               for a in alarms.values()}
+    assert watched == {
+        ("AWS/SQS", "ApproximateNumberOfMessagesVisible",
+         '{"Fn::GetAtt": ["DeadLetterQueue", "QueueName"]}'),
+        ("AWS/Lambda", "Errors", '{"Ref": "IngestFunction"}'),
+        ("AWS/Lambda", "Throttles", '{"Ref": "IngestFunction"}'),
+        ("AWS/Lambda", "Errors", '{"Ref": "BackfillFunction"}'),
+        ("AWS/Lambda", "Throttles", '{"Ref": "BackfillFunction"}'),
+        ("AWS/States", "ExecutionsFailed", '{"Ref": "BackfillStateMachine"}'),
+    }
+    for alarm in alarms.values():
+        assert alarm["AlarmActions"] == [{"Ref": "AlarmTopic"}]
+        assert alarm["Threshold"] == 0 and alarm["ComparisonOperator"] == "GreaterThanThreshold"
+        assert alarm["TreatMissingData"] == "notBreaching"
+    topic = only(cfn, "AWS::SNS::Topic")
+    assert topic["KmsMasterKeyId"] == {"Ref": "AlarmTopicKey"}
+    key = only(cfn, "AWS::KMS::Key")
+    assert key["EnableKeyRotation"] is True
+    publish = next(s for s in key["KeyPolicy"]["Statement"]
+                   if s["Principal"] == {"Service": "cloudwatch.amazonaws.com"})
+    assert sorted(publish["Action"]) == ["kms:Decrypt", "kms:GenerateDataKey*"]
+    subscription = cfn["Resources"]["AlarmEmailSubscription"]
+    assert subscription["Condition"] == "HasAlarmEmail"
+    assert subscription["Properties"]["Endpoint"] == {"Ref": "AlarmEmail"}
+
+
+def test_log_groups_have_the_retention_parameter(cfn: dict[str, Any]) -> None:
+    groups = {r["Properties"]["LogGroupName"]["Fn::Sub"]: r["Properties"]["RetentionInDays"]
+              for r in resources_of(cfn, "AWS::Logs::LogGroup").values()}
+    assert groups == {"/aws/lambda/${IngestFunction}": {"Ref": "LogRetentionDays"},
+                      "/aws/lambda/${BackfillFunction}": {"Ref": "LogRetentionDays"}}
+    retention = load_sam_template(TEMPLATE)["Parameters"]["LogRetentionDays"]
+    assert retention["Default"] == 30 and 3653 in retention["AllowedValues"]
+
+
+def test_an_existing_bucket_replaces_the_bucket_by_an_eventbridge_rule(
+    cfn: dict[str, Any],
+) -> None:
+    created = adapt_for_emulator(cfn)
+    existing = adapt_for_emulator(cfn, {"ExistingBucketName": "my-photos"})
+    policy_output = "ImgpipeLocalDeferredBucketPolicy"  # applied through the API locally
+    assert "Bucket" in created["Resources"] and policy_output in created["Outputs"]
+    assert "ExistingBucketUploads" not in created["Resources"]
+    assert "Bucket" not in existing["Resources"] and policy_output not in existing["Outputs"]
+    rule = existing["Resources"]["ExistingBucketUploads"]["Properties"]
+    assert rule["EventPattern"]["detail"] == {
+        "bucket": {"name": [{"Ref": "ExistingBucketName"}]},
+        "object": {"key": [{"prefix": {"Ref": "InputPrefix"}}]}}
+    assert rule["Targets"] == [{"Id": "ingest-queue",
+                                "Arn": {"Fn::GetAtt": ["IngestQueue", "Arn"]}}]
+    # The queue accepts the rule's events instead of the bucket's notifications.
+    policy = existing["Outputs"]["ImgpipeLocalDeferredIngestQueuePolicy"]["Value"]
+    (statement,) = policy["Fn::ToJsonString"]["PolicyDocument"]["Statement"]
+    assert statement["Principal"] == {"Service": "events.amazonaws.com"}
+
+
 def test_model_source_policy_only_when_s3(cfn: dict[str, Any]) -> None:
     default = adapt_for_emulator(cfn)
     assert len(default["Resources"]["IngestFunctionRole"]["Properties"]["Policies"]) == 1
@@ -373,6 +433,13 @@ def test_queue_redrive_and_policy(deployed: tuple[LocalResources, Any]) -> None:
     dlq = client("sqs").get_queue_attributes(QueueUrl=r.dlq_url,
                                              AttributeNames=["All"])["Attributes"]
     assert int(dlq["MessageRetentionPeriod"]) == 1209600
+
+
+def test_alarms_are_deployed_with_the_topic(deployed: tuple[LocalResources, Any]) -> None:
+    r, client = deployed
+    alarms = client("cloudwatch").describe_alarms()["MetricAlarms"]
+    assert len(alarms) == 6
+    assert {tuple(a["AlarmActions"]) for a in alarms} == {(r.outputs["AlarmTopicArn"],)}
 
 
 def test_table_schema(deployed: tuple[LocalResources, Any]) -> None:
