@@ -72,6 +72,8 @@ def run(args: argparse.Namespace) -> int:
     r = stack.start()
     key_json = json.dumps({"image": {"S": f"s3://{r.bucket}/{r.input_prefix}coffee.jpg"},
                            "model": {"S": _model_id(args.model)}})
+    if stack.options.parameters.get("ExistingBucketName"):
+        print(_existing_bucket_hint(r.bucket), flush=True)
     try:
         print(f"""
 imgpipe local stack is up: {stack.endpoint_url}
@@ -100,6 +102,15 @@ Ctrl-C stops it (state is in memory and goes with it).
     print("stopped", flush=True)
     return 0
 
+
+
+def _existing_bucket_hint(bucket: str) -> str:
+    return f"""
+The stack uses an existing bucket ({bucket}) and creates none; its uploads arrive through
+EventBridge. This emulator starts empty, so create the bucket and turn EventBridge on:
+  aws s3api create-bucket --bucket {bucket}
+  aws s3api put-bucket-notification-configuration --bucket {bucket} \\
+      --notification-configuration '{{"EventBridgeConfiguration": {{}}}}'"""
 
 
 def _model_id(source: str) -> str:

@@ -33,6 +33,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalProcess]:
 
 
 def test_the_stack_owns_no_bucket_and_routes_through_eventbridge(stack: LocalProcess) -> None:
+    banner = "".join(stack.output)
+    assert f"aws s3api put-bucket-notification-configuration --bucket {BUCKET}" in banner
     buckets = [b["Name"] for b in stack.aws("s3api", "list-buckets")["Buckets"]]
     assert "imgpipe-local" not in buckets  # no bucket of its own
     resources = stack.aws("cloudformation", "describe-stack-resources",
