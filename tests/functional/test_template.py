@@ -87,6 +87,22 @@ def test_ingest_role_is_scoped_to_prefixes_and_table(cfn: dict[str, Any]) -> Non
     assert by_sid["Records"]["Resource"] == {"Fn::GetAtt": ["PredictionsTable", "Arn"]}
 
 
+def test_writes_and_deletes_stay_under_the_output_prefix(cfn: dict[str, Any]) -> None:
+    for role in ("IngestFunctionRole", "BackfillFunctionRole", "BackfillStateMachineRole"):
+        statements = _policy_statements(cfn, role)
+        writes = [st for st in statements
+                  if {"s3:PutObject", "s3:DeleteObject"} & set(_as_list(st["Action"]))]
+        assert writes, role
+        for st in writes:
+            text, variables = st["Resource"]["Fn::Sub"]
+            assert text.startswith("arn:${AWS::Partition}:s3:::${BucketName}/${OutputPrefix}")
+            assert variables == {"BucketName": BUCKET}
+
+
+def _as_list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else [value]
+
+
 def test_queue_timeouts_and_redrive(cfn: dict[str, Any]) -> None:
     values = defaults()
     queue = cfn["Resources"]["IngestQueue"]["Properties"]

@@ -139,3 +139,16 @@ def test_the_shortest_timeout_leaves_working_time_after_the_margin(sam: dict[str
         assert "IMGPIPE_TIMEOUT_MARGIN_MS" not in env  # so the default applies on AWS
     shortest_s = min(int(v) for v in sam["Parameters"]["FunctionTimeout"]["AllowedValues"])
     assert shortest_s * 1000 - margin_ms >= 20_000
+
+
+def test_the_local_check_reads_the_template_not_a_copy(sam: dict[str, Any]) -> None:
+    import copy
+
+    equal = values(sam, OutputPrefix="incoming/")
+    without_rule = copy.deepcopy(sam)
+    del without_rule["Rules"]["PrefixesDoNotOverlap"]
+    check_parameter_rules(equal, without_rule)  # nothing else forbids it
+    short_map = copy.deepcopy(sam)
+    del short_map["Mappings"]["QueueVisibility"]["120"]["5"]
+    with pytest.raises(ConfigError, match="no QueueVisibility entry for 120 / 5"):
+        check_parameter_rules(values(sam), short_map)
