@@ -12,8 +12,8 @@ run them on infra/template.yaml and on deliberately broken copies of it.
 - `visibility_violations`: the ingest queue's visibility timeout is at least
   6 x FunctionTimeout + MaximumBatchingWindowInSeconds for every value the parameters allow.
 - `iam_violations`: each function role allows exactly the AWS actions its code calls,
-  found by reading the modules the handler imports (botocore's operation names, mapped to
-  IAM actions).
+  found by following the handler's calls through the project's code, function by function
+  (botocore's operation names, mapped to IAM actions).
 - `wildcard_violations`: no role statement has a `*` resource.
 """
 
@@ -26,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -216,53 +217,95 @@ def _operations() -> dict[str, set[str]]:
     return methods
 
 
-def import_closure(module: str) -> list[Path]:
-    """The files of `module` and of every project module it imports, transitively."""
-    seen: dict[str, Path] = {}
-    pending = [module]
-    while pending:
-        name = pending.pop()
-        path = _module_file(name)
-        if path is None or name in seen:
-            continue
-        seen[name] = path
-        parent = name.rsplit(".", 1)[0]
-        if parent != name:
-            pending.append(parent)
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            if isinstance(node, ast.Import):
-                pending.extend(alias.name for alias in node.names)
-            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-                pending.append(node.module)
-                pending.extend(f"{node.module}.{alias.name}" for alias in node.names)
-    return sorted(seen.values())
+@dataclass(frozen=True)
+class _Module:
+    name: str
+    path: Path
+    tree: ast.Module
+    defs: dict[str, ast.AST]  # top-level functions and classes
+    imports: dict[str, str]  # local name -> "module" or "module.attribute"
 
 
-def _module_file(name: str) -> Path | None:
+@cache
+def _module(name: str) -> _Module | None:
+    """A project module (pipeline.*, handlers.*), parsed; None for anything else."""
     if name.split(".")[0] not in ("pipeline", "handlers"):
         return None
     base = ROOT.joinpath(*name.split("."))
-    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
-        if candidate.is_file():
-            return candidate
-    return None
+    path = next((c for c in (base.with_suffix(".py"), base / "__init__.py") if c.is_file()),
+                None)
+    if path is None:
+        return None
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    defs: dict[str, ast.AST] = {
+        node.name: node for node in tree.body
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef)}
+    imports: dict[str, str] = {}
+    for node in ast.walk(tree):  # imports inside functions count too
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                imports[alias.asname or alias.name.split(".")[0]] = (
+                    alias.name if alias.asname else alias.name.split(".")[0])
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            for alias in node.names:
+                imports[alias.asname or alias.name] = f"{node.module}.{alias.name}"
+    return _Module(name, path, tree, defs, imports)
 
 
-def code_actions(module: str) -> dict[str, list[str]]:
-    """IAM action -> where the code of `module` (and what it imports) calls it."""
+def _resolve(dotted: str) -> tuple[_Module, ast.AST] | None:
+    """`pkg.module.name` -> (module, the top-level def named `name`)."""
+    module_name, _, attribute = dotted.rpartition(".")
+    module = _module(module_name) if module_name else None
+    if module is None or attribute not in module.defs:
+        return None
+    return module, module.defs[attribute]
+
+
+def code_actions(handler: str) -> dict[str, list[str]]:
+    """IAM action -> where the code reachable from `handler` (`module.function`) calls it.
+
+    Reachable: the handler function and its module's top-level statements (run at init),
+    then every project function or class they name, transitively (a class counts with
+    all its methods, since calls on its instances are not followed by type). A call is an
+    AWS call when its method name is an operation of a scanned service (or a transfer
+    method); the IAM action comes from the operation's name.
+    """
     methods = _operations()
+    module_name, _, function = handler.rpartition(".")
+    start = _module(module_name)
+    if start is None or function not in start.defs:
+        raise ValueError(f"handler {handler} not found under {ROOT}")
+    top_level = [n for n in start.tree.body if not isinstance(
+        n, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef | ast.Import | ast.ImportFrom)]
+    pending: list[tuple[_Module, ast.AST]] = [(start, start.defs[function])]
+    pending.extend((start, node) for node in top_level)
+    seen: set[int] = set()
     found: dict[str, list[str]] = {}
-    for path in import_closure(module):
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)):
-                continue
-            method = node.func.attr
-            if method in ("get_paginator", "get_waiter") and node.args and isinstance(
-                    node.args[0], ast.Constant):
-                method = str(node.args[0].value)
-            where = f"{path.relative_to(ROOT)}:{node.lineno} .{method}()"
-            for action in methods.get(method, ()):
-                found.setdefault(action, []).append(where)
+    while pending:
+        module, root = pending.pop()
+        if id(root) in seen:
+            continue
+        seen.add(id(root))
+        for node in ast.walk(root):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+                method = node.func.attr
+                if method in ("get_paginator", "get_waiter") and node.args and isinstance(
+                        node.args[0], ast.Constant):
+                    method = str(node.args[0].value)
+                where = f"{module.path.relative_to(ROOT)}:{node.lineno} .{method}()"
+                for action in methods.get(method, ()):
+                    found.setdefault(action, []).append(where)
+            target: tuple[_Module, ast.AST] | None = None
+            if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load):
+                if node.id in module.defs:
+                    target = module, module.defs[node.id]
+                elif node.id in module.imports:
+                    target = _resolve(module.imports[node.id])
+            elif isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and (
+                    node.value.id in module.imports):  # module.function
+                target = _resolve(f"{module.imports[node.value.id]}.{node.attr}")
+            if target is not None:
+                pending.append(target)
     return found
 
 
@@ -273,11 +316,14 @@ def load(path: Path = TEMPLATE) -> dict[str, Any]:
 
 
 def sam_functions(sam: Mapping[str, Any]) -> dict[str, dict[str, str]]:
-    """Logical id -> {"handler_module": ...} for every function of the SAM template."""
-    return {
-        lid: {"handler_module": str(r["Properties"]["Handler"]).rsplit(".", 1)[0]}
-        for lid, r in sam["Resources"].items() if r["Type"] == "AWS::Serverless::Function"
-    }
+    """Logical id -> {"handler": "module.function", "handler_module": "module"} for every
+    function of the SAM template."""
+    functions = {}
+    for lid, resource in sam["Resources"].items():
+        if resource["Type"] == "AWS::Serverless::Function":
+            handler = str(resource["Properties"]["Handler"])
+            functions[lid] = {"handler": handler, "handler_module": handler.rsplit(".", 1)[0]}
+    return functions
 
 
 def role_actions(translated: Mapping[str, Any], role: str) -> set[str]:
@@ -303,10 +349,9 @@ def iam_violations(sam: Mapping[str, Any], translated: Mapping[str, Any]) -> lis
     for logical_id, function in sam_functions(sam).items():
         role = f"{logical_id}Role"
         granted = role_actions(translated, role)
-        called = code_actions(function["handler_module"])
+        called = code_actions(function["handler"])
         for action in sorted(granted - set(called)):
-            problems.append(f"{role} allows {action}, which {function['handler_module']} "
-                            f"never calls")
+            problems.append(f"{role} allows {action}, which {function['handler']} never calls")
         for action in sorted(set(called) - granted):
             problems.append(f"{role} lacks {action}, called at {called[action][0]}")
     return problems

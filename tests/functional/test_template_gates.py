@@ -77,8 +77,11 @@ def test_visibility_timeout_follows_the_rule(sam: dict[str, Any]) -> None:
 def test_roles_allow_exactly_what_the_code_calls(
     sam: dict[str, Any], translated: dict[str, Any]
 ) -> None:
-    called = gates.code_actions("handlers.ingest")
+    called = gates.code_actions("handlers.ingest.handler")
     assert {"s3:GetObject", "s3:PutObject", "dynamodb:PutItem"} <= set(called)
+    # Calls are followed function by function: a module's other functions do not count.
+    assert set(gates.code_actions("pipeline.backfill.summarize")) == {"s3:GetObject"}
+    assert set(gates.code_actions("pipeline.backfill.plan_batches")) == {"s3:ListBucket"}
     assert gates.iam_violations(sam, translated) == []
     assert gates.wildcard_violations(translated) == []
 
@@ -118,7 +121,7 @@ def test_an_extra_or_missing_action_fails_the_iam_gate(
     records["Action"] = ["dynamodb:PutItem", "dynamodb:Query"]  # BatchGetItem gone
     translated = translate_template(_write(tmp_path, broken), {})
     problems = gates.iam_violations(broken, translated)
-    assert "BackfillFunctionRole allows dynamodb:Query, which handlers.backfill never " \
+    assert "BackfillFunctionRole allows dynamodb:Query, which handlers.backfill.handler never " \
            "calls" in problems
     assert any(p.startswith("BackfillFunctionRole lacks dynamodb:BatchGetItem, called at "
                             "pipeline/aws.py:") for p in problems), problems
