@@ -81,7 +81,8 @@ def test_ingest_role_is_scoped_to_prefixes_and_table(cfn: dict[str, Any]) -> Non
     by_sid = {st["Sid"]: st for st in _policy_statements(cfn, "IngestFunctionRole")}
     assert by_sid["ReadInput"]["Resource"] == {"Fn::Sub": [
         "arn:${AWS::Partition}:s3:::${BucketName}/${InputPrefix}*", {"BucketName": BUCKET}]}
-    assert by_sid["WriteOutput"]["Action"] == ["s3:PutObject", "s3:DeleteObject"]
+    assert by_sid["WriteOutput"]["Action"] == ["s3:GetObject", "s3:PutObject",
+                                               "s3:DeleteObject"]
     assert by_sid["WriteOutput"]["Resource"] == {"Fn::Sub": [
         "arn:${AWS::Partition}:s3:::${BucketName}/${OutputPrefix}*", {"BucketName": BUCKET}]}
     assert by_sid["Records"]["Resource"] == {"Fn::GetAtt": ["PredictionsTable", "Arn"]}
