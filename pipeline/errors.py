@@ -13,11 +13,11 @@ __all__ = [
     "ImgpipeError",
     "PermanentError",
     "TransientError",
+    "StateMachineRetry",
     "GoneError",
     "SupersededError",
     "ModelError",
     "ConfigError",
-    "StateMachineRetry",
 ]
 
 
@@ -37,6 +37,16 @@ class TransientError(ImgpipeError):
     """A fault that may clear by itself (throttling, 5xx, timeouts): retry."""
 
 
+class StateMachineRetry(ImgpipeError):
+    """Raised by a handler so that the state machine runs its task again later.
+
+    Step Functions matches a Retry by the exception's class name (the `errorType` Lambda
+    reports), so every subclass must be named in the Retry of the tasks that call the
+    function: the template gate (tests/template_gates.py, `retry_violations`) fails when
+    one is not.
+    """
+
+
 class GoneError(ImgpipeError):
     """The object was deleted before it could be read: record it as `gone`."""
 
@@ -51,13 +61,3 @@ class ModelError(ImgpipeError):
 
 class ConfigError(ImgpipeError):
     """Settings are invalid; the message says which one and how to fix it."""
-
-
-class StateMachineRetry(ImgpipeError):
-    """Raised by a handler so that the state machine runs its task again later.
-
-    Step Functions matches a Retry by the exception's class name (the `errorType` Lambda
-    reports), so every subclass must be named in the Retry of the tasks that call the
-    function: tests/functional/test_template_retry.py reads infra/template.yaml and fails
-    when one is not.
-    """

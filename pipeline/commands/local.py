@@ -57,6 +57,15 @@ def print_batch(result: Any) -> None:
           f"{result.deleted} done, {status}", flush=True)
 
 
+def _existing_bucket_hint(bucket: str) -> str:
+    return f"""
+The stack uses an existing bucket ({bucket}) and creates none; its uploads arrive through
+EventBridge. Create the bucket (unless this emulator has it already) and turn EventBridge on:
+  aws s3api create-bucket --bucket {bucket}
+  aws s3api put-bucket-notification-configuration --bucket {bucket} \\
+      --notification-configuration '{{"EventBridgeConfiguration": {{}}}}'"""
+
+
 def run(args: argparse.Namespace) -> int:
     from pipeline.local.stack import LocalStack
 
@@ -102,15 +111,6 @@ Ctrl-C stops it (state is in memory and goes with it).
     print("stopped", flush=True)
     return 0
 
-
-
-def _existing_bucket_hint(bucket: str) -> str:
-    return f"""
-The stack uses an existing bucket ({bucket}) and creates none; its uploads arrive through
-EventBridge. This emulator starts empty, so create the bucket and turn EventBridge on:
-  aws s3api create-bucket --bucket {bucket}
-  aws s3api put-bucket-notification-configuration --bucket {bucket} \\
-      --notification-configuration '{{"EventBridgeConfiguration": {{}}}}'"""
 
 
 def _model_id(source: str) -> str:

@@ -79,9 +79,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
 
     _cache_service_directory()
+    stamp_eventbridge_sequencers()
     _name_unnamed_executions()
     _forward_lambda_invocations(args.functions)
-    stamp_eventbridge_sequencers()
     server = make_server(args.host, args.port, DomainDispatcherApplication(create_backend_app),
                          threaded=True, request_handler=KeepAliveHandler)
     try:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
@@ -71,16 +70,9 @@ class LocalProcess:
             raise AssertionError("imgpipe local exited:\n" + "".join(self.output))
 
 
-@pytest.fixture(scope="module")
-def local_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalProcess]:
-    with local_process(tmp_path_factory.mktemp("home")) as lp:
-        yield lp
-
-
-@contextlib.contextmanager
-def local_process(home: Path, *args: str) -> Iterator[LocalProcess]:
-    """`imgpipe local [ARGS]` on a free port, with HOME at `home`; stopped with SIGTERM."""
-    port = _free_port()
+def start_local(home: Path, *args: str, port: int | None = None) -> LocalProcess:
+    """`imgpipe local ARGS` as a subprocess, once its banner says it is up."""
+    port = port or _free_port()
     env = {
         "PATH": f"{BIN}:{os.environ.get('PATH', '')}",
         "HOME": str(home),  # no ~/.aws config of the person running the tests
@@ -121,15 +113,23 @@ def local_process(home: Path, *args: str) -> Iterator[LocalProcess]:
             output.append(line)
 
     threading.Thread(target=drain, daemon=True).start()
-    lp = LocalProcess(proc=proc, port=port, env=env, output=output)
+    return LocalProcess(proc=proc, port=port, env=env, output=output)
+
+
+def stop_local(lp: LocalProcess) -> None:
+    """SIGTERM, as Ctrl-C would: the stack must stop cleanly and say so."""
+    lp.proc.send_signal(signal.SIGTERM)
     try:
-        yield lp
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            raise AssertionError("imgpipe local did not stop on SIGTERM") from None
-    assert proc.returncode == 0, "".join(output[-30:])
-    assert any("stopped" in line for line in output)
+        lp.proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        lp.proc.kill()
+        raise AssertionError("imgpipe local did not stop on SIGTERM") from None
+    assert lp.proc.returncode == 0, "".join(lp.output[-30:])
+    assert any("stopped" in line for line in lp.output)
+
+
+@pytest.fixture(scope="module")
+def local_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalProcess]:
+    lp = start_local(tmp_path_factory.mktemp("home"))
+    yield lp
+    stop_local(lp)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import ROOT, LocalProcess, local_process
+from tests.e2e.conftest import ROOT, LocalProcess, start_local, stop_local
 
 pytestmark = pytest.mark.e2e
 
@@ -22,14 +22,17 @@ MODEL = "efficientnet-lite0@1"
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalProcess]:
-    with local_process(tmp_path_factory.mktemp("home"),
-                       "--param", f"ExistingBucketName={BUCKET}",
-                       "--param", "AlarmEmail=ops@example.com") as lp:
+    lp = start_local(tmp_path_factory.mktemp("home"),
+                     "--param", f"ExistingBucketName={BUCKET}",
+                     "--param", "AlarmEmail=ops@example.com")
+    try:
         # The user's bucket, with EventBridge turned on (what the README asks them to do).
         lp.aws("s3api", "create-bucket", "--bucket", BUCKET)
         lp.aws("s3api", "put-bucket-notification-configuration", "--bucket", BUCKET,
                "--notification-configuration", '{"EventBridgeConfiguration": {}}')
         yield lp
+    finally:
+        stop_local(lp)
 
 
 def test_the_stack_owns_no_bucket_and_routes_through_eventbridge(stack: LocalProcess) -> None:
