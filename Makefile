@@ -29,18 +29,25 @@ demo: $(VENV)/.installed-local  ## run the embedded stack on the sample photos
 local: $(VENV)/.installed-local  ## run the embedded AWS stack until Ctrl-C
 	$(BIN)/imgpipe local
 
-test: $(VENV)/.installed-dev $(CHECKOV_VENV)/.installed  ## lint, type-check, template gates, tests
+test: $(VENV)/.installed-dev  ## lint, type-check and run the whole test suite
 	$(BIN)/ruff check pipeline handlers tests model
 	$(BIN)/mypy
 	$(BIN)/cfn-lint infra/template.yaml
 	$(BIN)/python -m tests.template_gates
 	$(BIN)/python -m pytest -q
 
+# The template gates (cfn-lint, then checkov on the translated template) run before pytest.
 # checkov pins an old boto3, so it gets a venv of its own (tests/template_gates.py runs it).
+test: $(CHECKOV_VENV)/.installed
+clean: clean-checkov
+
 $(CHECKOV_VENV)/.installed:
 	$(PYTHON) -m venv $(CHECKOV_VENV)
 	$(CHECKOV_VENV)/bin/pip install --quiet checkov==3.3.30
 	touch $@
+
+clean-checkov:
+	rm -rf $(CHECKOV_VENV)
 
 lint: $(VENV)/.installed-dev  ## ruff + mypy + cfn-lint
 	$(BIN)/ruff check pipeline handlers tests model
@@ -66,4 +73,4 @@ model-check: $(EXPORT_VENV)/.installed  ## re-export with PyTorch and verify aga
 	$(EXPORT_VENV)/bin/python model/export.py --check
 
 clean:  ## remove the virtual environments and caches
-	rm -rf $(VENV) $(EXPORT_VENV) $(CHECKOV_VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(EXPORT_VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -69,7 +69,6 @@ __all__ = [
 DEFAULT_TEMPLATE = Path(__file__).resolve().parents[2] / "infra" / "template.yaml"
 CREDENTIALS = {"aws_access_key_id": "test", "aws_secret_access_key": "test"}
 PLACEHOLDER_CODE_KEY = "imgpipe/placeholder-code.zip"
-LOCAL_BUCKET = "imgpipe-local"
 
 # Resource types moto's CloudFormation has no model for; provision applies them through
 # the API after the stack exists (their properties are resolved by moto, see
@@ -171,6 +170,9 @@ def check_parameter_rules(
     from pipeline.local.template_checks import check_parameters
 
     check_parameters(template if template is not None else load_sam_template(), values)
+
+
+LOCAL_BUCKET = "imgpipe-local"
 
 
 def local_parameters(parameters: Mapping[str, str] | None = None) -> dict[str, str]:

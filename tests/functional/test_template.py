@@ -68,6 +68,27 @@ def test_parameters_have_documented_defaults() -> None:
     assert params["MaximumConcurrency"]["MinValue"] == 2
 
 
+def test_no_wildcard_resource_in_any_role_policy(cfn: dict[str, Any]) -> None:
+    roles = resources_of(cfn, "AWS::IAM::Role")
+    assert len(roles) == 3  # two functions, the state machine
+    statements = []
+    for role in roles.values():
+        for policy in role["Properties"].get("Policies", []):
+            if "Fn::If" in policy:  # the optional model policy: check both branches
+                candidates = [b for b in policy["Fn::If"][1:] if "PolicyDocument" in b]
+            else:
+                candidates = [policy]
+            for p in candidates:
+                statements.extend(p["PolicyDocument"]["Statement"])
+    assert statements
+    for st in statements:
+        resources = st["Resource"] if isinstance(st["Resource"], list) else [st["Resource"]]
+        for resource in resources:
+            assert resource != "*", st
+            text = json.dumps(resource)
+            assert '"*"' not in text and not text.endswith(':::*"'), st
+
+
 def _policy_statements(cfn: dict[str, Any], role: str) -> list[dict[str, Any]]:
     props = cfn["Resources"][role]["Properties"]
     return [st for p in props["Policies"] if "PolicyDocument" in p
