@@ -227,11 +227,12 @@ class _Module:
 
 
 @cache
-def _module(name: str) -> _Module | None:
-    """A project module (pipeline.*, handlers.*), parsed; None for anything else."""
+def _module(name: str, root: Path) -> _Module | None:
+    """A project module (pipeline.*, handlers.*) under `root`, parsed; None for anything
+    else."""
     if name.split(".")[0] not in ("pipeline", "handlers"):
         return None
-    base = ROOT.joinpath(*name.split("."))
+    base = root.joinpath(*name.split("."))
     path = next((c for c in (base.with_suffix(".py"), base / "__init__.py") if c.is_file()),
                 None)
     if path is None:
@@ -249,19 +250,19 @@ def _module(name: str) -> _Module | None:
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             for alias in node.names:
                 imports[alias.asname or alias.name] = f"{node.module}.{alias.name}"
-    return _Module(name, path, tree, defs, imports)
+    return _Module(name, path.relative_to(root), tree, defs, imports)
 
 
-def _resolve(dotted: str) -> tuple[_Module, ast.AST] | None:
+def _resolve(dotted: str, root: Path) -> tuple[_Module, ast.AST] | None:
     """`pkg.module.name` -> (module, the top-level def named `name`)."""
     module_name, _, attribute = dotted.rpartition(".")
-    module = _module(module_name) if module_name else None
+    module = _module(module_name, root) if module_name else None
     if module is None or attribute not in module.defs:
         return None
     return module, module.defs[attribute]
 
 
-def code_actions(handler: str) -> dict[str, list[str]]:
+def code_actions(handler: str, root: Path = ROOT) -> dict[str, list[str]]:
     """IAM action -> where the code reachable from `handler` (`module.function`) calls it.
 
     Reachable: the handler function and its module's top-level statements (run at init),
@@ -272,9 +273,9 @@ def code_actions(handler: str) -> dict[str, list[str]]:
     """
     methods = _operations()
     module_name, _, function = handler.rpartition(".")
-    start = _module(module_name)
+    start = _module(module_name, root)
     if start is None or function not in start.defs:
-        raise ValueError(f"handler {handler} not found under {ROOT}")
+        raise ValueError(f"handler {handler} not found under {root}")
     top_level = [n for n in start.tree.body if not isinstance(
         n, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef | ast.Import | ast.ImportFrom)]
     pending: list[tuple[_Module, ast.AST]] = [(start, start.defs[function])]
@@ -282,17 +283,17 @@ def code_actions(handler: str) -> dict[str, list[str]]:
     seen: set[int] = set()
     found: dict[str, list[str]] = {}
     while pending:
-        module, root = pending.pop()
-        if id(root) in seen:
+        module, reached = pending.pop()
+        if id(reached) in seen:
             continue
-        seen.add(id(root))
-        for node in ast.walk(root):
+        seen.add(id(reached))
+        for node in ast.walk(reached):
             if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
                 method = node.func.attr
                 if method in ("get_paginator", "get_waiter") and node.args and isinstance(
                         node.args[0], ast.Constant):
                     method = str(node.args[0].value)
-                where = f"{module.path.relative_to(ROOT)}:{node.lineno} .{method}()"
+                where = f"{module.path}:{node.lineno} .{method}()"
                 for action in methods.get(method, ()):
                     found.setdefault(action, []).append(where)
             target: tuple[_Module, ast.AST] | None = None
@@ -300,10 +301,10 @@ def code_actions(handler: str) -> dict[str, list[str]]:
                 if node.id in module.defs:
                     target = module, module.defs[node.id]
                 elif node.id in module.imports:
-                    target = _resolve(module.imports[node.id])
+                    target = _resolve(module.imports[node.id], root)
             elif isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and (
                     node.value.id in module.imports):  # module.function
-                target = _resolve(f"{module.imports[node.value.id]}.{node.attr}")
+                target = _resolve(f"{module.imports[node.value.id]}.{node.attr}", root)
             if target is not None:
                 pending.append(target)
     return found

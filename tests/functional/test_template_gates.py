@@ -79,11 +79,28 @@ def test_roles_allow_exactly_what_the_code_calls(
 ) -> None:
     called = gates.code_actions("handlers.ingest.handler")
     assert {"s3:GetObject", "s3:PutObject", "dynamodb:PutItem"} <= set(called)
-    # Calls are followed function by function: a module's other functions do not count.
-    assert set(gates.code_actions("pipeline.backfill.summarize")) == {"s3:GetObject"}
-    assert set(gates.code_actions("pipeline.backfill.plan_batches")) == {"s3:ListBucket"}
     assert gates.iam_violations(sam, translated) == []
     assert gates.wildcard_violations(translated) == []
+
+
+def test_calls_are_followed_function_by_function(tmp_path: Path) -> None:
+    """A module's other functions do not widen a role; what a handler reaches does, through
+    imports, classes (all their methods) and top-level statements (run at init)."""
+    (tmp_path / "pipeline").mkdir()
+    (tmp_path / "pipeline" / "store.py").write_text(
+        "def read(s3):\n    return s3.get_object(Bucket='b', Key='k')\n\n\n"
+        "def listing(s3):\n    return s3.get_paginator('list_objects_v2')\n\n\n"
+        "class Table:\n    def put(self, ddb):\n        ddb.put_item(TableName='t', Item={})\n"
+    )
+    (tmp_path / "handlers").mkdir()
+    (tmp_path / "handlers" / "fn.py").write_text(
+        "from pipeline.store import Table, read\n\nCLIENT = None\n\n\n"
+        "def handler(event, context):\n    return read(CLIENT)\n\n\n"
+        "def other(event, context):\n    return Table()\n"
+    )
+    called = gates.code_actions("handlers.fn.handler", tmp_path)
+    assert called == {"s3:GetObject": ["pipeline/store.py:2 .get_object()"]}
+    assert set(gates.code_actions("handlers.fn.other", tmp_path)) == {"dynamodb:PutItem"}
 
 
 def test_cfn_lint_is_clean_on_the_raw_template() -> None:
