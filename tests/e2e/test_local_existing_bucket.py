@@ -87,6 +87,13 @@ def test_an_upload_to_the_existing_bucket_is_classified(
                                until=lambda i: i["label"]["S"] != "espresso")
     assert item["label"]["S"] == "tiger cat"
 
+    # A key with a space, a '+' and a '%' arrives intact (S3 URL-encodes it in the event).
+    odd = "incoming/holiday photos/rocket+launch 100%.jpg"
+    stack.aws("s3", "cp", str(ROOT / "samples" / "rocket.jpg"), f"s3://{BUCKET}/{odd}")
+    item = stack.wait_for_item(TABLE, f"s3://{BUCKET}/{odd}", MODEL)
+    assert item["status"]["S"] == "classified"
+
     # Nothing outside the input prefix was classified.
     scanned = stack.aws("dynamodb", "scan", "--table-name", TABLE)["Items"]
-    assert [i["image"]["S"] for i in scanned] == [f"s3://{BUCKET}/incoming/kitchen/coffee.jpg"]
+    assert sorted(i["image"]["S"] for i in scanned) == [
+        f"s3://{BUCKET}/{odd}", f"s3://{BUCKET}/incoming/kitchen/coffee.jpg"]
