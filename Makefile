@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 EXPORT_VENV := .venv-export
+CHECKOV_VENV := .venv-checkov
 
 # The Lambda runtime's Python builds the package (tools/lambda_package.py) and runs it in
 # tests (.venv-runtime). A pyenv shim answers to `python3.12` even when that version is not
@@ -46,7 +47,22 @@ local: $(VENV)/.installed-local  ## run the embedded AWS stack until Ctrl-C
 test: $(VENV)/.installed-dev  ## lint, type-check and run the whole test suite
 	$(BIN)/ruff check pipeline handlers tests model tools
 	$(BIN)/mypy
+	$(BIN)/cfn-lint infra/template.yaml
+	$(BIN)/python -m tests.template_gates
 	$(BIN)/python -m pytest -q
+
+# The template gates (cfn-lint, then checkov on the translated template) run before pytest.
+# checkov pins an old boto3, so it gets a venv of its own (tests/template_gates.py runs it).
+test: $(CHECKOV_VENV)/.installed
+clean: clean-checkov
+
+$(CHECKOV_VENV)/.installed:
+	$(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/pip install --quiet checkov==3.3.30
+	touch $@
+
+clean-checkov:
+	rm -rf $(CHECKOV_VENV)
 
 lint: $(VENV)/.installed-dev  ## ruff + mypy + cfn-lint
 	$(BIN)/ruff check pipeline handlers tests model tools

@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipeline.errors import ImgpipeError, PermanentError
+from pipeline.errors import PermanentError, StateMachineRetry
 from pipeline.events import ObjectRef
 from pipeline.service import ClassificationService, Outcome
 
@@ -36,7 +36,7 @@ __all__ = [
 COUNT_KEYS = ("classified", "skipped", "rejected", "gone", "superseded", "failed", "ignored")
 
 
-class BackfillIncomplete(ImgpipeError):
+class BackfillIncomplete(StateMachineRetry):
     """Some objects of the batch hit transient faults: the state machine retries the batch
     (what is done is skipped on the retry)."""
 

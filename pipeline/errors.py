@@ -13,6 +13,7 @@ __all__ = [
     "ImgpipeError",
     "PermanentError",
     "TransientError",
+    "StateMachineRetry",
     "GoneError",
     "SupersededError",
     "ModelError",
@@ -34,6 +35,16 @@ class PermanentError(ImgpipeError):
 
 class TransientError(ImgpipeError):
     """A fault that may clear by itself (throttling, 5xx, timeouts): retry."""
+
+
+class StateMachineRetry(ImgpipeError):
+    """Raised by a handler so that the state machine runs its task again later.
+
+    Step Functions matches a Retry by the exception's class name (the `errorType` Lambda
+    reports), so every subclass must be named in the Retry of the tasks that call the
+    function: the template gate (tests/template_gates.py, `retry_violations`) fails when
+    one is not.
+    """
 
 
 class GoneError(ImgpipeError):

@@ -57,6 +57,15 @@ def print_batch(result: Any) -> None:
           f"{result.deleted} done, {status}", flush=True)
 
 
+def _existing_bucket_hint(bucket: str) -> str:
+    return f"""
+The stack uses an existing bucket ({bucket}) and creates none; its uploads arrive through
+EventBridge. Create the bucket (unless this emulator has it already) and turn EventBridge on:
+  aws s3api create-bucket --bucket {bucket}
+  aws s3api put-bucket-notification-configuration --bucket {bucket} \\
+      --notification-configuration '{{"EventBridgeConfiguration": {{}}}}'"""
+
+
 def run(args: argparse.Namespace) -> int:
     from pipeline.local.stack import LocalStack
 
@@ -72,6 +81,8 @@ def run(args: argparse.Namespace) -> int:
     r = stack.start()
     key_json = json.dumps({"image": {"S": f"s3://{r.bucket}/{r.input_prefix}coffee.jpg"},
                            "model": {"S": _model_id(args.model)}})
+    if stack.options.parameters.get("ExistingBucketName"):
+        print(_existing_bucket_hint(r.bucket), flush=True)
     try:
         print(f"""
 imgpipe local stack is up: {stack.endpoint_url}

@@ -16,6 +16,8 @@ The adjustments, each applied to this process's moto only:
   Invoke API's path and error header), which runs the real handler.
 - Executions started without a name get a fresh UUID, as on AWS (moto 5.2 names them all
   "None", so a second unnamed backfill fails with ExecutionAlreadyExists).
+- S3 events sent to EventBridge get increasing sequencers (moto gives them all the same
+  one, so an overwrite would look already processed; `pipeline.local.s3_events`).
 - moto routes each request by listing its own package directory (a listdir and ~150 stat
   calls per request); the directory does not change, so it is listed once.
 
@@ -48,6 +50,7 @@ from moto.moto_server.werkzeug_app import (
 from werkzeug.serving import make_server
 
 from pipeline.local.functions import invoke_url
+from pipeline.local.s3_events import stamp_eventbridge_sequencers
 
 __all__ = ["main", "KeepAliveHandler"]
 
@@ -76,6 +79,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
 
     _cache_service_directory()
+    stamp_eventbridge_sequencers()
     _name_unnamed_executions()
     _forward_lambda_invocations(args.functions)
     server = make_server(args.host, args.port, DomainDispatcherApplication(create_backend_app),

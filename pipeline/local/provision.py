@@ -12,9 +12,9 @@ second copy of them.
 
 What moto's CloudFormation ignores (checked against moto 5.2.5) and is applied here:
 - resource types it has no model for: AWS::S3::BucketPolicy, AWS::SQS::QueuePolicy,
-  AWS::CloudWatch::Alarm (skipped with a warning by moto); of the bucket policy only the
-  statements moto can evaluate faithfully (it ignores conditions, so the TLS-only
-  conditional Deny would deny everything and is left out locally);
+  AWS::CloudWatch::Alarm, AWS::SNS::Subscription (skipped with a warning by moto); of the
+  bucket policy only the statements moto can evaluate faithfully (it ignores conditions,
+  so the TLS-only conditional Deny would deny everything and is left out locally);
 - AWS::S3::Bucket: only BucketName, BucketEncryption and Tags are honoured; versioning,
   the public access block and the notification configuration are applied here;
 - AWS::DynamoDB::Table: PointInTimeRecoverySpecification (applied here);
@@ -57,6 +57,8 @@ __all__ = [
     "deployed_state_machine_definition",
     "emulator_definition",
     "load_sam_template",
+    "LOCAL_BUCKET",
+    "local_parameters",
     "local_session",
     "moto_api",
     "provision",
@@ -71,7 +73,8 @@ PLACEHOLDER_CODE_KEY = "imgpipe/placeholder-code.zip"
 # Resource types moto's CloudFormation has no model for; provision applies them through
 # the API after the stack exists (their properties are resolved by moto, see
 # `_deferred_output`).
-API_APPLIED_TYPES = ("AWS::S3::BucketPolicy", "AWS::SQS::QueuePolicy", "AWS::CloudWatch::Alarm")
+API_APPLIED_TYPES = ("AWS::S3::BucketPolicy", "AWS::SQS::QueuePolicy", "AWS::CloudWatch::Alarm",
+                     "AWS::SNS::Subscription")
 # Properties of supported resources that moto's CloudFormation accepts but ignores.
 IGNORED_PROPERTIES = {
     "AWS::S3::Bucket": (
@@ -158,25 +161,28 @@ def resolve_parameters(
     return values
 
 
-def check_parameter_rules(values: Mapping[str, str]) -> None:
-    """Rules CloudFormation cannot express (it has no arithmetic), checked before deploying."""
-    try:
-        visibility = int(values["QueueVisibilityTimeout"])
-        needed = 6 * int(values["FunctionTimeout"]) + int(values["MaximumBatchingWindowInSeconds"])
-    except (KeyError, ValueError) as e:
-        raise ConfigError(f"template parameters are incomplete or not numbers: {e}") from None
-    if visibility < needed:
-        raise ConfigError(
-            f"QueueVisibilityTimeout={visibility} is too short: it must be at least "
-            f"6 x FunctionTimeout + MaximumBatchingWindowInSeconds = {needed}"
-        )
-    if values["InputPrefix"].startswith(values["OutputPrefix"]) or values[
-        "OutputPrefix"
-    ].startswith(values["InputPrefix"]):
-        raise ConfigError(
-            f"InputPrefix {values['InputPrefix']!r} and OutputPrefix "
-            f"{values['OutputPrefix']!r} overlap: results would trigger the pipeline again"
-        )
+def check_parameter_rules(
+    values: Mapping[str, str], template: Mapping[str, Any] | None = None
+) -> None:
+    """What CloudFormation checks before creating anything (parameter constraints, the
+    template's `Rules`, its `Mappings` lookups), evaluated from the template itself
+    (`template_checks`); `template` defaults to infra/template.yaml."""
+    from pipeline.local.template_checks import check_parameters
+
+    check_parameters(template if template is not None else load_sam_template(), values)
+
+
+LOCAL_BUCKET = "imgpipe-local"
+
+
+def local_parameters(parameters: Mapping[str, str] | None = None) -> dict[str, str]:
+    """`parameters` plus the local stack's defaults: the bucket keeps the contract name
+    `imgpipe-local` (on AWS an empty BucketName derives one from account and region),
+    unless the stack is to use an existing bucket."""
+    chosen = dict(parameters or {})
+    if not chosen.get("ExistingBucketName"):
+        chosen.setdefault("BucketName", LOCAL_BUCKET)
+    return chosen
 
 
 def _managed_policy_loader(partition: str = "aws") -> Callable[[], dict[str, str]]:
@@ -251,7 +257,10 @@ def adapt_for_emulator(
        (moto ignores the property; CloudFormation would do the same substitution).
     5. List items that are `Fn::If [cond, X, !Ref AWS::NoValue]` (the optional model
        policy) are decided here from the parameter values: moto turns a NoValue list item
-       into None and then fails on it (CloudFormation drops it).
+       into None and then fails on it (CloudFormation drops it). Resources whose
+       `Condition` is false are left out the same way.
+    6. `Fn::FindInMap` keyed by parameters is looked up here: moto passes Number parameters
+       as numbers, which miss the mapping's (string) keys.
     The Lambda Code already points at an S3 object (`translate_template(code_uri=...)`),
     which provision fills with a placeholder zip: moto needs a zip to create a function,
     and the handlers run in the stack's process, not in moto.
@@ -260,7 +269,12 @@ def adapt_for_emulator(
     values = resolve_parameters(adapted, parameters)
     conditions = {name: _condition(expr, adapted.get("Conditions", {}), values)
                   for name, expr in adapted.get("Conditions", {}).items()}
-    adapted["Resources"] = _decide_optional_list_items(adapted["Resources"], conditions)
+    # Resources whose condition is false are left out here, as CloudFormation would.
+    adapted["Resources"] = _decide_optional_list_items(
+        {lid: r for lid, r in adapted["Resources"].items()
+         if conditions.get(r.get("Condition", ""), True)}, conditions)
+    adapted["Resources"] = _resolve_find_in_map(adapted["Resources"],
+                                                 adapted.get("Mappings", {}), values)
     resources: dict[str, Any] = adapted["Resources"]
     outputs: dict[str, Any] = adapted.setdefault("Outputs", {})
     removed = [lid for lid, r in resources.items() if r["Type"] in API_APPLIED_TYPES]
@@ -297,28 +311,13 @@ def adapt_for_emulator(
 
 def _condition(expr: Any, conditions: Mapping[str, Any], values: Mapping[str, str]) -> bool:
     """Evaluate a template condition over parameter values (the functions conditions use)."""
-    def value(x: Any) -> Any:
-        if isinstance(x, dict) and "Ref" in x:
-            return values[x["Ref"]]
-        if isinstance(x, dict) and "Condition" in x:
-            return _condition(conditions[x["Condition"]], conditions, values)
-        if isinstance(x, dict):
-            return _condition(x, conditions, values)
-        return str(x)
+    from pipeline.local.template_checks import evaluate
 
-    if isinstance(expr, dict) and len(expr) == 1:
-        fn, args = next(iter(expr.items()))
-        if fn == "Fn::Equals":
-            return bool(value(args[0]) == value(args[1]))
-        if fn == "Fn::Not":
-            return not value(args[0])
-        if fn == "Fn::And":
-            return all(value(a) for a in args)
-        if fn == "Fn::Or":
-            return any(value(a) for a in args)
-        if fn == "Condition":
-            return _condition(conditions[args], conditions, values)
-    raise ProvisionError(f"cannot evaluate the template condition {expr!r} locally")
+    try:
+        return bool(evaluate(expr, values, conditions))
+    except ConfigError as e:
+        raise ProvisionError(f"cannot evaluate the template condition {expr!r} locally: "
+                             f"{e}") from None
 
 
 def _decide_optional_list_items(node: Any, conditions: Mapping[str, bool]) -> Any:
@@ -336,6 +335,23 @@ def _decide_optional_list_items(node: Any, conditions: Mapping[str, bool]) -> An
                     continue
             items.append(_decide_optional_list_items(item, conditions))
         return items
+    return node
+
+
+def _resolve_find_in_map(node: Any, mappings: Mapping[str, Any],
+                         values: Mapping[str, str]) -> Any:
+    from pipeline.local.template_checks import evaluate
+
+    if isinstance(node, dict):
+        if list(node) == ["Fn::FindInMap"]:
+            map_name, *keys = node["Fn::FindInMap"]
+            found: Any = mappings[map_name]
+            for key in keys:
+                found = found[str(evaluate(key, values))]
+            return found
+        return {k: _resolve_find_in_map(v, mappings, values) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_resolve_find_in_map(item, mappings, values) for item in node]
     return node
 
 
@@ -484,9 +500,10 @@ def provision(
     names) next to a live one.
     """
 
+    parameters = local_parameters(parameters)
     sam = load_sam_template(template_path)
     values = resolve_parameters(sam, parameters)
-    check_parameter_rules(values)
+    check_parameter_rules(values, sam)
 
     session = local_session(region)
 
@@ -701,6 +718,9 @@ def _apply_deferred(
                     "PointInTimeRecoveryEnabled": _true(pitr.get("PointInTimeRecoveryEnabled"))
                 },
             )
+        elif rtype == "AWS::SNS::Subscription":
+            client("sns").subscribe(TopicArn=props["TopicArn"], Protocol=props["Protocol"],
+                                    Endpoint=props["Endpoint"])
         elif rtype == "AWS::CloudWatch::Alarm":
             alarm = {k: v for k, v in props.items() if k != "AlarmName"}
             for key in ("Threshold",):

@@ -9,7 +9,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,14 +49,16 @@ class LocalProcess:
             return json.loads(out)
         return out
 
-    def wait_for_item(self, table: str, image: str, model: str,
-                      timeout_s: float = 90) -> dict[str, Any]:
+    def wait_for_item(self, table: str, image: str, model: str, timeout_s: float = 90,
+                      until: Callable[[dict[str, Any]], bool] | None = None) -> dict[str, Any]:
+        """The item of (image, model), once it exists (and satisfies `until`, if given)."""
         deadline = time.monotonic() + timeout_s
         key = json.dumps({"image": {"S": image}, "model": {"S": model}})
         while time.monotonic() < deadline:
             resp = self.aws("dynamodb", "get-item", "--table-name", table, "--key", key,
                             "--consistent-read")
-            if isinstance(resp, dict) and "Item" in resp:
+            if isinstance(resp, dict) and "Item" in resp and (
+                    until is None or until(resp["Item"])):
                 return resp["Item"]  # type: ignore[no-any-return]
             self.assert_alive()
             time.sleep(0.5)
@@ -68,10 +70,9 @@ class LocalProcess:
             raise AssertionError("imgpipe local exited:\n" + "".join(self.output))
 
 
-@pytest.fixture(scope="module")
-def local_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalProcess]:
-    port = _free_port()
-    home = tmp_path_factory.mktemp("home")
+def start_local(home: Path, *args: str, port: int | None = None) -> LocalProcess:
+    """`imgpipe local ARGS` as a subprocess, once its banner says it is up."""
+    port = port or _free_port()
     env = {
         "PATH": f"{BIN}:{os.environ.get('PATH', '')}",
         "HOME": str(home),  # no ~/.aws config of the person running the tests
@@ -83,7 +84,7 @@ def local_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalProce
         "PYTHONUNBUFFERED": "1",
     }
     proc = subprocess.Popen(
-        [str(BIN / "imgpipe"), "local", "--port", str(port)],
+        [str(BIN / "imgpipe"), "local", "--port", str(port), *args],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     output: list[str] = []
@@ -112,13 +113,23 @@ def local_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalProce
             output.append(line)
 
     threading.Thread(target=drain, daemon=True).start()
-    lp = LocalProcess(proc=proc, port=port, env=env, output=output)
-    yield lp
-    proc.send_signal(signal.SIGTERM)
+    return LocalProcess(proc=proc, port=port, env=env, output=output)
+
+
+def stop_local(lp: LocalProcess) -> None:
+    """SIGTERM, as Ctrl-C would: the stack must stop cleanly and say so."""
+    lp.proc.send_signal(signal.SIGTERM)
     try:
-        proc.wait(timeout=30)
+        lp.proc.wait(timeout=30)
     except subprocess.TimeoutExpired:
-        proc.kill()
+        lp.proc.kill()
         raise AssertionError("imgpipe local did not stop on SIGTERM") from None
-    assert proc.returncode == 0, "".join(output[-30:])
-    assert any("stopped" in line for line in output)
+    assert lp.proc.returncode == 0, "".join(lp.output[-30:])
+    assert any("stopped" in line for line in lp.output)
+
+
+@pytest.fixture(scope="module")
+def local_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalProcess]:
+    lp = start_local(tmp_path_factory.mktemp("home"))
+    yield lp
+    stop_local(lp)
