@@ -246,23 +246,25 @@ def test_dynamodb_throttling_is_retried_then_converges(harness: Harness) -> None
     assert len(harness.outputs()) == 1, "the retry overwrote the same output object"
 
 
-def test_crash_after_the_s3_write_yields_one_output_and_one_record(harness: Harness) -> None:
+def test_crash_between_the_record_and_the_document_yields_one_of_each(
+        harness: Harness) -> None:
     obj = harness.upload("incoming/c.jpg", sample("chelsea.jpg"))
-    sink = harness.service.sink
-    real_put = sink.put
+    store = harness.service.store
+    real_put_json = store.put_json
 
-    def crash(record: Any, expected: Any) -> bool:
+    def crash(*args: Any, **kwargs: Any) -> bool:
         raise RuntimeError("Lambda crashed between the two writes")
 
-    sink.put = crash  # type: ignore[method-assign]
+    store.put_json = crash  # type: ignore[method-assign]
     with pytest.raises(RuntimeError):
         invoke(s3_event(obj))  # the invocation dies: SQS redelivers the whole batch
-    assert len(harness.outputs()) == 1 and harness.record("incoming/c.jpg") is None
-    sink.put = real_put  # type: ignore[method-assign]
+    assert harness.outputs() == [] and harness.record("incoming/c.jpg") is not None
+    store.put_json = real_put_json  # type: ignore[method-assign]
     response, _ = invoke(s3_event(obj))
     assert failed_ids(response) == []
-    assert len(harness.outputs()) == 1
+    assert harness.outputs() == [f"predictions/{MODEL}/incoming/c.jpg.json"]
     assert harness.record("incoming/c.jpg")["status"] == "classified"
+    assert harness.images_classified() == 1, "the redelivery only wrote the document"
 
 
 def test_close_to_the_timeout_nothing_new_starts_and_the_rest_fail(harness: Harness) -> None:
