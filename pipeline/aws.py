@@ -27,6 +27,7 @@ __all__ = [
     "FetchedObject",
     "S3ObjectStore",
     "create_clients",
+    "error_code",
     "translate_client_error",
 ]
 
@@ -46,7 +47,7 @@ def translate_client_error(error: Exception, what: str) -> ImgpipeError:
     Unknown errors are treated as transient: redelivery (and, after maxReceiveCount, the
     DLQ with the body intact) loses nothing, while a wrong `rejected` would.
     """
-    code = _error_code(error)
+    code = error_code(error)
     if code in _GONE:
         return GoneError(f"{what}: the object no longer exists ({code})")
     if code in _SUPERSEDED:
@@ -56,7 +57,7 @@ def translate_client_error(error: Exception, what: str) -> ImgpipeError:
     return TransientError(f"{what}: {code or type(error).__name__}: {error}")
 
 
-def _error_code(error: Exception) -> str:
+def error_code(error: Exception) -> str:
     response = getattr(error, "response", None)
     if isinstance(response, Mapping):
         err = response.get("Error", {})
@@ -226,7 +227,7 @@ class S3ObjectStore:
         except Exception as e:
             if _lost_condition(e):
                 return False
-            if _error_code(e) in ("NoSuchKey", "404"):
+            if error_code(e) in ("NoSuchKey", "404"):
                 return True
             raise translate_client_error(e, f"deleting s3://{bucket}/{key}") from e
         return True
@@ -237,14 +238,14 @@ class S3ObjectStore:
         except Exception as e:
             # Without s3:ListBucket S3 answers 403 for a key that does not exist; with
             # s3:GetObject granted, an existing one would have answered 200.
-            if _error_code(e) in ("NoSuchKey", "404", "NotFound", "403", "AccessDenied"):
+            if error_code(e) in ("NoSuchKey", "404", "NotFound", "403", "AccessDenied"):
                 return None
             raise translate_client_error(e, f"looking at s3://{bucket}/{key}") from e
 
 
 def _lost_condition(error: Exception) -> bool:
     """A conditional S3 write lost a race: 412, or 409 ConditionalRequestConflict."""
-    return _error_code(error) in ("PreconditionFailed", "412", "ConditionalRequestConflict",
+    return error_code(error) in ("PreconditionFailed", "412", "ConditionalRequestConflict",
                                   "409")
 
 
@@ -315,7 +316,7 @@ class DynamoResultSink:
         try:
             self.client.put_item(**kwargs)
         except Exception as e:
-            if _error_code(e) == "ConditionalCheckFailedException":
+            if error_code(e) == "ConditionalCheckFailedException":
                 return False
             raise translate_client_error(e, f"writing {record.image} to {self.table}") from e
         return True
