@@ -14,7 +14,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from pipeline.documents import RECORD_TOKEN_META, DocumentState
-from pipeline.errors import GoneError, ImgpipeError, PermanentError, SupersededError, TransientError
+from pipeline.errors import (
+    GoneError,
+    ImgpipeError,
+    PermanentError,
+    SupersededError,
+    TransientError,
+    too_large_message,
+)
 from pipeline.events import ObjectRef
 from pipeline.records import PredictionRecord
 from pipeline.settings import Settings
@@ -151,7 +158,7 @@ class S3ObjectStore:
         object over `max_bytes` is refused without downloading it.
         """
         if ref.size is not None and ref.size > max_bytes:
-            raise PermanentError(_too_big(ref.size, max_bytes))
+            raise PermanentError(too_large_message(ref.size, max_bytes))
         kwargs: dict[str, Any] = {"Bucket": ref.bucket, "Key": ref.key}
         if ref.etag:
             kwargs["IfMatch"] = f'"{ref.etag}"'
@@ -163,7 +170,7 @@ class S3ObjectStore:
         try:
             length = int(resp.get("ContentLength", 0) or 0)
             if length > max_bytes:
-                raise PermanentError(_too_big(length, max_bytes))
+                raise PermanentError(too_large_message(length, max_bytes))
             data = body.read()
         except ImgpipeError:
             raise
@@ -361,10 +368,3 @@ class DynamoResultSink:
 
     def _deserialize(self, raw: Mapping[str, Any]) -> dict[str, Any]:
         return {k: self._de.deserialize(v) for k, v in raw.items()}
-
-
-def _too_big(size: int, limit: int) -> str:
-    return (
-        f"file too large: {size:,} bytes exceeds the {limit:,}-byte limit "
-        f"(IMGPIPE_MAX_OBJECT_BYTES)"
-    )
