@@ -132,6 +132,9 @@ class ClassificationService:
         self.clock = clock
         self.log = logger or log
         self._writer_pool: ThreadPoolExecutor | None = None
+        # The function's timeout: configured, or learnt from the first invocation's context
+        # (at its start, the remaining time is the timeout, in whole seconds on Lambda).
+        self._timeout_ms: int | None = settings.function_timeout_s * 1000 or None
         self._writers_lock = threading.Lock()
 
     @property
@@ -201,7 +204,15 @@ class ClassificationService:
         overwrite: bool = False,
         remaining_ms: Callable[[], int] | None = None,
     ) -> list[Outcome]:
-        """Classify `refs` and write their records; one `Outcome` per distinct ref."""
+        """Classify `refs` and write their records; one `Outcome` per distinct ref.
+
+        Raises `ConfigError` when the function's timeout leaves no working time after the
+        margin (a setting to change, not something a retry would mend).
+        """
+        if remaining_ms is not None and self._timeout_ms is None:
+            timeout_ms = -(-remaining_ms() // 1000) * 1000
+            self.settings.check_timeout(timeout_ms)
+            self._timeout_ms = timeout_ms
         if not refs:
             return []
         model = self.model_id
@@ -229,7 +240,7 @@ class ClassificationService:
                 results[ref] = Outcome(ref, "skipped", reason)
 
         fetched: dict[int, FetchedLike] = {}
-        margin = self.settings.timeout_margin_ms
+        margin = self.settings.margin_ms(self._timeout_ms)
 
         def loader(i: int, ref: ObjectRef) -> Callable[[], bytes]:
             def load() -> bytes:

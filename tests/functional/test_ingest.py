@@ -268,9 +268,32 @@ def test_crash_between_the_record_and_the_document_yields_one_of_each(
 
 
 def test_close_to_the_timeout_nothing_new_starts_and_the_rest_fail(harness: Harness) -> None:
+    invoke()  # the container's first invocation: its context tells the timeout (120 s)
     objs = [harness.upload(f"incoming/{i}.jpg", sample("coffee.jpg")) for i in range(2)]
     response, ids = invoke(*(s3_event(o) for o in objs), remaining_ms=2_000)
     assert sorted(failed_ids(response)) == sorted(ids)
+    assert harness.all_records() == []
+
+
+def test_a_short_function_timeout_keeps_working_time_with_the_default_margin(
+        harness: Harness) -> None:
+    obj = harness.upload("incoming/short.jpg", sample("coffee.jpg"))
+    response, _ = invoke(s3_event(obj), remaining_ms=10_000)  # FunctionTimeout 10 s
+    assert failed_ids(response) == []
+    assert harness.record("incoming/short.jpg")["status"] == "classified"
+
+
+def test_a_margin_that_leaves_no_working_time_fails_every_invocation_with_a_sentence(
+        harness: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pipeline.errors import ConfigError
+
+    settings = harness.service.settings.with_(timeout_margin_ms=10_000)
+    monkeypatch.setattr(harness.service, "settings", settings)
+    obj = harness.upload("incoming/never.jpg", sample("coffee.jpg"))
+    for _ in range(2):  # not only the first: nothing is ever processed with this setting
+        with pytest.raises(ConfigError, match=r"timeout of 10 s leaves no working time after "
+                           r"IMGPIPE_TIMEOUT_MARGIN_MS=10000.*at least 11 s"):
+            invoke(s3_event(obj), remaining_ms=9_990)
     assert harness.all_records() == []
 
 
