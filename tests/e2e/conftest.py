@@ -68,10 +68,9 @@ class LocalProcess:
             raise AssertionError("imgpipe local exited:\n" + "".join(self.output))
 
 
-@pytest.fixture(scope="module")
-def local_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalProcess]:
-    port = _free_port()
-    home = tmp_path_factory.mktemp("home")
+def start_local(home: Path, *args: str, port: int | None = None) -> LocalProcess:
+    """`imgpipe local ARGS` as a subprocess, once its banner says it is up."""
+    port = port or _free_port()
     env = {
         "PATH": f"{BIN}:{os.environ.get('PATH', '')}",
         "HOME": str(home),  # no ~/.aws config of the person running the tests
@@ -83,7 +82,7 @@ def local_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalProce
         "PYTHONUNBUFFERED": "1",
     }
     proc = subprocess.Popen(
-        [str(BIN / "imgpipe"), "local", "--port", str(port)],
+        [str(BIN / "imgpipe"), "local", "--port", str(port), *args],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     output: list[str] = []
@@ -112,13 +111,23 @@ def local_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalProce
             output.append(line)
 
     threading.Thread(target=drain, daemon=True).start()
-    lp = LocalProcess(proc=proc, port=port, env=env, output=output)
-    yield lp
-    proc.send_signal(signal.SIGTERM)
+    return LocalProcess(proc=proc, port=port, env=env, output=output)
+
+
+def stop_local(lp: LocalProcess) -> None:
+    """SIGTERM, as Ctrl-C would: the stack must stop cleanly and say so."""
+    lp.proc.send_signal(signal.SIGTERM)
     try:
-        proc.wait(timeout=30)
+        lp.proc.wait(timeout=30)
     except subprocess.TimeoutExpired:
-        proc.kill()
+        lp.proc.kill()
         raise AssertionError("imgpipe local did not stop on SIGTERM") from None
-    assert proc.returncode == 0, "".join(output[-30:])
-    assert any("stopped" in line for line in output)
+    assert lp.proc.returncode == 0, "".join(lp.output[-30:])
+    assert any("stopped" in line for line in lp.output)
+
+
+@pytest.fixture(scope="module")
+def local_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalProcess]:
+    lp = start_local(tmp_path_factory.mktemp("home"))
+    yield lp
+    stop_local(lp)
