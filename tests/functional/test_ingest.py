@@ -13,6 +13,7 @@ from pipeline.errors import ModelError, TransientError
 from tests.functional.conftest import (
     BUCKET,
     MODEL,
+    TABLE,
     Context,
     Harness,
     s3_event,
@@ -278,7 +279,7 @@ def test_close_to_the_timeout_nothing_new_starts_and_the_rest_fail(harness: Harn
 def test_a_short_function_timeout_keeps_working_time_with_the_default_margin(
         harness: Harness) -> None:
     obj = harness.upload("incoming/short.jpg", sample("coffee.jpg"))
-    response, _ = invoke(s3_event(obj), remaining_ms=10_000)  # FunctionTimeout 10 s
+    response, _ = invoke(s3_event(obj), remaining_ms=9_990)  # FunctionTimeout 10 s
     assert failed_ids(response) == []
     assert harness.record("incoming/short.jpg")["status"] == "classified"
 
@@ -362,3 +363,21 @@ def test_the_writes_of_different_images_overlap(harness: Harness) -> None:
     assert failed_ids(response) == []
     assert {harness.record(k)["status"] for k in ("incoming/a.jpg", "incoming/b.jpg")} == {
         "classified"}
+
+
+def test_an_image_overwritten_by_a_non_image_loses_its_old_document(harness: Harness) -> None:
+    from pipeline.reconcile import reconcile
+
+    first = harness.upload("incoming/x.jpg", sample("coffee.jpg"))
+    invoke(s3_event(first))
+    assert harness.outputs() == [f"predictions/{MODEL}/incoming/x.jpg.json"]
+    second = harness.upload("incoming/x.jpg", b"this is not a photo any more\n")
+    response, _ = invoke(s3_event(second))
+    assert failed_ids(response) == []
+    record = harness.record("incoming/x.jpg")
+    assert record["status"] == "rejected" and record["etag"] == second["etag"]
+    assert harness.outputs() == [], "the espresso document of the old image is gone"
+    report = reconcile(harness.s3, harness.clients.dynamodb, bucket=BUCKET,
+                       input_prefix="incoming/", output_prefix="predictions/", table=TABLE,
+                       model=MODEL)
+    assert report.ok and report.orphaned_outputs == (), report.problems()
