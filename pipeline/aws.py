@@ -13,7 +13,15 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from pipeline.errors import GoneError, ImgpipeError, PermanentError, SupersededError, TransientError
+from pipeline.documents import RECORD_TOKEN_META, DocumentState
+from pipeline.errors import (
+    GoneError,
+    ImgpipeError,
+    PermanentError,
+    SupersededError,
+    TransientError,
+    too_large_message,
+)
 from pipeline.events import ObjectRef
 from pipeline.records import PredictionRecord
 from pipeline.settings import Settings
@@ -26,6 +34,7 @@ __all__ = [
     "FetchedObject",
     "S3ObjectStore",
     "create_clients",
+    "error_code",
     "translate_client_error",
 ]
 
@@ -45,7 +54,7 @@ def translate_client_error(error: Exception, what: str) -> ImgpipeError:
     Unknown errors are treated as transient: redelivery (and, after maxReceiveCount, the
     DLQ with the body intact) loses nothing, while a wrong `rejected` would.
     """
-    code = _error_code(error)
+    code = error_code(error)
     if code in _GONE:
         return GoneError(f"{what}: the object no longer exists ({code})")
     if code in _SUPERSEDED:
@@ -55,7 +64,7 @@ def translate_client_error(error: Exception, what: str) -> ImgpipeError:
     return TransientError(f"{what}: {code or type(error).__name__}: {error}")
 
 
-def _error_code(error: Exception) -> str:
+def error_code(error: Exception) -> str:
     response = getattr(error, "response", None)
     if isinstance(response, Mapping):
         err = response.get("Error", {})
@@ -149,7 +158,7 @@ class S3ObjectStore:
         object over `max_bytes` is refused without downloading it.
         """
         if ref.size is not None and ref.size > max_bytes:
-            raise PermanentError(_too_big(ref.size, max_bytes))
+            raise PermanentError(too_large_message(ref.size, max_bytes))
         kwargs: dict[str, Any] = {"Bucket": ref.bucket, "Key": ref.key}
         if ref.etag:
             kwargs["IfMatch"] = f'"{ref.etag}"'
@@ -161,7 +170,7 @@ class S3ObjectStore:
         try:
             length = int(resp.get("ContentLength", 0) or 0)
             if length > max_bytes:
-                raise PermanentError(_too_big(length, max_bytes))
+                raise PermanentError(too_large_message(length, max_bytes))
             data = body.read()
         except ImgpipeError:
             raise
@@ -172,14 +181,79 @@ class S3ObjectStore:
         etag = str(resp.get("ETag", "")).strip('"') or ref.etag
         return FetchedObject(data=data, etag=etag, version_id=resp.get("VersionId") or None)
 
-    def put_json(self, bucket: str, key: str, document: Mapping[str, Any]) -> None:
+    def current_etag(self, bucket: str, key: str) -> str | None:
+        """The ETag of the object at `key` now (HEAD); None when there is none."""
+        head = self._head(bucket, key)
+        return None if head is None else str(head.get("ETag", "")).strip('"')
+
+    def head_document(self, bucket: str, key: str) -> DocumentState | None:
+        """The output document at `key`: its ETag and the record token it was written for."""
+        head = self._head(bucket, key)
+        if head is None:
+            return None
+        token = str((head.get("Metadata") or {}).get(RECORD_TOKEN_META, ""))
+        return DocumentState(etag=str(head.get("ETag", "")).strip('"'), token=token)
+
+    def put_json(
+        self,
+        bucket: str,
+        key: str,
+        document: Mapping[str, Any],
+        *,
+        token: str = "",
+        if_match: str | None = None,
+        conditional: bool = False,
+    ) -> bool:
+        """Write a JSON document; False when the condition failed (someone wrote in between).
+
+        `conditional`: only over the document whose ETag is `if_match`, or (None) only
+        where there is no document yet (S3 conditional writes).
+        """
         body = json.dumps(document, ensure_ascii=False, indent=2).encode("utf-8")
+        kwargs: dict[str, Any] = {"Bucket": bucket, "Key": key, "Body": body,
+                                  "ContentType": "application/json"}
+        if token:
+            kwargs["Metadata"] = {RECORD_TOKEN_META: token}
+        if conditional:
+            if if_match is None:
+                kwargs["IfNoneMatch"] = "*"
+            else:
+                kwargs["IfMatch"] = f'"{if_match}"'
         try:
-            self.client.put_object(
-                Bucket=bucket, Key=key, Body=body, ContentType="application/json"
-            )
+            self.client.put_object(**kwargs)
         except Exception as e:
+            if conditional and _lost_condition(e):
+                return False
             raise translate_client_error(e, f"writing s3://{bucket}/{key}") from e
+        return True
+
+    def delete_document(self, bucket: str, key: str, if_match: str) -> bool:
+        """Delete the document whose ETag is `if_match`; False if it changed in between."""
+        try:
+            self.client.delete_object(Bucket=bucket, Key=key, IfMatch=f'"{if_match}"')
+        except Exception as e:
+            if _lost_condition(e):
+                return False
+            if error_code(e) in ("NoSuchKey", "404"):
+                return True
+            raise translate_client_error(e, f"deleting s3://{bucket}/{key}") from e
+        return True
+
+    def _head(self, bucket: str, key: str) -> dict[str, Any] | None:
+        try:
+            return dict(self.client.head_object(Bucket=bucket, Key=key))
+        except Exception as e:
+            # Without s3:ListBucket S3 answers 403 for a key that does not exist; with
+            # s3:GetObject granted, an existing one would have answered 200.
+            if error_code(e) in ("NoSuchKey", "404", "NotFound", "403", "AccessDenied"):
+                return None
+            raise translate_client_error(e, f"looking at s3://{bucket}/{key}") from e
+
+
+def _lost_condition(error: Exception) -> bool:
+    """A conditional S3 write lost a race: 412, or 409 ConditionalRequestConflict."""
+    return error_code(error) in ("PreconditionFailed", "412", "ConditionalRequestConflict",
+                                  "409")
 
 
 class DynamoResultSink:
@@ -238,13 +312,18 @@ class DynamoResultSink:
             kwargs["ConditionExpression"] = "attribute_not_exists(#i)"
             kwargs["ExpressionAttributeNames"] = {"#i": "image"}
         else:
-            kwargs["ConditionExpression"] = "#p = :p"
-            kwargs["ExpressionAttributeNames"] = {"#p": "processed_at"}
+            # processed_at alone could repeat (milliseconds); with the ETag it names one write.
+            kwargs["ExpressionAttributeNames"] = {"#p": "processed_at", "#e": "etag"}
             kwargs["ExpressionAttributeValues"] = {":p": {"S": expected.processed_at}}
+            if expected.etag is None:
+                kwargs["ConditionExpression"] = "#p = :p AND attribute_not_exists(#e)"
+            else:
+                kwargs["ConditionExpression"] = "#p = :p AND #e = :e"
+                kwargs["ExpressionAttributeValues"][":e"] = {"S": expected.etag}
         try:
             self.client.put_item(**kwargs)
         except Exception as e:
-            if _error_code(e) == "ConditionalCheckFailedException":
+            if error_code(e) == "ConditionalCheckFailedException":
                 return False
             raise translate_client_error(e, f"writing {record.image} to {self.table}") from e
         return True
@@ -289,10 +368,3 @@ class DynamoResultSink:
 
     def _deserialize(self, raw: Mapping[str, Any]) -> dict[str, Any]:
         return {k: self._de.deserialize(v) for k, v in raw.items()}
-
-
-def _too_big(size: int, limit: int) -> str:
-    return (
-        f"file too large: {size:,} bytes exceeds the {limit:,}-byte limit "
-        f"(IMGPIPE_MAX_OBJECT_BYTES)"
-    )

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageOps
 
-from pipeline.errors import PermanentError
+from pipeline.errors import PermanentError, too_large_message
 from pipeline.manifest import ModelManifest
 
 __all__ = [
@@ -186,9 +186,7 @@ def prepare_pixels(
     if not data:
         raise PermanentError("empty file: the object has 0 bytes")
     if len(data) > limits.max_bytes:
-        raise PermanentError(
-            f"file too large: {len(data):,} bytes exceeds the {limits.max_bytes:,}-byte limit"
-        )
+        raise PermanentError(too_large_message(len(data), limits.max_bytes))
     fmt = sniff_format(bytes(data[:64]))
     try:
         im = Image.open(io.BytesIO(data), formats=[fmt])
@@ -197,6 +195,8 @@ def prepare_pixels(
         # ours would, with the header's size, rather than Pillow's DOS-attack wording.
         raise PermanentError(_bomb_message(data, fmt, limits, e)) from e
     except Exception as e:  # Pillow raises many types for garbage headers
+        if _text_chunk_bomb(e):
+            raise PermanentError(_TEXT_BOMB) from e
         raise PermanentError(f"not a valid {fmt} image: {_reason(e)}") from e
 
     # The data is already in memory: hand it to the decoder in one call instead of Pillow's
@@ -230,15 +230,20 @@ def _prepare_opened(
             im.draft("RGB" if im.mode != "CMYK" else "CMYK", req)
         # Animated GIF/WebP/TIFF: Pillow starts on frame 0; nothing here seeks further.
         im.load()
-        if orientation not in (None, 1):
-            im = ImageOps.exif_transpose(im)
-        rgb = _to_rgb(im)
-        out = _resize(rgb, manifest)
+        if im.size[0] * im.size[1] > STRIP_THRESHOLD_PIXELS:
+            # Read again: Pillow turns some formats upright while loading (libtiff).
+            out = _reduce_then_resize(im, manifest, _orientation(im))
+        else:
+            if orientation not in (None, 1):
+                im = ImageOps.exif_transpose(im)
+            out = _resize(_to_rgb(im), manifest)
     except PermanentError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise PermanentError(f"image too large: {e}") from e
     except (OSError, SyntaxError, ValueError, EOFError, IndexError, KeyError) as e:
+        if _text_chunk_bomb(e):
+            raise PermanentError(_TEXT_BOMB) from e
         msg = _reason(e)
         if "truncated" in msg or isinstance(e, EOFError):
             raise PermanentError(f"truncated image: the {fmt} data ends early ({msg})") from e
@@ -277,18 +282,54 @@ def _effective_max_pixels(limits: DecodeLimits) -> int:
     return min(limits.max_pixels, pillow) if pillow else limits.max_pixels
 
 
+_TEXT_BOMB = (
+    "PNG metadata too large: a compressed text chunk expands beyond the size imgpipe "
+    "accepts (a decompression bomb)"
+)
+
+
+def _text_chunk_bomb(e: BaseException) -> bool:
+    """Pillow's refusal of a zTXt/iTXt chunk that inflates too far (its text names its
+    own constants, which mean nothing to the person who sent the file)."""
+    return isinstance(e, ValueError) and "MAX_TEXT_" in str(e)
+
+
 def _bomb_message(
     data: bytes, fmt: str, limits: DecodeLimits, error: BaseException
 ) -> str:
+    size = _header_size(data, fmt)
+    limit = _megapixels(_effective_max_pixels(limits))
+    if size is None:
+        return f"image too large: its header claims more pixels than the {limit} limit"
+    return f"image too large: {size[0]}x{size[1]} pixels exceeds the {limit} limit"
+
+
+def _header_size(data: bytes, fmt: str) -> tuple[int, int] | None:
+    """(width, height) from the header, without Pillow's own size check."""
+    if fmt == "WEBP":  # Pillow's WebP plugin decodes in `open`; read the RIFF header
+        return _webp_size(data)
     try:  # the format's plugin reads the header only; Pillow's size check is in `open`
         with Image.OPEN[fmt][0](io.BytesIO(data), "") as header:
-            width, height = header.size
+            return header.size
     except Exception:
-        return f"image too large: {_reason(error)}"
-    limit = _effective_max_pixels(limits)
-    return (
-        f"image too large: {width}x{height} pixels exceeds the {_megapixels(limit)} limit"
-    )
+        return None
+
+
+def _webp_size(data: bytes) -> tuple[int, int] | None:
+    """Canvas size of a WebP file: VP8X (extended), VP8L (lossless) or VP8 (lossy)."""
+    chunk = data[12:16]
+    if chunk == b"VP8X" and len(data) >= 30:
+        w = int.from_bytes(data[24:27], "little") + 1
+        h = int.from_bytes(data[27:30], "little") + 1
+        return w, h
+    if chunk == b"VP8L" and len(data) >= 25 and data[20] == 0x2F:
+        bits = int.from_bytes(data[21:25], "little")
+        return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
+    if chunk == b"VP8 " and len(data) >= 30 and data[23:26] == b"\x9d\x01\x2a":
+        w = int.from_bytes(data[26:28], "little") & 0x3FFF
+        h = int.from_bytes(data[28:30], "little") & 0x3FFF
+        return w, h
+    return None
 
 
 def _megapixels(n: int) -> str:
@@ -333,7 +374,7 @@ def _to_rgb(im: Image.Image) -> Image.Image:
     keyed = "transparency" in im.info and mode in ("P", "L", "RGB")
     if mode == "RGB" and not keyed:
         return im
-    if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
+    if mode in _HIGH_BIT_DEPTH:
         return _high_bit_depth_to_rgb(im)
     if keyed or mode in ("PA", "LA", "La", "RGBa"):
         mode = "RGBA"
@@ -344,20 +385,135 @@ def _to_rgb(im: Image.Image) -> Image.Image:
     return im.convert("RGB")
 
 
-def _high_bit_depth_to_rgb(im: Image.Image) -> Image.Image:
-    arr = np.asarray(im)
+_HIGH_BIT_DEPTH = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
+
+
+def _high_bit_depth_to_rgb(im: Image.Image, full_scale: float | None = None) -> Image.Image:
+    """Scale 16/32-bit and float samples to 8 bits (the value that means white becomes 255).
+
+    `full_scale` is that value; None: decide it from this image's own largest sample.
+    """
+    a = np.asarray(im).astype(np.float32)
+    if full_scale is None:
+        full_scale = _full_scale(im.mode, _largest_sample(a, im.mode))
     if im.mode == "F":
-        a = arr.astype(np.float32)
-        finite = a[np.isfinite(a)]
-        hi = float(finite.max()) if finite.size else 1.0
-        full_scale = 1.0 if hi <= 1.0 else 255.0 if hi <= 255.0 else 65535.0
         a = np.nan_to_num(a, nan=0.0, posinf=full_scale, neginf=0.0)
-    else:
-        a = arr.astype(np.float32)
-        hi = float(a.max()) if a.size else 0.0
-        full_scale = 65535.0 if hi <= 65535 else float(np.iinfo(np.int32).max)
     scaled = np.clip(np.rint(a * (255.0 / full_scale)), 0, 255).astype(np.uint8)
     return Image.fromarray(scaled, mode="L").convert("RGB")
+
+
+def _largest_sample(a: np.ndarray, mode: str) -> float | None:
+    if mode == "F":
+        a = a[np.isfinite(a)]
+    return float(a.max()) if a.size else None
+
+
+def _full_scale(mode: str, hi: float | None) -> float:
+    if mode == "F":
+        hi = 1.0 if hi is None else hi
+        return 1.0 if hi <= 1.0 else 255.0 if hi <= 255.0 else 65535.0
+    return 65535.0 if (hi or 0.0) <= 65535 else float(np.iinfo(np.int32).max)
+
+
+# ---- large images: reduce strip by strip before anything else -------------------------
+#
+# A 40 MP image is ~160 MB once decoded. Converting its mode (16-bit or float to 8-bit,
+# alpha onto white, palette or CMYK to RGB), cropping it, or looking at it as a float array
+# would each add a full-size copy, several times over. Above this size the region the model
+# will see is cut into strips of a few MB; each strip is converted to 8-bit RGB and reduced
+# by a whole factor (box average) that keeps at least twice the model's resolution, and only
+# that small image is resampled with the manifest's filter. Peak memory: the decoded image
+# plus a few strips.
+
+STRIP_THRESHOLD_PIXELS = 4_000_000
+_STRIP_BYTES = 8 * 1024 * 1024
+_REDUCING_GAP = 2  # keep at least this many source pixels per model pixel before resampling
+
+_TRANSPOSE = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE, 8: Image.Transpose.ROTATE_90,
+}
+
+
+def _reduce_then_resize(
+    im: Image.Image, manifest: ModelManifest, orientation: int | None
+) -> Image.Image:
+    """The model's input from a large decoded image, without a full-size copy.
+
+    Works in the stored orientation (the model's size swapped when EXIF rotates by 90
+    degrees) and turns only the final, model-sized image upright.
+    """
+    th, tw = manifest.input_size
+    turn = _TRANSPOSE.get(orientation or 1)
+    if orientation in (5, 6, 7, 8):
+        th, tw = tw, th
+    w, h = im.size
+    x0, y0, x1, y1 = _source_box(w, h, tw, th, manifest)
+    ibox = (math.floor(x0), math.floor(y0), min(w, math.ceil(x1)), min(h, math.ceil(y1)))
+    factor = max(1, int(min((ibox[2] - ibox[0]) / tw, (ibox[3] - ibox[1]) / th)
+                        // _REDUCING_GAP))
+    full_scale = _strip_full_scale(im) if im.mode in _HIGH_BIT_DEPTH else None
+    small = _reduce_region(im, ibox, factor, full_scale)
+    box = ((x0 - ibox[0]) / factor, (y0 - ibox[1]) / factor,
+           (x1 - ibox[0]) / factor, (y1 - ibox[1]) / factor)
+    out = small.resize((tw, th), _RESAMPLE[manifest.resize.interpolation], box=box)
+    return out.transpose(turn) if turn is not None else out
+
+
+def _source_box(
+    w: int, h: int, tw: int, th: int, manifest: ModelManifest
+) -> tuple[float, float, float, float]:
+    """The part of a w x h image that the manifest's recipe maps onto tw x th."""
+    r = manifest.resize
+    if r.method == "stretch":
+        return 0.0, 0.0, float(w), float(h)
+    if r.method == "resize_then_crop":
+        assert r.shorter_side is not None
+        s = r.shorter_side / min(w, h)
+        rw, rh = max(tw, round(w * s)), max(th, round(h * s))
+        left, top = (rw - tw) // 2, (rh - th) // 2
+        sx, sy = w / rw, h / rh
+        return left * sx, top * sy, (left + tw) * sx, (top + th) * sy
+    crop_w, crop_h = _crop_size(w, h, tw / th, r.crop_fraction)
+    left, top = (w - crop_w) // 2, (h - crop_h) // 2
+    return float(left), float(top), float(left + crop_w), float(top + crop_h)
+
+
+def _strip_rows(width: int, factor: int = 1) -> int:
+    """Rows per strip: a few MB of source (at most 8 bytes a pixel), a multiple of factor."""
+    rows = max(1, _STRIP_BYTES // (8 * max(1, width)))
+    return max(factor, rows // factor * factor)
+
+
+def _strip_full_scale(im: Image.Image) -> float:
+    """`_full_scale` of the whole image, looking at one strip at a time."""
+    w, h = im.size
+    rows = _strip_rows(w)
+    hi: float | None = None
+    for y in range(0, h, rows):
+        with im.crop((0, y, w, min(h, y + rows))) as strip:
+            m = _largest_sample(np.asarray(strip), im.mode)
+        if m is not None:
+            hi = m if hi is None else max(hi, m)
+    return _full_scale(im.mode, hi)
+
+
+def _reduce_region(
+    im: Image.Image, box: tuple[int, int, int, int], factor: int, full_scale: float | None
+) -> Image.Image:
+    """`box` of `im` as 8-bit RGB, reduced `factor` times, converted one strip at a time."""
+    x0, y0, x1, y1 = box
+    out = Image.new("RGB", (-(-(x1 - x0) // factor), -(-(y1 - y0) // factor)))
+    rows = _strip_rows(x1 - x0, factor)
+    for y in range(y0, y1, rows):
+        with im.crop((x0, y, x1, min(y1, y + rows))) as strip:
+            if full_scale is not None:
+                rgb = _high_bit_depth_to_rgb(strip, full_scale)
+            else:
+                rgb = _to_rgb(strip)
+            out.paste(rgb.reduce(factor) if factor > 1 else rgb, (0, (y - y0) // factor))
+    return out
 
 
 def _resize(im: Image.Image, manifest: ModelManifest) -> Image.Image:

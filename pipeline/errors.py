@@ -18,6 +18,7 @@ __all__ = [
     "SupersededError",
     "ModelError",
     "ConfigError",
+    "too_large_message",
 ]
 
 
@@ -61,3 +62,11 @@ class ModelError(ImgpipeError):
 
 class ConfigError(ImgpipeError):
     """Settings are invalid; the message says which one and how to fix it."""
+
+
+def too_large_message(size: int, limit: int) -> str:
+    """The sentence for a file over the byte limit; `size` is the whole file's size."""
+    return (
+        f"file too large: {size:,} bytes exceeds the {limit:,}-byte limit "
+        f"(IMGPIPE_MAX_OBJECT_BYTES)"
+    )

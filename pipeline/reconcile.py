@@ -18,12 +18,14 @@ was deleted after it was processed (or before, for a `gone` record).
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from pipeline.errors import ImgpipeError
 from pipeline.records import PredictionRecord
 
-__all__ = ["ReconcileReport", "reconcile", "queue_depth"]
+__all__ = ["ReconcileReport", "reconcile", "queue_depth", "reading"]
 
 EXAMPLES = 5
 
@@ -50,6 +52,11 @@ class ReconcileReport:
     def in_flight(self) -> bool:
         """Messages are still in the ingest queue, so missing records may yet appear."""
         return bool(self.queue_depth)
+
+    @property
+    def empty(self) -> bool:
+        """Nothing to compare: no input objects and no records (a fresh or wiped stack)."""
+        return self.objects == 0 and self.records == 0
 
     @property
     def ok(self) -> bool:
@@ -86,6 +93,7 @@ class ReconcileReport:
             if isinstance(value, tuple):
                 doc[name] = list(value)
         doc["in_flight"] = self.in_flight
+        doc["empty"] = self.empty
         doc["ok"] = self.ok
         return doc
 
@@ -107,13 +115,17 @@ def reconcile(
     """Compare the input listing, the table (scan) and the output listing; see the module."""
     if (queue_url or dlq_url) and sqs_client is None:
         raise ValueError("queue_url and dlq_url need an sqs_client")
-    objects = {
-        key: etag for key, etag, size in _list(s3_client, bucket, input_prefix)
-        if not (size == 0 and key.endswith("/"))
-    }
-    records = list(_scan(ddb_client, table, f"s3://{bucket}/", model))
-    outputs = {key for key, _, _ in _list(s3_client, output_bucket or bucket,
-                                           f"{output_prefix}{model}/")}
+    with reading(f"bucket {bucket!r}", "check --bucket, --endpoint-url and --region"):
+        objects = {
+            key: etag for key, etag, size in _list(s3_client, bucket, input_prefix)
+            if not (size == 0 and key.endswith("/"))
+        }
+    with reading(f"table {table!r}", "check --table (or IMGPIPE_TABLE), --endpoint-url "
+                  "and --region"):
+        records = list(_scan(ddb_client, table, f"s3://{bucket}/", model))
+    out_bucket = output_bucket or bucket
+    with reading(f"bucket {out_bucket!r}", "check IMGPIPE_OUTPUT_BUCKET"):
+        outputs = {key for key, _, _ in _list(s3_client, out_bucket, f"{output_prefix}{model}/")}
 
     uri_prefix = f"s3://{bucket}/"
     by_key = {r.image[len(uri_prefix):]: r for r in records}
@@ -150,9 +162,37 @@ def reconcile(
         missing_outputs=tuple(sorted(expected_outputs - outputs)),
         orphaned_outputs=tuple(sorted(outputs - expected_outputs)),
         deleted_objects=tuple(deleted),
-        queue_depth=queue_depth(sqs_client, queue_url) if queue_url else None,
-        dlq_depth=queue_depth(sqs_client, dlq_url) if dlq_url else None,
+        queue_depth=_depth(sqs_client, queue_url),
+        dlq_depth=_depth(sqs_client, dlq_url),
     )
+
+
+def _depth(sqs_client: Any, url: str | None) -> int | None:
+    if not url:
+        return None
+    with reading(f"queue {url}", "check --queue and --dlq ('' skips the queue checks)"):
+        return queue_depth(sqs_client, url)
+
+
+_MISSING = {"ResourceNotFoundException", "NoSuchBucket", "QueueDoesNotExist",
+            "AWS.SimpleQueueService.NonExistentQueue", "404"}
+
+
+@contextmanager
+def reading(what: str, hint: str) -> Iterator[None]:
+    """AWS errors while reading `what` become one sentence (an `ImgpipeError`)."""
+    from pipeline.aws import error_code
+
+    try:
+        yield
+    except ImgpipeError:
+        raise
+    except Exception as e:
+        code = error_code(e)
+        if code in _MISSING:
+            raise ImgpipeError(f"{what} does not exist: {hint}") from e
+        detail = f"{code}: {e}" if code else f"{type(e).__name__}: {e}"
+        raise ImgpipeError(f"cannot read {what} ({detail}): {hint}") from e
 
 
 def queue_depth(sqs_client: Any, queue_url: str) -> int:

@@ -7,9 +7,11 @@
    already done (same ETag) or newer (sequencer) - no inference, no write;
 3. fetch (conditional on ETag) and decode in the classifier's thread pool, batched
    inference;
-4. write the JSON document first, then the DynamoDB item with a condition on what was read
-   in step 2, so a crash between the two writes, a redelivery or a concurrent writer all
-   converge on exactly one output and one record.
+4. write the DynamoDB item with a condition on what was read in step 2 (the newest object
+   wins: see `_write`), then make the JSON document follow the record with conditional S3
+   writes (`pipeline.documents`), so a crash between the two writes, a redelivery or a
+   concurrent, slower writer all converge on exactly one output and one record, both
+   describing the object's current version.
 
 Each reference gets an `Outcome`. Transient faults become `failed` outcomes (the caller
 turns them into batch item failures); they never become `rejected` records.
@@ -19,13 +21,14 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal, Protocol
 
 from pipeline.classifier import Classifier
+from pipeline.documents import DocumentStore, document_is_current, sync_document
 from pipeline.errors import (
     GoneError,
     ImgpipeError,
@@ -71,10 +74,10 @@ class FetchedLike(Protocol):
     def version_id(self) -> str | None: ...
 
 
-class ObjectStore(Protocol):
+class ObjectStore(DocumentStore, Protocol):
     def get(self, ref: ObjectRef, max_bytes: int) -> FetchedLike: ...
 
-    def put_json(self, bucket: str, key: str, document: Mapping[str, Any]) -> None: ...
+    def current_etag(self, bucket: str, key: str) -> str | None: ...
 
 
 class ResultSink(Protocol):
@@ -129,6 +132,9 @@ class ClassificationService:
         self.clock = clock
         self.log = logger or log
         self._writer_pool: ThreadPoolExecutor | None = None
+        # The function's timeout: configured, or learnt from the first invocation's context
+        # (at its start, the remaining time is the timeout, in whole seconds on Lambda).
+        self._timeout_ms: int | None = settings.function_timeout_s * 1000 or None
         self._writers_lock = threading.Lock()
 
     @property
@@ -198,7 +204,15 @@ class ClassificationService:
         overwrite: bool = False,
         remaining_ms: Callable[[], int] | None = None,
     ) -> list[Outcome]:
-        """Classify `refs` and write their records; one `Outcome` per distinct ref."""
+        """Classify `refs` and write their records; one `Outcome` per distinct ref.
+
+        Raises `ConfigError` when the function's timeout leaves no working time after the
+        margin (a setting to change, not something a retry would mend).
+        """
+        if remaining_ms is not None and self._timeout_ms is None:
+            timeout_ms = -(-remaining_ms() // 1000) * 1000
+            self.settings.check_timeout(timeout_ms)
+            self._timeout_ms = timeout_ms
         if not refs:
             return []
         model = self.model_id
@@ -211,18 +225,22 @@ class ClassificationService:
 
         results: dict[ObjectRef, Outcome] = {}
         todo: list[ObjectRef] = []
+        done_checks: dict[ObjectRef, Future[Outcome]] = {}
         for ref in unique:
             if ref in superseded_in_batch:
                 results[ref] = Outcome(ref, "skipped", superseded_in_batch[ref])
                 continue
-            reason = None if overwrite else _already_done(ref, existing.get((ref.uri, model)))
-            if reason:
-                results[ref] = Outcome(ref, "skipped", reason)
-            else:
+            stored = existing.get((ref.uri, model))
+            reason = None if overwrite else _already_done(ref, stored)
+            if not reason:
                 todo.append(ref)
+            elif stored is not None and ref.etag and stored.etag == ref.etag:
+                done_checks[ref] = self._writers().submit(self._skip_done, ref, reason, stored)
+            else:
+                results[ref] = Outcome(ref, "skipped", reason)
 
         fetched: dict[int, FetchedLike] = {}
-        margin = self.settings.timeout_margin_ms
+        margin = self.settings.margin_ms(self._timeout_ms)
 
         def loader(i: int, ref: ObjectRef) -> Callable[[], bytes]:
             def load() -> bytes:
@@ -248,7 +266,7 @@ class ClassificationService:
                 self._finish, ref, result.prediction, result.error, result.nbytes,
                 existing.get((ref.uri, model)), overwrite,
             )
-        for original, future in writes.items():
+        for original, future in (writes | done_checks).items():
             results[original] = future.result()
         return [results[r] for r in unique]
 
@@ -295,24 +313,66 @@ class ClassificationService:
         expected: PredictionRecord | None,
         overwrite: bool,
     ) -> Outcome:
+        """Record first (the conditional put decides who won), then its document.
+
+        `expected` is the record read before the object was read by ETag, so a first put
+        that finds it unchanged is the current object's. When someone wrote in between,
+        decide again against what is there now: the same object's result stands; an
+        ordered sequencer decides; otherwise the object's current ETag (HEAD) does.
+        """
         try:
-            if record.status == "classified" and record.output_key:
-                bucket = self.settings.output_bucket or ref.bucket
-                self.store.put_json(bucket, record.output_key, record.to_document())
             for _attempt in range(3):
                 if self.sink.put(record, expected):
+                    self._sync_document(ref, record.model)
                     return Outcome(ref, record.status, record.error or "", record)
-                # Someone wrote in between: decide again against what is there now.
-                current = self.sink.get_many([(record.image, record.model)])
-                expected = current.get((record.image, record.model))
+                expected = self._read_record(record.image, record.model)
                 reason = None if overwrite else _already_done(ref, expected)
                 if reason:
                     return Outcome(ref, "skipped", reason, expected)
+                newer = self._newer_stands(ref, expected)
+                if newer:
+                    return Outcome(ref, "superseded", newer, expected)
             return Outcome(ref, "failed", "the record kept changing under concurrent writers")
         except TransientError as e:
             return Outcome(ref, "failed", str(e))
         except ImgpipeError as e:  # a put never raises Gone/Superseded; be safe anyway
             return Outcome(ref, "failed", str(e))
+
+    def _newer_stands(self, ref: ObjectRef, existing: PredictionRecord | None) -> str | None:
+        """Why the stored record (of another object version) must stay, or None."""
+        if existing is None:
+            return None
+        order = compare_sequencers(ref.sequencer, existing.sequencer)
+        if order is not None:
+            return None if order >= 0 else "a newer event's result is already stored"
+        current = self.store.current_etag(ref.bucket, ref.key)
+        if current is None:
+            return "the object was deleted since it was read; the stored record stays"
+        if ref.etag and current == ref.etag:
+            return None
+        return "the object was overwritten since it was read; the newer object's record stands"
+
+    def _read_record(self, image: str, model: str) -> PredictionRecord | None:
+        return self.sink.get_many([(image, model)]).get((image, model))
+
+    def _document_location(self, ref: ObjectRef, model: str) -> tuple[str, str]:
+        bucket = self.settings.output_bucket or ref.bucket
+        return bucket, output_key_for(ref.key, model, self.settings.output_prefix)
+
+    def _sync_document(self, ref: ObjectRef, model: str) -> None:
+        bucket, key = self._document_location(ref, model)
+        sync_document(self.store, lambda: self._read_record(ref.uri, model), bucket, key)
+
+    def _skip_done(self, ref: ObjectRef, reason: str, existing: PredictionRecord) -> Outcome:
+        """Already done for this object: no inference, but make sure its document is there
+        (a writer may have stopped between the record and the document)."""
+        bucket, key = self._document_location(ref, existing.model)
+        try:
+            if not document_is_current(self.store, bucket, key, existing):
+                self._sync_document(ref, existing.model)
+        except ImgpipeError as e:
+            return Outcome(ref, "failed", str(e))
+        return Outcome(ref, "skipped", reason, existing)
 
 
 def _older_duplicates(refs: Sequence[ObjectRef]) -> dict[ObjectRef, str]:

@@ -12,7 +12,10 @@ from typing import Any
 
 from pipeline.errors import ConfigError
 
-__all__ = ["Settings", "ENV_VARS"]
+__all__ = ["Settings", "ENV_VARS", "DEFAULT_TIMEOUT_MARGIN_MS", "MIN_WORKING_MS"]
+
+DEFAULT_TIMEOUT_MARGIN_MS = 10_000
+MIN_WORKING_MS = 1_000  # an invocation must have at least this long to start images
 
 # field name -> environment variable
 ENV_VARS: dict[str, str] = {
@@ -28,6 +31,7 @@ ENV_VARS: dict[str, str] = {
     "max_pixels": "IMGPIPE_MAX_PIXELS",
     "max_object_bytes": "IMGPIPE_MAX_OBJECT_BYTES",
     "timeout_margin_ms": "IMGPIPE_TIMEOUT_MARGIN_MS",
+    "function_timeout_s": "AWS_LAMBDA_FUNCTION_TIMEOUT",
     "endpoint_url": "AWS_ENDPOINT_URL",
     "region": "AWS_REGION",
 }
@@ -46,7 +50,8 @@ class Settings:
     fetch_workers: int = 4  # concurrent S3 reads feeding the decoders
     max_pixels: int = 40_000_000
     max_object_bytes: int = 50 * 1024 * 1024
-    timeout_margin_ms: int = 10_000
+    timeout_margin_ms: int | None = None  # None: 10 s, at most a quarter of the timeout
+    function_timeout_s: int = 0  # 0: learnt from the first invocation's context
     endpoint_url: str = ""  # empty: the real AWS endpoints
     region: str = "us-east-1"
 
@@ -61,7 +66,7 @@ class Settings:
             raw = env.get(var)
             if raw is None or raw == "":
                 continue
-            if types[name] in ("int", int):
+            if types[name] in ("int", int, "int | None"):
                 try:
                     values[name] = int(raw)
                 except ValueError:
@@ -95,5 +100,34 @@ class Settings:
         for name in ("batch_size", "max_pixels", "max_object_bytes", "fetch_workers"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{ENV_VARS[name]} must be at least 1")
-        if self.decode_workers < 0 or self.timeout_margin_ms < 0:
+        if self.decode_workers < 0 or (self.timeout_margin_ms or 0) < 0:
             raise ConfigError("IMGPIPE_DECODE_WORKERS and IMGPIPE_TIMEOUT_MARGIN_MS must be >= 0")
+        if self.function_timeout_s < 0:
+            raise ConfigError("AWS_LAMBDA_FUNCTION_TIMEOUT must be a number of seconds >= 1")
+        if self.function_timeout_s:
+            self.check_timeout(self.function_timeout_s * 1000)
+
+    def margin_ms(self, timeout_ms: int | None) -> int:
+        """How long before the timeout no new image is started.
+
+        IMGPIPE_TIMEOUT_MARGIN_MS when set; otherwise 10 s, but at most a quarter of the
+        function's timeout (a 10 s function keeps 2.5 s), so short timeouts still work.
+        """
+        if self.timeout_margin_ms is not None:
+            return self.timeout_margin_ms
+        if timeout_ms is None:
+            return DEFAULT_TIMEOUT_MARGIN_MS
+        return min(DEFAULT_TIMEOUT_MARGIN_MS, timeout_ms // 4)
+
+    def check_timeout(self, timeout_ms: int) -> None:
+        """Refuse a function timeout that leaves no time to work after the margin."""
+        margin = self.margin_ms(timeout_ms)
+        if timeout_ms - margin >= MIN_WORKING_MS:
+            return
+        raise ConfigError(
+            f"the function's timeout of {timeout_ms / 1000:g} s leaves no working time after "
+            f"IMGPIPE_TIMEOUT_MARGIN_MS={margin}: every image would fail as 'close to its "
+            f"timeout'. Raise the timeout (FunctionTimeout) to at least "
+            f"{-(-(margin + MIN_WORKING_MS) // 1000)} s, or lower IMGPIPE_TIMEOUT_MARGIN_MS "
+            f"(unset, it is 10 s but at most a quarter of the timeout)."
+        )

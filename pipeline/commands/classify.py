@@ -37,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
 
     from pipeline.classifier import Classifier
     from pipeline.decode import DecodeLimits
-    from pipeline.errors import PermanentError
+    from pipeline.errors import PermanentError, too_large_message
     from pipeline.modelstore import resolve_model
     from pipeline.settings import Settings
 
@@ -54,6 +54,9 @@ def run(args: argparse.Namespace) -> int:
         def load() -> bytes:
             try:
                 with open(path, "rb") as f:
+                    size = os.fstat(f.fileno()).st_size
+                    if size > settings.max_object_bytes:  # say the file's size, read nothing
+                        raise PermanentError(too_large_message(size, settings.max_object_bytes))
                     return f.read(settings.max_object_bytes + 1)
             except IsADirectoryError:
                 raise PermanentError("not a file: it is a directory") from None

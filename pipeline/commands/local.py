@@ -6,6 +6,7 @@ import argparse
 import json
 import signal
 import threading
+from pathlib import Path
 from typing import Any
 
 HELP = "run the embedded AWS stack (emulator + ingest poller) on 127.0.0.1 until Ctrl-C"
@@ -19,6 +20,9 @@ def register(sub: Any) -> None:
         "export lines it prints.",
     )
     add_stack_options(p)
+    p.add_argument("--state-dir", default=None, metavar="DIR",
+                   help="keep the stack's data (objects, queued messages, table items) in DIR "
+                   "across restarts, kill -9 included; without it, nothing survives a stop")
     p.set_defaults(run=run)
 
 
@@ -45,8 +49,10 @@ def stack_options(args: argparse.Namespace) -> Any:
         params[name] = value
     if not 1 <= args.port <= 65535:
         raise ConfigError(f"--port {args.port}: expected 1..65535")
+    state_dir = getattr(args, "state_dir", None)
     return StackOptions(port=args.port, parameters=params, model_source=args.model,
-                        log_level="INFO" if args.verbose else "WARNING")
+                        log_level="INFO" if args.verbose else "WARNING",
+                        state_dir=Path(state_dir).expanduser().resolve() if state_dir else None)
 
 
 def print_batch(result: Any) -> None:
@@ -101,8 +107,7 @@ Then, for example:
       --key '{key_json}'
   imgpipe results query --label espresso
 
-Ctrl-C stops it (state is in memory and goes with it).
-""", flush=True)
+""" + _state_line(stack), flush=True)
         while not stop.wait(0.5):
             pass
         print("stopping ...", flush=True)
@@ -111,6 +116,19 @@ Ctrl-C stops it (state is in memory and goes with it).
     print("stopped", flush=True)
     return 0
 
+
+
+def _state_line(stack: Any) -> str:
+    state_dir, restored = stack.options.state_dir, stack.restored
+    if state_dir is None:
+        return ("Ctrl-C stops it. NOTHING SURVIVES A STOP: objects, queued messages and "
+                "records live in memory only (start with --state-dir DIR to keep them).\n")
+    brought = (f"restored {restored['writes']:,} write(s) and {restored['messages']:,} queued "
+               f"message(s) in {restored['seconds']:.1f} s" if restored else "nothing to restore")
+    failed = (f"; {restored['failed']:,} write(s) could not be replayed"
+              if restored and restored.get("failed") else "")
+    return (f"State is kept in {state_dir} ({brought}{failed}); it survives a stop, kill -9 "
+            f"included. Ctrl-C stops it; restart with the same --state-dir to continue.\n")
 
 
 def _model_id(source: str) -> str:

@@ -43,7 +43,7 @@ def register(sub: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     from pipeline.aws import client_for, create_clients
     from pipeline.modelstore import model_id_of
-    from pipeline.reconcile import reconcile
+    from pipeline.reconcile import reading, reconcile
     from pipeline.redrive import resolve_queue_url
 
     settings = settings_from(args, table_name=args.table, input_prefix=args.input_prefix,
@@ -53,9 +53,11 @@ def run(args: argparse.Namespace) -> int:
     sqs = queue_url = dlq_url = None
     if args.queue:
         sqs = client_for("sqs", settings)
-        queue_url = resolve_queue_url(sqs, args.queue)
-        dlq_url = resolve_queue_url(
-            sqs, args.dlq or queue_url.rstrip("/").rsplit("/", 1)[-1] + "-dlq")
+        with reading(f"queue {args.queue!r}", "check --queue and --dlq ('' skips the queue "
+                     "checks), --endpoint-url and --region"):
+            queue_url = resolve_queue_url(sqs, args.queue)
+            dlq_url = resolve_queue_url(
+                sqs, args.dlq or queue_url.rstrip("/").rsplit("/", 1)[-1] + "-dlq")
     report = reconcile(
         clients.s3, clients.dynamodb, bucket=args.bucket,
         input_prefix=settings.input_prefix, output_prefix=settings.output_prefix,
@@ -78,8 +80,13 @@ def run(args: argparse.Namespace) -> int:
     for kind, count, examples, meaning in report.problems():
         print(f"{kind}: {count} {meaning}" + (f": {_examples(examples, count)}"
                                               if examples else ""))
-    print("ok: everything agrees" if report.ok else
-          f"NOT OK: {len(report.problems())} kind(s) of problem")
+    if report.ok and report.empty:
+        print(f"empty: no objects under s3://{report.bucket}/{report.input_prefix} and no "
+              f"records of {report.model}, so there is nothing to compare (a local stack "
+              "started without --state-dir starts empty)")
+    else:
+        print("ok: everything agrees" if report.ok else
+              f"NOT OK: {len(report.problems())} kind(s) of problem")
     return 0 if report.ok else 1
 
 

@@ -20,6 +20,8 @@ The adjustments, each applied to this process's moto only:
   one, so an overwrite would look already processed; `pipeline.local.s3_events`).
 - moto routes each request by listing its own package directory (a listdir and ~150 stat
   calls per request); the directory does not change, so it is listed once.
+- With `--state-dir DIR`, writes are journaled and replayed on request
+  (`pipeline.local.state`), so the stack's data survives a restart.
 
 The process ignores Ctrl-C (the terminal's SIGINT reaches the whole process group; the
 parent decides when to stop), exits on SIGTERM, and exits by itself when its parent dies.
@@ -68,6 +70,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="the function host that runs Lambda invocations")
     p.add_argument("--parent-pid", type=int, default=0,
                    help="exit when this process (the stack) is gone (default: the parent)")
+    p.add_argument("--state-dir", default=None, metavar="DIR",
+                   help="journal writes to DIR and replay them on request (see "
+                   "pipeline.local.state)")
     args = p.parse_args(argv)
 
     # The Step Functions engine calls the other services back through this port.
@@ -82,8 +87,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     stamp_eventbridge_sequencers()
     _name_unnamed_executions()
     _forward_lambda_invocations(args.functions)
-    server = make_server(args.host, args.port, DomainDispatcherApplication(create_backend_app),
-                         threaded=True, request_handler=KeepAliveHandler)
+    app: Any = DomainDispatcherApplication(create_backend_app)
+    if args.state_dir:
+        from pathlib import Path
+
+        from pipeline.local.state import StateKeeper
+
+        keeper = StateKeeper(Path(args.state_dir))
+        keeper.install()
+        app = keeper.wrap(app)
+    server = make_server(args.host, args.port, app, threaded=True,
+                         request_handler=KeepAliveHandler)
     try:
         server.serve_forever()
     finally:

@@ -59,6 +59,7 @@ class StackOptions:
     log_level: str = "WARNING"  # the handler's Powertools log level
     retry_visibility_s: int | None = None  # None: the queue's visibility timeout, as on AWS
     poll: bool = True  # run the ingest poller
+    state_dir: Path | None = None  # keep the emulator's data here across restarts
 
 
 class LocalStack:
@@ -72,6 +73,7 @@ class LocalStack:
         self.poller: SqsPoller | None = None
         self.resources: LocalResources | None = None
         self._saved_env: dict[str, str | None] = {}
+        self.restored: dict[str, Any] | None = None  # what --state-dir brought back
 
     # ---- lifecycle ---------------------------------------------------------------------
 
@@ -92,7 +94,8 @@ class LocalStack:
 
     def _start(self, host: str, port: int) -> LocalResources:
         self._functions = FunctionHost(region=REGION)
-        self._emulator = _spawn_emulator(host, port, self._functions.start())
+        self._emulator = _spawn_emulator(host, port, self._functions.start(),
+                                         self.options.state_dir)
         _wait_until_listening(host, port, self._emulator)
         self._configure_emulator()
         resources = provision(
@@ -102,6 +105,10 @@ class LocalStack:
             region=REGION,
         )
         self.resources = resources
+        if self.options.state_dir is not None:
+            from pipeline.local.state import request_restore
+
+            self.restored = request_restore(self.endpoint_url)
         self._set_env(self.handler_environment(resources))
         import handlers.backfill
         import handlers.ingest
@@ -230,16 +237,18 @@ def _port_in_use(host: str, port: int) -> bool:
         return s.connect_ex((host, port)) == 0
 
 
-def _spawn_emulator(host: str, port: int, functions_url: str) -> subprocess.Popen[bytes]:
+def _spawn_emulator(host: str, port: int, functions_url: str,
+                    state_dir: Path | None = None) -> subprocess.Popen[bytes]:
     import pipeline
 
     # Importable however imgpipe was installed (or run from a checkout).
     root = str(Path(pipeline.__file__).resolve().parents[1])
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+    state = ["--state-dir", str(state_dir)] if state_dir is not None else []
     return subprocess.Popen(
         [sys.executable, "-m", "pipeline.local.emulator", "--host", host, "--port", str(port),
-         "--functions", functions_url, "--parent-pid", str(os.getpid())],
+         "--functions", functions_url, "--parent-pid", str(os.getpid()), *state],
         env=env, stdin=subprocess.DEVNULL,
     )
 

@@ -13,6 +13,7 @@ from pipeline.errors import ModelError, TransientError
 from tests.functional.conftest import (
     BUCKET,
     MODEL,
+    TABLE,
     Context,
     Harness,
     s3_event,
@@ -246,29 +247,54 @@ def test_dynamodb_throttling_is_retried_then_converges(harness: Harness) -> None
     assert len(harness.outputs()) == 1, "the retry overwrote the same output object"
 
 
-def test_crash_after_the_s3_write_yields_one_output_and_one_record(harness: Harness) -> None:
+def test_crash_between_the_record_and_the_document_yields_one_of_each(
+        harness: Harness) -> None:
     obj = harness.upload("incoming/c.jpg", sample("chelsea.jpg"))
-    sink = harness.service.sink
-    real_put = sink.put
+    store = harness.service.store
+    real_put_json = store.put_json
 
-    def crash(record: Any, expected: Any) -> bool:
+    def crash(*args: Any, **kwargs: Any) -> bool:
         raise RuntimeError("Lambda crashed between the two writes")
 
-    sink.put = crash  # type: ignore[method-assign]
+    store.put_json = crash  # type: ignore[method-assign]
     with pytest.raises(RuntimeError):
         invoke(s3_event(obj))  # the invocation dies: SQS redelivers the whole batch
-    assert len(harness.outputs()) == 1 and harness.record("incoming/c.jpg") is None
-    sink.put = real_put  # type: ignore[method-assign]
+    assert harness.outputs() == [] and harness.record("incoming/c.jpg") is not None
+    store.put_json = real_put_json  # type: ignore[method-assign]
     response, _ = invoke(s3_event(obj))
     assert failed_ids(response) == []
-    assert len(harness.outputs()) == 1
+    assert harness.outputs() == [f"predictions/{MODEL}/incoming/c.jpg.json"]
     assert harness.record("incoming/c.jpg")["status"] == "classified"
+    assert harness.images_classified() == 1, "the redelivery only wrote the document"
 
 
 def test_close_to_the_timeout_nothing_new_starts_and_the_rest_fail(harness: Harness) -> None:
+    invoke()  # the container's first invocation: its context tells the timeout (120 s)
     objs = [harness.upload(f"incoming/{i}.jpg", sample("coffee.jpg")) for i in range(2)]
     response, ids = invoke(*(s3_event(o) for o in objs), remaining_ms=2_000)
     assert sorted(failed_ids(response)) == sorted(ids)
+    assert harness.all_records() == []
+
+
+def test_a_short_function_timeout_keeps_working_time_with_the_default_margin(
+        harness: Harness) -> None:
+    obj = harness.upload("incoming/short.jpg", sample("coffee.jpg"))
+    response, _ = invoke(s3_event(obj), remaining_ms=9_990)  # FunctionTimeout 10 s
+    assert failed_ids(response) == []
+    assert harness.record("incoming/short.jpg")["status"] == "classified"
+
+
+def test_a_margin_that_leaves_no_working_time_fails_every_invocation_with_a_sentence(
+        harness: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pipeline.errors import ConfigError
+
+    settings = harness.service.settings.with_(timeout_margin_ms=10_000)
+    monkeypatch.setattr(harness.service, "settings", settings)
+    obj = harness.upload("incoming/never.jpg", sample("coffee.jpg"))
+    for _ in range(2):  # not only the first: nothing is ever processed with this setting
+        with pytest.raises(ConfigError, match=r"timeout of 10 s leaves no working time after "
+                           r"IMGPIPE_TIMEOUT_MARGIN_MS=10000.*at least 11 s"):
+            invoke(s3_event(obj), remaining_ms=9_990)
     assert harness.all_records() == []
 
 
@@ -337,3 +363,21 @@ def test_the_writes_of_different_images_overlap(harness: Harness) -> None:
     assert failed_ids(response) == []
     assert {harness.record(k)["status"] for k in ("incoming/a.jpg", "incoming/b.jpg")} == {
         "classified"}
+
+
+def test_an_image_overwritten_by_a_non_image_loses_its_old_document(harness: Harness) -> None:
+    from pipeline.reconcile import reconcile
+
+    first = harness.upload("incoming/x.jpg", sample("coffee.jpg"))
+    invoke(s3_event(first))
+    assert harness.outputs() == [f"predictions/{MODEL}/incoming/x.jpg.json"]
+    second = harness.upload("incoming/x.jpg", b"this is not a photo any more\n")
+    response, _ = invoke(s3_event(second))
+    assert failed_ids(response) == []
+    record = harness.record("incoming/x.jpg")
+    assert record["status"] == "rejected" and record["etag"] == second["etag"]
+    assert harness.outputs() == [], "the espresso document of the old image is gone"
+    report = reconcile(harness.s3, harness.clients.dynamodb, bucket=BUCKET,
+                       input_prefix="incoming/", output_prefix="predictions/", table=TABLE,
+                       model=MODEL)
+    assert report.ok and report.orphaned_outputs == (), report.problems()

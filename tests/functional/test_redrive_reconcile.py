@@ -323,3 +323,30 @@ def test_reconcile_command(env: Env, capsys: pytest.CaptureFixture[str]) -> None
     doc = json.loads(capsys.readouterr().out)
     assert doc["ok"] is False and len(doc["missing_records"]) == 7
     assert doc["dlq_depth"] is None
+
+
+def test_an_empty_bucket_and_table_is_empty_not_consistent(
+        env: Env, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["reconcile", "--model", MODEL]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[-1].startswith("empty: no objects under s3://imgpipe-local/incoming/")
+    assert "everything agrees" not in out
+    consistent(env)
+    assert main(["reconcile", "--model", MODEL]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == "ok: everything agrees"
+
+
+@pytest.mark.parametrize(("args", "sentence"), [
+    (["--table", "nope"], "imgpipe reconcile: table 'nope' does not exist: check --table"),
+    (["--bucket", "nope-bucket"],
+     "imgpipe reconcile: bucket 'nope-bucket' does not exist: check --bucket"),
+    (["--queue", "nope-queue"],
+     "imgpipe reconcile: no queue named 'nope-queue' in this account/region"),
+])
+def test_reconcile_names_what_does_not_exist_in_one_line(
+        env: Env, capsys: pytest.CaptureFixture[str], args: list[str], sentence: str) -> None:
+    assert main(["reconcile", "--model", MODEL, *args]) == 1
+    captured = capsys.readouterr()
+    [line] = captured.err.splitlines()
+    assert line.startswith(sentence), line
+    assert "Traceback" not in captured.out + captured.err

@@ -183,3 +183,17 @@ def test_python_dash_m_entry_point(tmp_path: Path) -> None:
         (COFFEE, "classified"), (str(text), "rejected")]
     assert docs[0]["label"] == "espresso"
     assert "1 of 2 file(s) rejected" in proc.stderr
+
+
+def test_an_oversized_file_is_reported_with_its_own_size(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    big = tmp_path / "huge.jpg"
+    with big.open("wb") as f:
+        f.write(b"\xff\xd8\xff\xe0")
+        f.truncate(62_914_560)  # sparse: 60 MiB on paper, nothing on disk
+    code, out, _ = run(capsys, "--json", str(big))
+    assert code == 1
+    (doc,) = json_lines(out)
+    assert doc["error"] == ("file too large: 62,914,560 bytes exceeds the 52,428,800-byte "
+                            "limit (IMGPIPE_MAX_OBJECT_BYTES)")

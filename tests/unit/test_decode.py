@@ -550,3 +550,97 @@ def test_small_jpeg_is_not_reduced(default_manifest: ModelManifest, encode: Enco
     full = Image.open(io.BytesIO(data)).convert("RGB")
     expected = np.asarray(centre_crop_then_resize(full, 224, 0.875))
     np.testing.assert_array_equal(pixels(data, default_manifest), expected)
+
+
+# ---- imgpipe's own sentences, never Pillow's ------------------------------------------------
+
+
+def webp_header_only(width: int, height: int, chunk: bytes) -> bytes:
+    if chunk == b"VP8L":
+        bits = (width - 1) | ((height - 1) << 14)
+        payload = b"\x2f" + struct.pack("<I", bits) + bytes(8)
+    else:  # VP8X: flags, reserved, then canvas width-1 and height-1 in 24 bits each
+        payload = bytes(4) + (width - 1).to_bytes(3, "little") + (height - 1).to_bytes(3, "little")
+    body = b"WEBP" + chunk + struct.pack("<I", len(payload)) + payload
+    return b"RIFF" + struct.pack("<I", len(body)) + body
+
+
+@pytest.mark.parametrize("chunk", [b"VP8L", b"VP8X"], ids=["lossless", "extended"])
+def test_a_webp_past_pillows_own_limit_gets_imgpipes_sentence(
+        chunk: bytes, default_manifest: ModelManifest) -> None:
+    message = refusal(webp_header_only(16383, 16383, chunk), default_manifest)
+    assert message == "image too large: 16383x16383 pixels exceeds the 40 MP limit"
+
+
+@pytest.mark.parametrize("kind", [b"zTXt", b"iTXt"])
+def test_a_text_chunk_bomb_is_named_without_pillow_internals(
+        kind: bytes, encode: Encode, default_manifest: ModelManifest) -> None:
+    png = encode(colour_tile((8, 8)), "PNG")
+    inflated = zlib.compress(b"a" * (64 * 1024 * 1024), 9)
+    data = (b"Comment\x00\x00" + inflated if kind == b"zTXt"
+            else b"Comment\x00\x01\x00\x00\x00" + inflated)
+    bomb = png[:33] + png_chunk(kind, data) + png[33:]
+    message = refusal(bomb, default_manifest)
+    assert message.startswith("PNG metadata too large: a compressed text chunk expands")
+    assert "PngImagePlugin" not in message and "MAX_TEXT" not in message
+
+
+# ---- large images: reduced strip by strip, same result as the whole-image path -------------
+
+
+def _manifest(resize: dict[str, Any]) -> ModelManifest:
+    raw = json.loads((ROOT / "model" / "manifest.json").read_text())
+    raw.pop("labels_file")
+    return ModelManifest.from_dict(raw | {"labels": ["x"], "resize": resize})
+
+
+def _large(mode: str) -> Image.Image:
+    """A 2400x2000 (4.8 MP) picture with detail, in `mode`."""
+    base = Image.radial_gradient("L").resize((2400, 2000))
+    ramp = Image.linear_gradient("L").resize((2400, 2000))
+    rgb = Image.merge("RGB", (base, ramp, ramp.transpose(Image.Transpose.FLIP_LEFT_RIGHT)))
+    if mode == "RGBA":
+        rgba = rgb.convert("RGBA")
+        rgba.putalpha(ramp.transpose(Image.Transpose.ROTATE_180))
+        return rgba
+    if mode == "P":
+        return rgb.quantize(64)
+    if mode in ("I;16", "F"):
+        scale = 257 if mode == "I;16" else 1 / 255
+        return Image.fromarray((np.asarray(base, dtype=np.float64) * scale).astype(
+            np.uint16 if mode == "I;16" else np.float32))
+    return rgb
+
+
+_CROP_RESIZE = {"method": "crop_then_resize", "crop_fraction": 0.875, "interpolation": "bicubic"}
+_RESIZE_CROP = {"method": "resize_then_crop", "shorter_side": 256, "interpolation": "bilinear"}
+_STRETCH = {"method": "stretch", "interpolation": "bicubic"}
+
+
+@pytest.mark.parametrize(("mode", "resize", "orientation"), [
+    ("RGB", _CROP_RESIZE, 1), ("RGB", _RESIZE_CROP, 6), ("RGB", _STRETCH, 8),
+    ("RGBA", _CROP_RESIZE, 1), ("RGBA", _RESIZE_CROP, 3),
+    ("P", _CROP_RESIZE, 6), ("I;16", _CROP_RESIZE, 1), ("I;16", _STRETCH, 6),
+    ("F", _CROP_RESIZE, 6), ("F", _RESIZE_CROP, 1),
+])
+def test_large_images_go_through_strips_with_the_same_result(
+    mode: str, resize: dict[str, Any], orientation: int, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Above STRIP_THRESHOLD_PIXELS the region is reduced strip by strip before the
+    manifest's resample; the model must see (nearly) what the whole-image path gives."""
+    import pipeline.decode
+
+    im = _large(mode)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    buf = io.BytesIO()
+    im.save(buf, "TIFF" if mode == "F" else "PNG", exif=exif)
+    data = buf.getvalue()
+    manifest = _manifest(resize)
+    assert im.width * im.height > pipeline.decode.STRIP_THRESHOLD_PIXELS
+    strips = prepare_pixels(data, manifest)
+    monkeypatch.setattr(pipeline.decode, "STRIP_THRESHOLD_PIXELS", 10**9)
+    whole = prepare_pixels(data, manifest)
+    assert strips[1:] == whole[1:]  # width, height (upright), format
+    diff = np.abs(strips[0].astype(np.int16) - whole[0].astype(np.int16))
+    assert diff.mean() < 1.0 and np.percentile(diff, 99) <= 4, (diff.mean(), diff.max())

@@ -70,3 +70,27 @@ def test_a_status_without_a_code_is_still_classified() -> None:
 def test_connection_errors_are_transient() -> None:
     error = EndpointConnectionError(endpoint_url="http://127.0.0.1:1")
     assert isinstance(translate_client_error(error, "reading"), TransientError)
+
+
+def test_the_timeout_margin_scales_down_for_short_timeouts_unless_set() -> None:
+    s = Settings()
+    assert s.margin_ms(None) == 10_000 and s.margin_ms(120_000) == 10_000
+    assert s.margin_ms(10_000) == 2_500 and s.margin_ms(3_000) == 750
+    assert Settings(timeout_margin_ms=4_000).margin_ms(10_000) == 4_000
+    assert Settings.from_env({"AWS_LAMBDA_FUNCTION_TIMEOUT": "10"}).function_timeout_s == 10
+
+
+@pytest.mark.parametrize(("env", "needed"), [
+    ({"AWS_LAMBDA_FUNCTION_TIMEOUT": "10", "IMGPIPE_TIMEOUT_MARGIN_MS": "10000"}, 11),
+    ({"AWS_LAMBDA_FUNCTION_TIMEOUT": "5", "IMGPIPE_TIMEOUT_MARGIN_MS": "4500"}, 6),
+    ({"AWS_LAMBDA_FUNCTION_TIMEOUT": "1"}, 2),
+])
+def test_a_timeout_without_working_time_is_refused_at_start_up(
+        env: dict[str, str], needed: int) -> None:
+    with pytest.raises(ConfigError, match=rf"leaves no working time.*FunctionTimeout\) to at "
+                       rf"least {needed} s, or lower IMGPIPE_TIMEOUT_MARGIN_MS"):
+        Settings.from_env(env)
+
+
+def test_a_short_timeout_with_the_default_margin_is_accepted() -> None:
+    assert Settings.from_env({"AWS_LAMBDA_FUNCTION_TIMEOUT": "10"}).margin_ms(10_000) == 2_500
