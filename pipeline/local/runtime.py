@@ -28,6 +28,7 @@ import or init failure arrives on `/runtime/init/error`. As on Lambda:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -255,10 +256,8 @@ class Worker:
         if self.cpus and hasattr(os, "sched_setaffinity"):
             # Its share of this machine's CPUs, as a Lambda sandbox has its share of a host:
             # the handler sizes its thread pools from what it may run on.
-            try:
+            with contextlib.suppress(OSError):  # exited already: invoke reports it
                 os.sched_setaffinity(self.proc.pid, set(self.cpus))
-            except OSError:  # pragma: no cover - exited already; reported by invoke
-                pass
         log.info("%s: worker %d starting (cpus %s)", self.spec.name, self.proc.pid,
                  ",".join(map(str, self.cpus)) or "all")
 
@@ -294,6 +293,8 @@ class Worker:
             if self.init_s is None and self.api.ready.is_set():
                 self.init_s = now - self.started_at
             if self.proc.poll() is not None:
+                if self.init_s is None:  # died during init: that was its cold start
+                    self.init_s = now - self.started_at
                 return self._exit_error(rid)
             if invocation.taken_at is None:
                 if now - self.started_at > INIT_TIMEOUT_S + self.spec.timeout_s:
