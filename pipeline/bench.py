@@ -81,6 +81,7 @@ TARGET_CORE_VS_NAIVE = 4.5
 TARGET_COLD_START_S = 0.5
 TARGET_PEAK_RSS_MIB = 350.0
 TARGET_BACKFILL_VS_CORE = 0.70
+TARGET_INGEST_VS_CORE = 0.60
 CORE_BATCH = 16
 MODEL_BATCHES = (1, 8, 16, 32)
 
@@ -839,6 +840,15 @@ def targets_from(values: dict[str, float], cpus: int) -> list[Target]:
             values["core_vs_naive.12mp"], TARGET_CORE_VS_NAIVE, "x",
             True, "median over paired rounds of core img/s / naive handler img/s (first 8 "
             "files of the same set)",
+        ))
+    if "stack_ingest.12mp.vs_core" in values:
+        out.append(Target(
+            "ingest >= 60 % of the core (12 MP, local stack)",
+            values["stack_ingest.12mp.vs_core"], TARGET_INGEST_VS_CORE, "x", True,
+            "photos / seconds from the end of the upload to the last DynamoDB item on the "
+            "local stack (S3 notification, SQS, the poller, the ingest function's Runtime API "
+            "workers), template defaults / the core's images/s on the same photos, measured "
+            "right before and after and averaged",
         ))
     if "stack_backfill.12mp.vs_core" in values:
         out.append(Target(

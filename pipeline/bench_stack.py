@@ -1,12 +1,14 @@
 """Benchmark sections that run on the embedded stack (`imgpipe local`), next to the core.
 
 - *local ingest*: photos uploaded to the input prefix the way `aws s3 cp` does (PutObject
-  over HTTP to the emulator), timed from the first upload to the last DynamoDB item;
+  over HTTP to the emulator), timed from the end of the upload to the last DynamoDB item;
 - *local backfill*: photos already in the bucket, timed from StartExecution to SUCCEEDED.
 
 Both go through everything the product does (S3 notification, SQS, the poller with
-Lambda's semantics, the handler, conditional writes, Step Functions) on the same CPUs as
-the emulator itself, so they are compared with the core's images/s from the same run.
+Lambda's semantics, the functions in their Runtime API worker processes, conditional
+writes, Step Functions) on the same CPUs as the emulator itself, so they are compared with
+the core's images/s from the same run. A last row gives the workers' cold starts (init:
+imports and the model session) and a warm invocation's round trip.
 """
 
 from __future__ import annotations
@@ -45,8 +47,8 @@ def section_local_stack(ctx: BenchContext) -> list[Row]:
             # averaged: this VM's speed drifts by +-15 % over minutes, so the ratio is taken
             # against the core at the time, not the one measured minutes earlier.
             core_before = _core_ips(ctx, photos)
-            started = time.perf_counter()
             _upload(s3, r.bucket, zip(keys, photos, strict=True))
+            started = time.perf_counter()  # the issue's clock: from the end of the upload
             stack.wait_for_records([f"s3://{r.bucket}/{k}" for k in keys],
                                    ctx.manifest.model_id, timeout_s=600)
             ingest_ips = len(keys) / (time.perf_counter() - started)
@@ -87,8 +89,9 @@ def section_local_stack(ctx: BenchContext) -> list[Row]:
             ctx.details[f"stack_backfill.{name}.rounds"] = [
                 {"ips": round(a, 2), "vs_core": round(b, 3)} for a, b in results]
             rows.append(_vs_core(ctx, f"stack_ingest.{name}.ips",
-                                 f"local stack, uploads -> DynamoDB items, {name} "
-                                 f"({len(keys)} photos)", ingest_ips,
+                                 f"local stack, end of upload -> last DynamoDB item, {name} "
+                                 f"({len(keys)} photos, {_workers(stack, r.ingest_function)} "
+                                 f"ingest worker(s))", ingest_ips,
                                  ingest_core, "measured just before and after"))
             rows.append(_vs_core(ctx, f"stack_backfill.{name}.ips",
                                  f"local stack, backfill (Step Functions), {name} "
@@ -96,7 +99,33 @@ def section_local_stack(ctx: BenchContext) -> list[Row]:
                                  + ", ".join(f"{100 * b:.0f} %" for _, b in results) + ")",
                                  ips, ips / ratio, "before and after each round",
                                  ratio=ratio))
+        rows.append(_worker_starts(ctx, stack))
     return rows
+
+
+def _workers(stack: Any, function: str) -> int:
+    return int(stack.pools[function].max_workers)
+
+
+def _worker_starts(ctx: BenchContext, stack: Any) -> Row:
+    """Cold start of the function workers seen so far (ingest and backfill: imports, the
+    model's verification and session), and the round trip of a warm invocation through the
+    Runtime API (the summary function on an empty Map output, median of 20)."""
+    cold = sorted(i.init_s for i in stack.invocations if i.init_s is not None)
+    r = stack.resources
+    pool = stack.pools[r.outputs["SummaryFunctionName"]]
+    event = json.dumps({"map_run": [], "request": {}}).encode()
+    pool.invoke(event)  # its own cold start
+    warm = sorted(pool.invoke(event).duration_s for _ in range(20))
+    ctx.values["stack_worker.cold_s"] = cold[len(cold) // 2] if cold else 0.0
+    ctx.values["stack_worker.warm_ms"] = 1000 * warm[len(warm) // 2]
+    ctx.details["stack_worker.cold_starts_s"] = [round(c, 3) for c in cold]
+    return Row("stack_worker.cold_s",
+               f"local stack, function worker cold start (median of {len(cold)}: "
+               + ", ".join(f"{c:.2f}" for c in cold) + " s)",
+               ctx.values["stack_worker.cold_s"], "s",
+               f"warm invocation round trip {ctx.values['stack_worker.warm_ms']:.1f} ms",
+               section="stack-workers")
 
 
 def _upload(s3: Any, bucket: str, objects: Iterable[tuple[str, bytes]]) -> None:

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from pipeline.local.runtime import FunctionPool, InvokeResult, lambda_error
+from pipeline.local.runtime import FunctionPool, lambda_error
 
 __all__ = ["FunctionHost", "FunctionFailed", "invoke_url"]
 
@@ -163,8 +163,3 @@ class FunctionHost:
         for pool in self._pools.values():
             pool.stop()
 
-
-def describe(result: InvokeResult) -> str:
-    """One line for the stack's output about an invocation's environment."""
-    start = f"cold start {result.init_s:.2f} s" if result.init_s is not None else "warm"
-    return f"worker {result.pid}, {start}, {result.duration_s:.2f} s"
