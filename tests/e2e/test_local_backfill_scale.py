@@ -24,7 +24,7 @@ from tests.tiny_models import EFFICIENTNET_LITE0, make_tiny_model
 
 pytestmark = pytest.mark.e2e
 
-OBJECTS = int(__import__("os").environ.get("IMGPIPE_TEST_OBJECTS", "10000"))
+OBJECTS = 10_000
 FAULTY = "faulty-"  # every 250th key: 40 objects fail on their first read in a worker
 FAULTS = Path(__file__).resolve().parents[1] / "functions" / "faults"
 
