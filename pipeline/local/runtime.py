@@ -446,8 +446,14 @@ class FunctionPool:
             while True:
                 if self._closed:
                     raise RuntimeError(f"{self.spec.name}: the function host is stopping")
-                if self._idle:
-                    return self._idle.pop()  # the most recently used: warmest
+                while self._idle:
+                    slot = self._idle.pop()  # the most recently used: warmest
+                    worker = self._slots[slot]
+                    if worker is not None and worker.alive:
+                        return slot
+                    if worker is not None:  # exited while idle: replaced below
+                        worker.stop()
+                        self._slots[slot] = None
                 free = [i for i, w in enumerate(self._slots) if w is None]
                 if free:
                     self._slots[free[0]] = Worker(self.spec, self._shares[free[0]],
