@@ -229,3 +229,56 @@ def test_an_init_error_is_reported_as_lambda_does_and_no_message_is_lost(
     assert again.function_error == "Unhandled" and again.init_s is not None
     assert json.loads(again.payload)["errorType"] == "ModelError"
     _comes_back(sqs, url, ids)
+
+
+# ---------------------------------------------------------------- the Runtime API itself
+
+
+def test_runtime_api_serves_one_invocation_and_refuses_what_lambda_refuses() -> None:
+    import http.client
+
+    from pipeline.local.runtime import MAX_RESPONSE_BYTES, _Invocation, _RuntimeApi
+
+    api = _RuntimeApi()
+    try:
+        invocation = _Invocation(request_id="req-1", payload=b'{"a": 1}',
+                                 function_arn="arn:aws:lambda:us-east-1:1:function:f",
+                                 timeout_s=3)
+        api.pending.put(invocation)
+        conn = http.client.HTTPConnection(api.address, timeout=10)
+        conn.request("GET", "/2018-06-01/runtime/invocation/next")
+        got = conn.getresponse()
+        assert (got.status, got.read()) == (200, b'{"a": 1}')
+        assert got.getheader("Lambda-Runtime-Aws-Request-Id") == "req-1"
+        assert got.getheader("Lambda-Runtime-Invoked-Function-Arn").endswith(":function:f")
+        deadline_ms = int(got.getheader("Lambda-Runtime-Deadline-Ms"))
+        assert 0 < deadline_ms - time.time() * 1000 <= 3000
+
+        def post(path: str, body: bytes) -> int:
+            conn.request("POST", f"/2018-06-01/runtime/invocation/{path}", body=body)
+            answer = conn.getresponse()
+            answer.read()
+            return answer.status
+
+        assert post("req-2/response", b"{}") == 400  # not the invocation in flight
+        assert post("req-1/response", b"x" * (MAX_RESPONSE_BYTES + 1)) == 413
+        assert invocation.done.is_set() and invocation.error
+        assert json.loads(invocation.result or b"")["errorType"] == \
+            "Function.ResponseSizeTooLarge"
+        assert post("req-1/response", b"{}") == 403  # answered already
+        conn.close()
+    finally:
+        api.close()
+
+
+def test_worker_environment_is_lambdas_not_the_stacks(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pipeline.local.runtime import worker_environment
+
+    monkeypatch.setenv("SOME_SECRET_OF_THE_DEVELOPER", "x")
+    env = worker_environment(_spec("probe.echo", env={"IMGPIPE_TABLE": "t"}), "127.0.0.1:9",
+                             {"PYTHONPATH": "/extra"})
+    assert "SOME_SECRET_OF_THE_DEVELOPER" not in env
+    assert "AWS_LAMBDA_FUNCTION_TIMEOUT" not in env  # Lambda does not set it either
+    assert env["PYTHONPATH"] == f"/extra:{FUNCTIONS}"
+    assert env["AWS_LAMBDA_RUNTIME_API"] == "127.0.0.1:9" and env["IMGPIPE_TABLE"] == "t"
+    assert env["AWS_EXECUTION_ENV"].startswith("AWS_Lambda_python3.")

@@ -22,6 +22,7 @@ from pipeline.local.provision import (
     DEFAULT_TEMPLATE,
     LOCAL_PLANNER,
     LocalResources,
+    ProvisionError,
     adapt_for_emulator,
     check_parameter_rules,
     deployed_state_machine_definition,
@@ -300,6 +301,18 @@ def test_emulator_definition_is_accepted_by_motos_interpreter(cfn: dict[str, Any
         "Parameters": {"Bucket.$": "$.plan.Bucket", "Key.$": "$.plan.Key"}}
     assert state["ItemProcessor"]["ProcessorConfig"]["ExecutionType"] == "STANDARD"
     assert states["Summarize"]["Parameters"]["FunctionName"] == "x-SummaryFunctionArn"
+
+
+def test_emulator_definition_refuses_what_it_cannot_emulate(cfn: dict[str, Any]) -> None:
+    definition = _state_machine_definition(cfn)
+    del definition["States"]["ClassifyObjects"]["ResultWriter"]
+    with pytest.raises(ProvisionError, match="needs a ResultWriter"):
+        emulator_definition(json.dumps(definition))
+    definition = _state_machine_definition(cfn)
+    definition["States"]["ClassifyObjects"]["ItemReader"]["Resource"] = \
+        "arn:aws:states:::s3:getObject"
+    with pytest.raises(ProvisionError, match="only an ItemBatcher over an s3:listObjectsV2"):
+        emulator_definition(json.dumps(definition))
 
 
 def test_unknown_parameter_is_a_clear_error() -> None:
