@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import signal
 import threading
 from pathlib import Path
@@ -89,6 +90,9 @@ def run(args: argparse.Namespace) -> int:
     from pipeline.local.stack import LocalStack
 
     stack = LocalStack(stack_options(args), on_batch=print_batch)
+    if args.verbose:  # the workers' starts and stops too
+        logging.basicConfig(format="%(name)s: %(message)s")
+        logging.getLogger("imgpipe.local").setLevel(logging.INFO)
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: Any) -> None:

@@ -291,7 +291,7 @@ class Worker:
         while not invocation.done.wait(_WATCH_INTERVAL_S):
             now = time.monotonic()
             if self.init_s is None and self.api.ready.is_set():
-                self.init_s = now - self.started_at
+                self._initialised(now)
             if self.proc.poll() is not None:
                 if self.init_s is None:  # died during init: that was its cold start
                     self.init_s = now - self.started_at
@@ -311,8 +311,14 @@ class Worker:
                 return lambda_error("Runtime.OutOfMemory", f"RequestId: {rid} Error: Runtime "
                                     f"exited with error: signal: killed")
         if self.init_s is None:
-            self.init_s = time.monotonic() - self.started_at
+            self._initialised(time.monotonic())
         return None
+
+    def _initialised(self, now: float) -> None:
+        assert self.proc is not None
+        self.init_s = now - self.started_at
+        log.info("%s: worker %d ready, cold start %.2f s", self.spec.name, self.proc.pid,
+                 self.init_s)
 
     def _exit_error(self, rid: str) -> bytes:
         assert self.api is not None and self.proc is not None
