@@ -270,7 +270,7 @@ class Worker:
         invocation = _Invocation(request_id=str(uuid.uuid4()), payload=payload,
                                  function_arn=self.spec.arn, timeout_s=self.spec.timeout_s)
         self.api.pending.put(invocation)
-        error = self._watch(invocation)
+        error = self._watch(invocation, started)
         self.invocations += 1
         self.last_used = time.monotonic()
         if error is not None:
@@ -282,7 +282,7 @@ class Worker:
                             duration_s=time.monotonic() - started, init_s=init_s,
                             pid=self.proc.pid)
 
-    def _watch(self, invocation: _Invocation) -> bytes | None:
+    def _watch(self, invocation: _Invocation, queued_at: float) -> bytes | None:
         """Wait for the answer while enforcing Lambda's limits; the error to report when
         the worker had to be killed or died."""
         assert self.api is not None and self.proc is not None
@@ -296,10 +296,10 @@ class Worker:
                 if self.init_s is None:  # died during init: that was its cold start
                     self.init_s = now - self.started_at
                 return self._exit_error(rid)
-            if invocation.taken_at is None:
-                if now - self.started_at > INIT_TIMEOUT_S + self.spec.timeout_s:
+            if invocation.taken_at is None:  # still in init (or a hung runtime)
+                if now - queued_at > INIT_TIMEOUT_S + self.spec.timeout_s:
                     self.kill()
-                    return _timed_out(rid, now - self.started_at)
+                    return _timed_out(rid, now - queued_at)
             elif now - invocation.taken_at > self.spec.timeout_s:
                 self.kill()
                 return _timed_out(rid, self.spec.timeout_s)
