@@ -14,6 +14,7 @@ imports and the model session) and a warm invocation's round trip.
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -46,12 +47,19 @@ def section_local_stack(ctx: BenchContext) -> list[Row]:
             # The core on the same photos right before and after each stack measurement,
             # averaged: this VM's speed drifts by +-15 % over minutes, so the ratio is taken
             # against the core at the time, not the one measured minutes earlier.
+            core_cpu = time.process_time()
             core_before = _core_ips(ctx, photos)
+            core_cpu = time.process_time() - core_cpu
             _upload(s3, r.bucket, zip(keys, photos, strict=True))
-            started = time.perf_counter()  # the issue's clock: from the end of the upload
+            started, cpu_before = time.perf_counter(), _stack_cpu(stack)
             stack.wait_for_records([f"s3://{r.bucket}/{k}" for k in keys],
                                    ctx.manifest.model_id, timeout_s=600)
             ingest_ips = len(keys) / (time.perf_counter() - started)
+            # CPU seconds per photo, which other load on the machine does not change: the
+            # stack's processes (emulator, workers, poller) against the core's.
+            stack_cpu = _cpu_delta(cpu_before, _stack_cpu(stack))
+            ctx.values[f"stack_ingest.{name}.cpu_ms"] = 1000 * stack_cpu / len(keys)
+            ctx.values[f"core.{name}.cpu_ms"] = 1000 * core_cpu / len(photos)
 
             # Paired rounds, as for the core rows: core, backfill, core, backfill, core...;
             # each backfill is compared with the core on the same photos right before and
@@ -93,6 +101,13 @@ def section_local_stack(ctx: BenchContext) -> list[Row]:
                                  f"({len(keys)} photos, {_workers(stack, r.ingest_function)} "
                                  f"ingest worker(s))", ingest_ips,
                                  ingest_core, "measured just before and after"))
+            stack_ms = ctx.values[f"stack_ingest.{name}.cpu_ms"]
+            core_ms = ctx.values[f"core.{name}.cpu_ms"]
+            rows.append(Row(f"stack_ingest.{name}.cpu_ms",
+                            f"local stack ingest, CPU per photo (emulator + workers + poller), "
+                            f"{name}", stack_ms, "ms/img", f"core {core_ms:.1f} ms/img",
+                            f"{100 * core_ms / stack_ms:.0f} % of the core's efficiency",
+                            section=f"stack-{name}"))
             rows.append(_vs_core(ctx, f"stack_backfill.{name}.ips",
                                  f"local stack, backfill (Step Functions), {name} "
                                  f"({len(backfill_keys)} photos, median of {rounds} round(s): "
@@ -101,6 +116,27 @@ def section_local_stack(ctx: BenchContext) -> list[Row]:
                                  ratio=ratio))
         rows.append(_worker_starts(ctx, stack))
     return rows
+
+
+def _stack_cpu(stack: Any) -> dict[int, float]:
+    """CPU seconds so far of the stack's processes: this one (poller, function host), the
+    emulator and every live worker, by pid (0: this process)."""
+    pids = [stack._emulator.pid] + [w.proc.pid for pool in stack.pools.values()
+                                    for w in pool.workers if w.proc is not None]
+    cpu = {0: time.process_time()}
+    tick = os.sysconf("SC_CLK_TCK")
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            cpu[pid] = (int(fields[11]) + int(fields[12])) / tick  # utime + stime
+        except (OSError, ValueError, IndexError):  # not Linux, or gone
+            continue
+    return cpu
+
+
+def _cpu_delta(before: dict[int, float], after: dict[int, float]) -> float:
+    return sum(seconds - before.get(pid, 0.0) for pid, seconds in after.items())
 
 
 def _workers(stack: Any, function: str) -> int:
