@@ -81,7 +81,7 @@ def _default_package(root: Path, params: dict[str, str]) -> Path:
 def print_batch(result: Any) -> None:
     status = "ok" if not result.failed else f"{len(result.failed)} failed, will retry"
     if result.error:
-        status = f"handler error: {result.error}"
+        status = f"function error: {result.error}"
     print(f"batch: {result.received} message(s) in {result.seconds:.2f} s, "
           f"{result.deleted} done, {status}", flush=True)
 

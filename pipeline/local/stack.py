@@ -158,14 +158,18 @@ class LocalStack:
 
     def stop(self) -> None:
         if self.poller is not None:
+            self.poller.signal_stop()
+        if self._functions is not None:
+            # Kills the workers: an invocation in flight fails now, its messages stay in
+            # the queue, and the pollers are not kept waiting for a long function.
+            self._functions.stop()
+            self._functions = None
+        if self.poller is not None:
             self.poller.stop()
             self.poller = None
         if self._emulator is not None:
             _stop_process(self._emulator)
             self._emulator = None
-        if self._functions is not None:
-            self._functions.stop()
-            self._functions = None
 
     def __enter__(self) -> LocalStack:
         self.start()
