@@ -5,7 +5,8 @@ the ingest poller in this process.
 It answers `POST /2015-03-31/functions/NAME/invocations` on 127.0.0.1 the way Lambda does:
 RequestResponse gives the function's JSON, or status 200 with `X-Amz-Function-Error:
 Unhandled` and Lambda's error JSON; `X-Amz-Invocation-Type: Event` gives 202 at once and
-runs the invocation in the background; `DryRun` gives 204. A function it does not host
+runs the invocation in the background (a failure is retried twice, as Lambda does);
+`DryRun` gives 204. A function it does not host
 gets 404.
 
 The template's functions run in worker processes through the Runtime API
@@ -30,6 +31,8 @@ __all__ = ["FunctionHost", "FunctionFailed", "invoke_url"]
 
 Handler = Callable[[dict[str, Any]], Any]
 log = logging.getLogger("imgpipe.local")
+# Lambda retries an asynchronous invocation that failed twice, after ~1 and ~2 minutes.
+ASYNC_RETRY_DELAYS_S: tuple[float, ...] = (60.0, 120.0)
 # The Lambda Invoke API's path: the emulator forwards to it, the host answers it.
 _PATH = re.compile(r"^/2015-03-31/functions/([^/]+)/invocations$")
 
@@ -54,6 +57,7 @@ class FunctionHost:
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
         self._background: set[threading.Thread] = set()
+        self._stopping = threading.Event()
 
     @property
     def url(self) -> str:
@@ -100,16 +104,24 @@ class FunctionHost:
         return decoded
 
     def invoke_async(self, name: str, body: bytes) -> tuple[int, bytes, str | None]:
-        """`--invocation-type Event`: accepted now, run in the background. Lambda retries a
-        failed asynchronous invocation twice; here the failure is logged once."""
+        """`--invocation-type Event`: accepted now, run in the background; a function
+        error is retried twice, after 1 and then 2 minutes, as Lambda does."""
         if name not in self._pools and name not in self._local:
             return self.invoke(name, body)
 
         def run() -> None:
-            _, payload, error = self.invoke(name, body)
-            if error:
-                log.error("%s: asynchronous invocation failed: %s", name,
+            for attempt, delay_s in enumerate(ASYNC_RETRY_DELAYS_S + (None,)):
+                try:
+                    _, payload, error = self.invoke(name, body)
+                except RuntimeError:  # the host is stopping
+                    break
+                if not error:
+                    break
+                log.error("%s: asynchronous invocation failed (attempt %d of %d): %s", name,
+                          attempt + 1, len(ASYNC_RETRY_DELAYS_S) + 1,
                           payload.decode(errors="replace"))
+                if delay_s is None or self._stopping.wait(delay_s):
+                    break
             self._background.discard(threading.current_thread())
 
         thread = threading.Thread(target=run, name=f"event-{name}", daemon=True)
@@ -153,6 +165,7 @@ class FunctionHost:
         return self.url
 
     def stop(self) -> None:
+        self._stopping.set()
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()

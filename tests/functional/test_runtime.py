@@ -282,3 +282,25 @@ def test_worker_environment_is_lambdas_not_the_stacks(monkeypatch: pytest.Monkey
     assert env["PYTHONPATH"] == f"/extra:{FUNCTIONS}"
     assert env["AWS_LAMBDA_RUNTIME_API"] == "127.0.0.1:9" and env["IMGPIPE_TABLE"] == "t"
     assert env["AWS_EXECUTION_ENV"].startswith("AWS_Lambda_python3.")
+
+
+def test_an_event_invocation_is_accepted_at_once_and_a_failure_retried(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import pipeline.local.functions as functions
+
+    monkeypatch.setattr(functions, "ASYNC_RETRY_DELAYS_S", (0.0, 0.0))
+    calls: list[dict[str, Any]] = []
+
+    def flaky(event: dict[str, Any]) -> str:
+        calls.append(event)
+        if len(calls) < 3:
+            raise RuntimeError("not yet")
+        return "done"
+
+    host = FunctionHost()
+    host.register_local("flaky", flaky)
+    assert host.invoke_async("flaky", b'{"n": 1}') == (202, b"", None)
+    _wait(lambda: len(calls) == 3, "two retries")
+    assert calls == [{"n": 1}] * 3
+    assert host.invoke_async("nobody", b"{}")[0] == 404
