@@ -13,14 +13,7 @@ from typing import Any
 from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.metrics import MetricUnit
 
-from pipeline.aws import create_clients
-from pipeline.backfill import (
-    BackfillIncomplete,
-    parse_batch,
-    plan_batches,
-    run_batch,
-    summarize,
-)
+from pipeline.backfill import BackfillIncomplete, parse_batch, run_batch
 from pipeline.factory import build_service
 from pipeline.service import ClassificationService, deadline_from
 from pipeline.settings import Settings
@@ -48,21 +41,6 @@ def get_service(model_source: str = "") -> ClassificationService:
 @tracer.capture_lambda_handler(capture_response=False)
 @metrics.log_metrics
 def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
-    if "plan" in event:  # the local stack's stand-in for ItemReader + ItemBatcher
-        plan = event["plan"]
-        s3 = create_clients(Settings.from_env(os.environ)).s3
-        batches = plan_batches(s3, plan["bucket"], plan.get("prefix", ""),
-                               plan.get("max_items_per_batch", 64), plan.get("batch_input", {}))
-        metrics.add_metric(name="BackfillBatchesPlanned", unit=MetricUnit.Count,
-                           value=len(batches))
-        return {"batches": batches}
-    if "summarize" in event:  # the state machine's last step
-        step = event["summarize"]
-        s3 = create_clients(Settings.from_env(os.environ)).s3
-        summary = summarize(step.get("map_run"), s3, step.get("request"))
-        metrics.add_metric(name="BackfillRunsSummarized", unit=MetricUnit.Count, value=1)
-        logger.info("backfill summary", extra=summary)
-        return summary
     batch = parse_batch(event, Settings.from_env(os.environ).output_prefix)
     service = get_service(batch.model)
     counts, outcomes = run_batch(service, batch, deadline_from(context))
@@ -79,3 +57,9 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
             f"(first: {failed[0]}); the batch will be retried"
         )
     return {"model": service.model_id, "counts": counts}
+
+
+if os.environ.get("AWS_LAMBDA_FUNCTION_NAME"):
+    # In Lambda, the default model loads during init (a missing or corrupt one fails the
+    # init, loudly, before any batch is touched); elsewhere (tests) on first use.
+    get_service()

@@ -48,3 +48,9 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     logger.info("batch done", extra={"messages": len(messages), "counts": report.counts(),
                                      "failed_messages": len(report.failed_message_ids)})
     return report.response()
+
+
+if os.environ.get("AWS_LAMBDA_FUNCTION_NAME"):
+    # In Lambda, the model loads during init: a missing or corrupt one fails the init,
+    # loudly, and no message is touched (they wait in the queue, then the DLQ).
+    get_service()

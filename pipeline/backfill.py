@@ -28,7 +28,6 @@ __all__ = [
     "BackfillIncomplete",
     "COUNT_KEYS",
     "parse_batch",
-    "plan_batches",
     "run_batch",
     "summarize",
 ]
@@ -102,10 +101,10 @@ def summarize(
 ) -> dict[str, Any]:
     """Add up the children's counts.
 
-    `map_output` is what the Map state produced: on AWS the ResultWriter's details
-    (`{"ResultWriterDetails": {"Bucket", "Key"}}`, the key of a manifest listing the result
-    files), locally the children's outputs inline (a list). A child that failed for good
-    counts its items as failed.
+    `map_output` is what the Map state produced: with a ResultWriter (the template's) its
+    details (`{"ResultWriterDetails": {"Bucket", "Key"}}`, the key of a manifest listing the
+    result files); without one, the children's outputs inline (a list). A child that
+    failed for good counts its items as failed.
     """
     counts = dict.fromkeys(COUNT_KEYS, 0)
     failed_batches = 0
@@ -168,40 +167,3 @@ def _read_json(s3_client: Any, bucket: str, key: str) -> Any:
     except Exception as e:
         raise translate_client_error(e, f"reading s3://{bucket}/{key}") from e
     return json.loads(body)
-
-
-def plan_batches(
-    s3_client: Any, bucket: str, prefix: str, max_items_per_batch: int,
-    batch_input: Mapping[str, Any],
-) -> list[dict[str, Any]]:
-    """What ItemReader (`s3:listObjectsV2`) + ItemBatcher hand the children on AWS.
-
-    Used by the local stack only: the emulator's Step Functions has no ItemBatcher.
-    Each batch is `{"Items": [{"Key", "ETag", "Size", "LastModified", "StorageClass"}],
-    "BatchInput": {...}}`, the listing's order and fields.
-    """
-    from pipeline.aws import translate_client_error
-
-    size = max(1, int(max_items_per_batch))
-    batches: list[dict[str, Any]] = []
-    items: list[dict[str, Any]] = []
-    paginator = s3_client.get_paginator("list_objects_v2")
-    try:
-        for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
-            for obj in page.get("Contents", []):
-                items.append({
-                    "Key": obj["Key"],
-                    "ETag": obj.get("ETag"),
-                    "Size": obj.get("Size"),
-                    "LastModified": obj["LastModified"].isoformat()
-                    if hasattr(obj.get("LastModified"), "isoformat") else obj.get("LastModified"),
-                    "StorageClass": obj.get("StorageClass"),
-                })
-                if len(items) == size:
-                    batches.append({"Items": items, "BatchInput": dict(batch_input)})
-                    items = []
-    except Exception as e:
-        raise translate_client_error(e, f"listing s3://{bucket}/{prefix}") from e
-    if items:
-        batches.append({"Items": items, "BatchInput": dict(batch_input)})
-    return batches

@@ -1,17 +1,20 @@
 """Benchmark sections that run on the embedded stack (`imgpipe local`), next to the core.
 
 - *local ingest*: photos uploaded to the input prefix the way `aws s3 cp` does (PutObject
-  over HTTP to the emulator), timed from the first upload to the last DynamoDB item;
+  over HTTP to the emulator), timed from the end of the upload to the last DynamoDB item;
 - *local backfill*: photos already in the bucket, timed from StartExecution to SUCCEEDED.
 
 Both go through everything the product does (S3 notification, SQS, the poller with
-Lambda's semantics, the handler, conditional writes, Step Functions) on the same CPUs as
-the emulator itself, so they are compared with the core's images/s from the same run.
+Lambda's semantics, the functions in their Runtime API worker processes, conditional
+writes, Step Functions) on the same CPUs as the emulator itself, so they are compared with
+the core's images/s from the same run. A last row gives the workers' cold starts (init:
+imports and the model session) and a warm invocation's round trip.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -44,12 +47,19 @@ def section_local_stack(ctx: BenchContext) -> list[Row]:
             # The core on the same photos right before and after each stack measurement,
             # averaged: this VM's speed drifts by +-15 % over minutes, so the ratio is taken
             # against the core at the time, not the one measured minutes earlier.
+            core_cpu = time.process_time()
             core_before = _core_ips(ctx, photos)
-            started = time.perf_counter()
+            core_cpu = time.process_time() - core_cpu
             _upload(s3, r.bucket, zip(keys, photos, strict=True))
+            started, cpu_before = time.perf_counter(), _stack_cpu(stack)
             stack.wait_for_records([f"s3://{r.bucket}/{k}" for k in keys],
                                    ctx.manifest.model_id, timeout_s=600)
             ingest_ips = len(keys) / (time.perf_counter() - started)
+            # CPU seconds per photo, which other load on the machine does not change: the
+            # stack's processes (emulator, workers, poller) against the core's.
+            stack_cpu = _cpu_delta(cpu_before, _stack_cpu(stack))
+            ctx.values[f"stack_ingest.{name}.cpu_ms"] = 1000 * stack_cpu / len(keys)
+            ctx.values[f"core.{name}.cpu_ms"] = 1000 * core_cpu / len(photos)
 
             # Paired rounds, as for the core rows: core, backfill, core, backfill, core...;
             # each backfill is compared with the core on the same photos right before and
@@ -87,16 +97,71 @@ def section_local_stack(ctx: BenchContext) -> list[Row]:
             ctx.details[f"stack_backfill.{name}.rounds"] = [
                 {"ips": round(a, 2), "vs_core": round(b, 3)} for a, b in results]
             rows.append(_vs_core(ctx, f"stack_ingest.{name}.ips",
-                                 f"local stack, uploads -> DynamoDB items, {name} "
-                                 f"({len(keys)} photos)", ingest_ips,
+                                 f"local stack, end of upload -> last DynamoDB item, {name} "
+                                 f"({len(keys)} photos, {_workers(stack, r.ingest_function)} "
+                                 f"ingest worker(s))", ingest_ips,
                                  ingest_core, "measured just before and after"))
+            stack_ms = ctx.values[f"stack_ingest.{name}.cpu_ms"]
+            core_ms = ctx.values[f"core.{name}.cpu_ms"]
+            rows.append(Row(f"stack_ingest.{name}.cpu_ms",
+                            f"local stack ingest, CPU per photo (emulator + workers + poller), "
+                            f"{name}", stack_ms, "ms/img", f"core {core_ms:.1f} ms/img",
+                            f"{100 * core_ms / stack_ms:.0f} % of the core's efficiency",
+                            section=f"stack-{name}"))
             rows.append(_vs_core(ctx, f"stack_backfill.{name}.ips",
                                  f"local stack, backfill (Step Functions), {name} "
                                  f"({len(backfill_keys)} photos, median of {rounds} round(s): "
                                  + ", ".join(f"{100 * b:.0f} %" for _, b in results) + ")",
                                  ips, ips / ratio, "before and after each round",
                                  ratio=ratio))
+        rows.append(_worker_starts(ctx, stack))
     return rows
+
+
+def _stack_cpu(stack: Any) -> dict[int, float]:
+    """CPU seconds so far of the stack's processes: this one (poller, function host), the
+    emulator and every live worker, by pid (0: this process)."""
+    pids = [stack._emulator.pid] + [w.proc.pid for pool in stack.pools.values()
+                                    for w in pool.workers if w.proc is not None]
+    cpu = {0: time.process_time()}
+    tick = os.sysconf("SC_CLK_TCK")
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            cpu[pid] = (int(fields[11]) + int(fields[12])) / tick  # utime + stime
+        except (OSError, ValueError, IndexError):  # not Linux, or gone
+            continue
+    return cpu
+
+
+def _cpu_delta(before: dict[int, float], after: dict[int, float]) -> float:
+    return sum(seconds - before.get(pid, 0.0) for pid, seconds in after.items())
+
+
+def _workers(stack: Any, function: str) -> int:
+    return int(stack.pools[function].max_workers)
+
+
+def _worker_starts(ctx: BenchContext, stack: Any) -> Row:
+    """Cold start of the function workers seen so far (ingest and backfill: imports, the
+    model's verification and session), and the round trip of a warm invocation through the
+    Runtime API (the summary function on an empty Map output, median of 20)."""
+    cold = sorted(i.init_s for i in stack.invocations if i.init_s is not None)
+    r = stack.resources
+    pool = stack.pools[r.outputs["SummaryFunctionName"]]
+    event = json.dumps({"map_run": [], "request": {}}).encode()
+    pool.invoke(event)  # its own cold start
+    warm = sorted(pool.invoke(event).duration_s for _ in range(20))
+    ctx.values["stack_worker.cold_s"] = cold[len(cold) // 2] if cold else 0.0
+    ctx.values["stack_worker.warm_ms"] = 1000 * warm[len(warm) // 2]
+    ctx.details["stack_worker.cold_starts_s"] = [round(c, 3) for c in cold]
+    return Row("stack_worker.cold_s",
+               f"local stack, function worker cold start (median of {len(cold)}: "
+               + ", ".join(f"{c:.2f}" for c in cold) + " s)",
+               ctx.values["stack_worker.cold_s"], "s",
+               f"warm invocation round trip {ctx.values['stack_worker.warm_ms']:.1f} ms",
+               section="stack-workers")
 
 
 def _upload(s3: Any, bucket: str, objects: Iterable[tuple[str, bytes]]) -> None:

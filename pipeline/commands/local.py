@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import signal
 import threading
 from pathlib import Path
 from typing import Any
 
-HELP = "run the embedded AWS stack (emulator + ingest poller) on 127.0.0.1 until Ctrl-C"
+HELP = ("run the embedded AWS stack (emulator, Lambda runtime, ingest poller) on 127.0.0.1 "
+        "until Ctrl-C")
 
 
 def register(sub: Any) -> None:
@@ -34,7 +36,18 @@ def add_stack_options(p: argparse.ArgumentParser, default_port: int = 4566) -> N
     p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
                    help="template parameter override, e.g. --param BatchSize=32 (repeatable)")
     p.add_argument("--verbose", "-v", action="store_true",
-                   help="print the handler's structured (JSON) logs, one line per image")
+                   help="print the functions' structured (JSON) logs, one line per image")
+    p.add_argument("--package", nargs="?", const="", default=None, metavar="DIR",
+                   help="run the functions from the built package (default DIR: "
+                   "build/package/<arch>/ from `make package`) with the runtime interpreter "
+                   "of `make runtime-venv`, as Lambda does; without it, from the source "
+                   "tree with this interpreter (development mode)")
+    p.add_argument("--runtime-python", default=None, metavar="PATH",
+                   help="interpreter of the --package workers (default: "
+                   ".venv-runtime/bin/python)")
+    p.add_argument("--batching-window", type=int, default=None, metavar="SECONDS",
+                   help="override the event source mapping's MaximumBatchingWindowInSeconds "
+                   "locally (default: the template's)")
 
 
 def stack_options(args: argparse.Namespace) -> Any:
@@ -49,16 +62,31 @@ def stack_options(args: argparse.Namespace) -> Any:
         params[name] = value
     if not 1 <= args.port <= 65535:
         raise ConfigError(f"--port {args.port}: expected 1..65535")
+    package, python = None, args.runtime_python
+    if args.package is not None:
+        from pipeline.local.stack import SOURCE_ROOT
+
+        package = Path(args.package) if args.package else _default_package(SOURCE_ROOT, params)
+        python = python or str(SOURCE_ROOT / ".venv-runtime" / "bin" / "python")
     state_dir = getattr(args, "state_dir", None)
     return StackOptions(port=args.port, parameters=params, model_source=args.model,
                         log_level="INFO" if args.verbose else "WARNING",
+                        package=package, runtime_python=python,
+                        batching_window_s=args.batching_window,
                         state_dir=Path(state_dir).expanduser().resolve() if state_dir else None)
+
+
+def _default_package(root: Path, params: dict[str, str]) -> Path:
+    """`make package`'s output for the template's architecture (x86_64 unless overridden
+    with --param Architecture=...)."""
+    arch = params.get("Architecture") or params.get("Architectures") or "x86_64"
+    return root / "build" / "package" / arch
 
 
 def print_batch(result: Any) -> None:
     status = "ok" if not result.failed else f"{len(result.failed)} failed, will retry"
     if result.error:
-        status = f"handler error: {result.error}"
+        status = f"function error: {result.error}"
     print(f"batch: {result.received} message(s) in {result.seconds:.2f} s, "
           f"{result.deleted} done, {status}", flush=True)
 
@@ -76,6 +104,9 @@ def run(args: argparse.Namespace) -> int:
     from pipeline.local.stack import LocalStack
 
     stack = LocalStack(stack_options(args), on_batch=print_batch)
+    if args.verbose:  # the workers' starts and stops too
+        logging.basicConfig(format="%(name)s: %(message)s")
+        logging.getLogger("imgpipe.local").setLevel(logging.INFO)
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: Any) -> None:
@@ -85,6 +116,13 @@ def run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, on_signal)
     print(f"starting the embedded stack on {stack.endpoint_url} ...", flush=True)
     r = stack.start()
+    window = (f"{stack.options.batching_window_s} s (local override; the template says "
+              f"{r.batching_window_s} s)" if stack.options.batching_window_s is not None
+              else f"{r.batching_window_s} s")
+    functions = "\n".join(
+        f"  {'lambda':<14} {pool.spec.name}: {pool.spec.handler}, {pool.spec.memory_mb} MB, "
+        f"{pool.spec.timeout_s:g} s, up to {pool.max_workers} worker(s)"
+        for pool in stack.pools.values())
     key_json = json.dumps({"image": {"S": f"s3://{r.bucket}/{r.input_prefix}coffee.jpg"},
                            "model": {"S": _model_id(args.model)}})
     if stack.options.parameters.get("ExistingBucketName"):
@@ -97,6 +135,10 @@ imgpipe local stack is up: {stack.endpoint_url}
   ingest queue   {r.queue_url}
   dead letters   {r.dlq_url}
   backfill       {r.state_machine_arn}
+{functions}
+  functions run  {stack.mode}
+                 (Runtime API workers under awslambdaric; timeout and memory enforced)
+  ingest         batches of {r.batch_size}, batching window {window}
 
 Point the aws CLI at it:
 """ + "\n".join("  " + line for line in stack.export_lines()) + f"""
@@ -106,6 +148,8 @@ Then, for example:
   aws dynamodb get-item --table-name {r.table} \\
       --key '{key_json}'
   imgpipe results query --label espresso
+  aws lambda invoke --function-name {r.ingest_function} \\
+      --payload fileb://tests/events/sqs_local_coffee.json out.json
 
 """ + _state_line(stack), flush=True)
         while not stop.wait(0.5):

@@ -12,8 +12,9 @@ In its own process, the two sides use both CPUs.
 The adjustments, each applied to this process's moto only:
 
 - Lambda: moto runs function code only in Docker. Every `Invoke` (the Step Functions
-  engine's included) is forwarded to the parent's function host (`--functions`, the Lambda
-  Invoke API's path and error header), which runs the real handler.
+  engine's and `aws lambda invoke`'s) is forwarded to the parent's function host
+  (`--functions`, the Lambda Invoke API's path, invocation type and error header), which
+  runs the function in its Runtime API workers.
 - Executions started without a name get a fresh UUID, as on AWS (moto 5.2 names them all
   "None", so a second unnamed backfill fails with ExecutionAlreadyExists).
 - S3 events sent to EventBridge get increasing sequencers (moto gives them all the same
@@ -183,9 +184,11 @@ def _forward_lambda_invocations(functions_url: str) -> None:
                response_headers: Any) -> Any:
         name = function_name.split(":function:")[-1].split(":")[0]
         data = body.encode() if isinstance(body, str) else (body or b"{}")
+        kind = (headers or {}).get("X-Amz-Invocation-Type") or "RequestResponse"
         request = urllib.request.Request(invoke_url(functions_url, name), data=data,
                                          method="POST",
-                                         headers={"Content-Type": "application/json"})
+                                         headers={"Content-Type": "application/json",
+                                                  "X-Amz-Invocation-Type": kind})
         try:
             with urllib.request.urlopen(request) as response:
                 payload: bytes = response.read()

@@ -110,6 +110,10 @@ class SqsPoller:
         for thread in self._threads:
             thread.start()
 
+    def signal_stop(self) -> None:
+        """Receive no more batches; the batches in flight finish (see `stop`)."""
+        self._stop.set()
+
     def stop(self, timeout: float = 30.0) -> None:
         self._stop.set()
         for thread in self._threads:

@@ -24,7 +24,7 @@ What moto's CloudFormation ignores (checked against moto 5.2.5) and is applied h
 Not applied (no local effect): the functions' TracingConfig and the SAM tags.
 
 Other adaptations (see `adapt_for_emulator`): the Lambda code is a placeholder zip in a
-staging bucket (the handlers never run in moto); the SQS event source mapping
+staging bucket (the functions never run in moto); the SQS event source mapping
 is created disabled (moto's own trigger would eat the messages; the local poller reads the
 mapping's settings back from `LocalResources`); `Fn::If ... AWS::NoValue` list items are
 decided from the parameters. When the emulator executes state machines, the API is served
@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import io
 import json
 import re
@@ -50,6 +51,8 @@ from pipeline.errors import ConfigError, ImgpipeError
 
 __all__ = [
     "DEFAULT_TEMPLATE",
+    "DeployedFunction",
+    "LOCAL_PLANNER",
     "LocalResources",
     "ProvisionError",
     "adapt_for_emulator",
@@ -69,6 +72,9 @@ __all__ = [
 DEFAULT_TEMPLATE = Path(__file__).resolve().parents[2] / "infra" / "template.yaml"
 CREDENTIALS = {"aws_access_key_id": "test", "aws_secret_access_key": "test"}
 PLACEHOLDER_CODE_KEY = "imgpipe/placeholder-code.zip"
+# The local-only function the emulated state machine calls to list and batch
+# (`pipeline.local.planner`); the stack's function host runs it.
+LOCAL_PLANNER = "imgpipe-local-planner"
 
 # Resource types moto's CloudFormation has no model for; provision applies them through
 # the API after the stack exists (their properties are resolved by moto, see
@@ -92,6 +98,17 @@ _LOCAL_OUTPUT_PREFIXES = (DEFERRED_OUTPUT_PREFIX, DEFINITION_OUTPUT_PREFIX)
 
 class ProvisionError(ImgpipeError):
     """The template could not be deployed into the emulator."""
+
+
+@dataclass(frozen=True)
+class DeployedFunction:
+    """A function of the stack as deployed: what the local runtime needs to run it."""
+
+    name: str
+    handler: str
+    timeout_s: int
+    memory_mb: int
+    environment: Mapping[str, str] = field(default_factory=dict, hash=False)
 
 
 @dataclass(frozen=True)
@@ -127,6 +144,16 @@ class LocalResources:
     function_environment: Mapping[str, str] = field(default_factory=dict, hash=False)
     backfill_environment: Mapping[str, str] = field(default_factory=dict, hash=False)
     outputs: Mapping[str, str] = field(default_factory=dict, hash=False)
+    # Every function of the template, as deployed (name, handler, limits, environment).
+    functions: tuple[DeployedFunction, ...] = ()
+    # The template's parameter values (defaults overlaid with the overrides).
+    parameters: Mapping[str, str] = field(default_factory=dict, hash=False)
+
+    def function(self, name: str) -> DeployedFunction:
+        for deployed in self.functions:
+            if deployed.name == name:
+                return deployed
+        raise KeyError(name)
 
 
 # ---------------------------------------------------------------- translation (offline)
@@ -263,7 +290,7 @@ def adapt_for_emulator(
        as numbers, which miss the mapping's (string) keys.
     The Lambda Code already points at an S3 object (`translate_template(code_uri=...)`),
     which provision fills with a placeholder zip: moto needs a zip to create a function,
-    and the handlers run in the stack's process, not in moto.
+    and the stack runs the functions in its own Runtime API workers, not in moto.
     """
     adapted = copy.deepcopy(dict(template))
     values = resolve_parameters(adapted, parameters)
@@ -398,20 +425,23 @@ def _definition_text(definition: Any) -> str:
 
 def emulator_definition(definition: str) -> str:
     """The deployed definition rewritten for moto's Step Functions interpreter, which
-    rejects some valid ASL (moto 5.2.5):
+    rejects or mishandles some valid ASL (moto 5.2.5):
 
-    - `ItemBatcher` is not in its grammar, and a child per object costs the emulator
-      ~70 ms of Python each: a Map that lists S3 (`ItemReader` `s3:listObjectsV2`) and
-      batches (`ItemBatcher`) becomes a `Task` that asks the Map's own Lambda to list and
-      batch (`{"plan": {...}}`, same listing fields and `BatchInput` as on AWS), followed
-      by the same Distributed Map over those batches (`ItemsPath`), so every child gets
-      exactly the event it gets on AWS: `{"BatchInput": {...}, "Items": [...]}`;
+    - `ItemBatcher` is not in its grammar, and its `s3:listObjectsV2` ItemReader reads one
+      page (1,000 keys). A Map that lists S3 and batches is preceded by a `Task` calling
+      the local-only planner function (`pipeline.local.planner`), which lists the whole
+      prefix, writes the ItemBatcher's batches as a JSON array to S3 (where the Map's
+      ResultWriter would write) and returns only where; the Map then reads that array with
+      an `s3:getObject` ItemReader. Every child gets exactly the event it gets on AWS,
+      `{"BatchInput": {...}, "Items": [...]}`, and no state carries the listing, so the
+      256 KB payload limit holds for any number of objects;
     - `ProcessorConfig.ExecutionType` must be `STANDARD` (EXPRESS is refused);
     - tolerated failures are dropped: moto ignores them (and refuses an integer
-      `ToleratedFailurePercentage`), so a failed child fails the run locally;
+      `ToleratedFailurePercentage`), so a batch that fails after its retries fails the run
+      locally;
     - `ResultWriter` is dropped: moto writes only its manifest, not the result files, so
-      the Map returns its children's outputs inline instead, and the summary step (which
-      reads either form) adds them up.
+      the Map returns its children's outputs inline instead, and the summary function
+      (which reads either form) adds them up.
     """
     document = json.loads(definition)
 
@@ -424,11 +454,15 @@ def emulator_definition(definition: str) -> str:
                     if reader.get("Resource") != "arn:aws:states:::s3:listObjectsV2":
                         raise ProvisionError("only an ItemBatcher over an s3:listObjectsV2 "
                                              "ItemReader can be emulated")
-                    state.pop("ItemReader")
                     plan_name, map_name = name, f"{name}Batches"
                     states[map_name] = state
-                    states[plan_name] = _plan_state(state, reader, batcher, map_name)
-                    state["ItemsPath"] = "$.plan.batches"
+                    states[plan_name] = _plan_state(reader, batcher,
+                                                    state.get("ResultWriter"), map_name)
+                    state["ItemReader"] = {
+                        "Resource": "arn:aws:states:::s3:getObject",
+                        "ReaderConfig": {"InputType": "JSON"},
+                        "Parameters": {"Bucket.$": "$.plan.Bucket", "Key.$": "$.plan.Key"},
+                    }
                 processor = state.get("ItemProcessor") or state.get("Iterator") or {}
                 config = processor.get("ProcessorConfig", {})
                 if config.get("ExecutionType") == "EXPRESS":
@@ -447,21 +481,24 @@ def emulator_definition(definition: str) -> str:
 
 
 def _plan_state(
-    map_state: Mapping[str, Any], reader: Mapping[str, Any], batcher: Mapping[str, Any],
+    reader: Mapping[str, Any], batcher: Mapping[str, Any], writer: Mapping[str, Any] | None,
     next_state: str,
 ) -> dict[str, Any]:
-    """The Task that lists and batches for the emulator, calling the Map's own function."""
-    tasks = [s for s in (map_state.get("ItemProcessor") or {}).get("States", {}).values()
-             if s.get("Type") == "Task"]
-    if len(tasks) != 1 or "FunctionName" not in tasks[0].get("Parameters", {}):
-        raise ProvisionError("the Map's ItemProcessor must be one Lambda Task to be emulated")
-    params = dict(reader.get("Parameters", {}))
-    plan: dict[str, Any] = {"batch_input": batcher.get("BatchInput", {})}
-    for field_name, key in (("bucket", "Bucket"), ("prefix", "Prefix")):
-        if f"{key}.$" in params:
-            plan[f"{field_name}.$"] = params[f"{key}.$"]
-        else:
-            plan[field_name] = params.get(key, "")
+    """The Task that lists and batches for the emulator, calling the local planner."""
+    if not writer:
+        raise ProvisionError("a Map with an ItemBatcher needs a ResultWriter to be emulated "
+                             "(its batches are written next to the results)")
+    plan: dict[str, Any] = {"batch_input": batcher.get("BatchInput", {}),
+                            "execution.$": "$$.Execution.Name"}
+    for params, pairs in ((reader.get("Parameters", {}), (("bucket", "Bucket"),
+                                                          ("prefix", "Prefix"))),
+                          (writer.get("Parameters", {}), (("plan_bucket", "Bucket"),
+                                                          ("plan_prefix", "Prefix")))):
+        for field_name, key in pairs:
+            if f"{key}.$" in params:
+                plan[f"{field_name}.$"] = params[f"{key}.$"]
+            else:
+                plan[field_name] = params.get(key, "")
     if "MaxItemsPerBatchPath" in batcher:
         plan["max_items_per_batch.$"] = batcher["MaxItemsPerBatchPath"]
     else:
@@ -470,9 +507,10 @@ def _plan_state(
         "Type": "Task",
         "Comment": "Emulator only: lists and batches what ItemReader + ItemBatcher would.",
         "Resource": "arn:aws:states:::lambda:invoke",
-        "Parameters": {"FunctionName": tasks[0]["Parameters"]["FunctionName"],
-                       "Payload": {"plan": plan}},
-        "ResultSelector": {"batches.$": "$.Payload.batches"},
+        "Parameters": {"FunctionName": LOCAL_PLANNER, "Payload": plan},
+        "ResultSelector": {"Bucket.$": "$.Payload.Bucket", "Key.$": "$.Payload.Key",
+                           "batches.$": "$.Payload.batches",
+                           "objects.$": "$.Payload.objects"},
         "ResultPath": "$.plan",
         "Next": next_state,
     }
@@ -568,8 +606,20 @@ def provision(
         client("stepfunctions"), client("iam"), state_machine_arn, definitions[0],
         translated, physical,
     )
-    return _read_back(client, endpoint_url, region, stack_name, public_outputs,
-                      state_machine_arn, role_arn, as_deployed)
+    resources = _read_back(client, endpoint_url, region, stack_name, public_outputs,
+                           state_machine_arn, role_arn, as_deployed)
+    return dataclasses.replace(resources, parameters=values, functions=tuple(
+        _deployed_function(client("lambda"), physical[lid])
+        for lid, r in translated["Resources"].items() if r["Type"] == "AWS::Lambda::Function"))
+
+
+def _deployed_function(lam: Any, name: str) -> DeployedFunction:
+    config = lam.get_function_configuration(FunctionName=name)
+    return DeployedFunction(
+        name=config["FunctionName"], handler=config["Handler"],
+        timeout_s=int(config["Timeout"]), memory_mb=int(config["MemorySize"]),
+        environment=dict(config.get("Environment", {}).get("Variables", {})),
+    )
 
 
 def deployed_state_machine_definition(
@@ -631,8 +681,8 @@ def _placeholder_zip() -> bytes:
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
         zf.writestr(
             "README.txt",
-            "Placeholder for the imgpipe function code: the local stack runs the handlers in "
-            "its own process; on AWS `sam build` packages the repository root.\n",
+            "Placeholder for the imgpipe function code: the local stack runs the functions "
+            "in worker processes of its own; on AWS `sam build` packages the code.\n",
         )
     return buf.getvalue()
 

@@ -1,15 +1,19 @@
 """The embedded stack: moto's server on 127.0.0.1, provisioned from infra/template.yaml,
-with the ingest handler driven by a Lambda-like SQS poller.
+with the template's functions run as Lambda runs them.
 
-    with LocalStack(port=4566) as stack:
+    with LocalStack(StackOptions(port=4566)) as stack:
         stack.resources.bucket  # "imgpipe-local"
         ...
 
-Two processes: the emulator (`pipeline.local.emulator`, moto's server) in a child process
-of its own, and everything that stands in for Lambda in this one: the ingest poller and
-the function host that runs the backfill handler when Step Functions invokes it (moto
-cannot run Lambda code without Docker). Stopping the stack stops the child; the child also
-exits by itself if this process dies.
+Processes: the emulator (`pipeline.local.emulator`, moto's server) in a child process of
+its own; in this one, the ingest poller (the event source mapping's part) and the function
+host, which answers every Lambda invocation (the emulator forwards `aws lambda invoke` and
+Step Functions' tasks to it) by handing it to the function's Runtime API workers
+(`pipeline.local.runtime`): one process per concurrent invocation, under awslambdaric,
+with timeout and memory enforced. Workers run either the built package
+(`StackOptions.package`, with `runtime_python`: what Lambda runs) or, by default, the
+source tree with this interpreter (development mode). Stopping the stack stops the
+workers and the emulator; the emulator also exits by itself if this process dies.
 """
 
 from __future__ import annotations
@@ -27,19 +31,25 @@ from typing import Any
 from pipeline.classifier import available_cpus
 from pipeline.errors import ConfigError, ImgpipeError
 from pipeline.local.functions import FunctionHost
+from pipeline.local.planner import make_planner
 from pipeline.local.poller import BatchResult, SqsPoller
 from pipeline.local.provision import (
     CREDENTIALS,
+    LOCAL_PLANNER,
+    DeployedFunction,
     LocalResources,
     local_session,
     moto_api,
     provision,
 )
+from pipeline.local.runtime import FunctionPool, FunctionSpec, InvokeResult
 from pipeline.records import PredictionRecord
 
-__all__ = ["LocalStack", "StackOptions", "local_session", "free_port"]
+__all__ = ["LocalStack", "StackOptions", "local_session", "free_port", "SOURCE_ROOT"]
 
 REGION = "us-east-1"
+# The source tree: the code root of development mode (handlers/, pipeline/, model/).
+SOURCE_ROOT = Path(__file__).resolve().parents[2]
 
 
 def free_port() -> int:
@@ -56,10 +66,19 @@ class StackOptions:
     template: Path | None = None
     parameters: Mapping[str, str] = field(default_factory=dict)
     model_source: str = ""
-    log_level: str = "WARNING"  # the handler's Powertools log level
+    log_level: str = "WARNING"  # the functions' Powertools log level
     retry_visibility_s: int | None = None  # None: the queue's visibility timeout, as on AWS
     poll: bool = True  # run the ingest poller
     state_dir: Path | None = None  # keep the emulator's data here across restarts
+    # The functions' code: a built package (the unzipped function root) run with
+    # `runtime_python`, or None for the source tree run with this interpreter.
+    package: Path | None = None
+    runtime_python: str | None = None
+    # Extra variables for every function (after the template's), e.g. a test's PYTHONPATH.
+    function_env: Mapping[str, str] = field(default_factory=dict)
+    keep_warm_s: float = 120.0  # idle workers stop after this long
+    # A local override of the event source mapping's MaximumBatchingWindowInSeconds.
+    batching_window_s: int | None = None
 
 
 class LocalStack:
@@ -72,8 +91,8 @@ class LocalStack:
         self._functions: FunctionHost | None = None
         self.poller: SqsPoller | None = None
         self.resources: LocalResources | None = None
-        self._saved_env: dict[str, str | None] = {}
         self.restored: dict[str, Any] | None = None  # what --state-dir brought back
+        self.invocations: list[InvokeResult] = []  # the latest 1,000, for the benchmark
 
     # ---- lifecycle ---------------------------------------------------------------------
 
@@ -93,7 +112,8 @@ class LocalStack:
             raise
 
     def _start(self, host: str, port: int) -> LocalResources:
-        self._functions = FunctionHost(region=REGION)
+        code_root, python = self.code()
+        self._functions = FunctionHost()
         self._emulator = _spawn_emulator(host, port, self._functions.start(),
                                          self.options.state_dir)
         _wait_until_listening(host, port, self._emulator)
@@ -109,49 +129,54 @@ class LocalStack:
             from pipeline.local.state import request_restore
 
             self.restored = request_restore(self.endpoint_url)
-        self._set_env(self.handler_environment(resources))
-        import handlers.backfill
-        import handlers.ingest
-
-        handlers.ingest._service = None  # a fresh container for this stack
-        handlers.backfill._services.clear()
-        self._functions.register(resources.backfill_function, handlers.backfill.handler,
-                                 resources.function_timeout_s)
+        self._functions.register_local(LOCAL_PLANNER, make_planner(lambda: self.client("s3")))
+        for deployed in resources.functions:
+            self._functions.register_pool(FunctionPool(
+                self.function_spec(deployed, code_root, python),
+                max_workers=self.max_workers(deployed, resources),
+                keep_warm_s=self.options.keep_warm_s,
+                extra_env=self.options.function_env,
+                on_result=self._on_invocation,
+            ))
         if self.options.poll:
+            functions = self._functions
+            ingest = resources.ingest_function
+
+            def invoke_ingest(event: dict[str, Any], _context: Any) -> Any:
+                return functions.call(ingest, event)
+
+            window = self.options.batching_window_s
             self.poller = SqsPoller(
                 self.client("sqs"),
                 resources.queue_url,
-                handlers.ingest.handler,
-                function_name=resources.ingest_function,
+                invoke_ingest,
+                function_name=ingest,
                 batch_size=resources.batch_size,
-                batching_window_s=resources.batching_window_s,
+                batching_window_s=resources.batching_window_s if window is None else window,
                 function_timeout_s=resources.function_timeout_s,
                 region=REGION,
                 retry_visibility_s=self.options.retry_visibility_s,
                 on_batch=self.on_batch,
-                # Lambda runs up to MaximumConcurrency batches at once; here they share
-                # this machine's CPUs, so no more than there are.
-                concurrency=max(1, min(resources.max_concurrency, available_cpus())),
+                # One poller per worker the ingest function may have.
+                concurrency=self.max_workers(resources.function(ingest), resources),
             )
             self.poller.start()
         return resources
 
     def stop(self) -> None:
         if self.poller is not None:
+            self.poller.signal_stop()
+        if self._functions is not None:
+            # Kills the workers: an invocation in flight fails now, its messages stay in
+            # the queue, and the pollers are not kept waiting for a long function.
+            self._functions.stop()
+            self._functions = None
+        if self.poller is not None:
             self.poller.stop()
             self.poller = None
         if self._emulator is not None:
             _stop_process(self._emulator)
             self._emulator = None
-        if self._functions is not None:
-            self._functions.stop()
-            self._functions = None
-        for key, value in self._saved_env.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-        self._saved_env = {}
 
     def __enter__(self) -> LocalStack:
         self.start()
@@ -160,27 +185,78 @@ class LocalStack:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    # ---- helpers -----------------------------------------------------------------------
+    # ---- the functions -----------------------------------------------------------------
 
-    def client(self, service: str) -> Any:
-        return local_session(REGION).client(service, endpoint_url=self.endpoint_url)
+    def code(self) -> tuple[Path, str]:
+        """(code root, interpreter) of the functions' workers."""
+        package, python = self.options.package, self.options.runtime_python
+        if package is None:
+            return SOURCE_ROOT, python or sys.executable
+        if not (package / "handlers").is_dir():
+            raise ConfigError(f"{package} is not a built function package (no handlers/ in "
+                              f"it): run `make package` first")
+        if not python or not Path(python).exists():
+            raise ConfigError(f"the runtime interpreter {python or '(none)'} does not exist: "
+                              f"run `make runtime-venv` first")
+        return package, python
 
-    def handler_environment(self, r: LocalResources) -> dict[str, str]:
-        """What Lambda would set for the ingest function, pointed at the emulator."""
+    @property
+    def mode(self) -> str:
+        """One line for the banner: what the functions' workers run."""
+        root, python = self.code()
+        if self.options.package is None:
+            return f"development mode: the source tree {root} with {python}"
+        return f"the package {root} with {python}"
+
+    def function_spec(self, deployed: DeployedFunction, code_root: Path,
+                      python: str) -> FunctionSpec:
+        return FunctionSpec(name=deployed.name, handler=deployed.handler, code_root=code_root,
+                            timeout_s=deployed.timeout_s, memory_mb=deployed.memory_mb,
+                            environment=self.function_environment(deployed.environment),
+                            python=python, region=REGION)
+
+    def function_environment(self, template_env: Mapping[str, str]) -> dict[str, str]:
+        """A function's variables from the template, pointed at the emulator, with the
+        emulator's test credentials (Lambda would give the role's)."""
         env = {
             "AWS_ENDPOINT_URL": self.endpoint_url,
             "AWS_ACCESS_KEY_ID": CREDENTIALS["aws_access_key_id"],
             "AWS_SECRET_ACCESS_KEY": CREDENTIALS["aws_secret_access_key"],
-            "AWS_DEFAULT_REGION": REGION,
-            "AWS_REGION": REGION,
             "POWERTOOLS_TRACE_DISABLED": "true",
             "POWERTOOLS_METRICS_DISABLED": "true",
             "POWERTOOLS_LOG_LEVEL": self.options.log_level,
             "POWERTOOLS_SERVICE_NAME": "imgpipe",
         }
-        env.update(r.function_environment)
-        env["IMGPIPE_MODEL"] = self.options.model_source or env.get("IMGPIPE_MODEL", "")
+        env.update(template_env)
+        if "IMGPIPE_MODEL" in template_env and self.options.model_source:
+            env["IMGPIPE_MODEL"] = self.options.model_source
         return env
+
+    def max_workers(self, deployed: DeployedFunction, r: LocalResources) -> int:
+        """Lambda's concurrency for the function (the event source mapping's
+        MaximumConcurrency for ingest, the Map's MaxConcurrency for backfill), capped by
+        this machine: one worker per CPU, and no more than its free memory holds at the
+        function's MemorySize."""
+        if deployed.name == r.ingest_function:
+            wanted = r.max_concurrency
+        elif deployed.name == r.backfill_function:
+            wanted = int(r.parameters.get("BackfillMaxConcurrency") or 1)
+        else:
+            wanted = 1
+        return max(1, min(wanted, available_cpus(), _memory_mb() // deployed.memory_mb))
+
+    @property
+    def pools(self) -> dict[str, FunctionPool]:
+        return self._functions.pools if self._functions is not None else {}
+
+    def _on_invocation(self, result: InvokeResult) -> None:
+        self.invocations.append(result)
+        del self.invocations[:-1000]
+
+    # ---- helpers -----------------------------------------------------------------------
+
+    def client(self, service: str) -> Any:
+        return local_session(REGION).client(service, endpoint_url=self.endpoint_url)
 
     def export_lines(self) -> list[str]:
         return [
@@ -223,12 +299,6 @@ class LocalStack:
 
     def _configure_emulator(self) -> None:
         moto_api(self.endpoint_url, "config", {"stepfunctions": {"execute_state_machine": True}})
-
-    def _set_env(self, values: Mapping[str, str]) -> None:
-        for key, value in values.items():
-            if key not in self._saved_env:
-                self._saved_env[key] = os.environ.get(key)
-            os.environ[key] = value
 
 
 def _port_in_use(host: str, port: int) -> bool:
@@ -274,3 +344,15 @@ def _wait_until_listening(host: str, port: int, proc: subprocess.Popen[bytes],
             raise ImgpipeError(f"the emulator did not start listening on {host}:{port} "
                                f"within {timeout_s:.0f} s")
         time.sleep(0.05)
+
+
+def _memory_mb() -> int:
+    """Memory this machine can give to workers (MemAvailable; plenty where unknown)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) // 1024
+    except (OSError, ValueError):
+        pass
+    return 1 << 20

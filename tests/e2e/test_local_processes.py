@@ -1,5 +1,6 @@
-"""The embedded stack's two processes: the emulator (moto's server in a child process) and
-the function host in the stack's process that runs the Lambda invocations it forwards."""
+"""The embedded stack's processes: the emulator (moto's server in a child process), the
+function host in the stack's process that answers the Lambda invocations it forwards, and
+the functions' worker processes."""
 
 from __future__ import annotations
 
@@ -66,21 +67,20 @@ def _wait_gone(pid: int, timeout_s: float = 20) -> bool:
 
 
 def test_function_host_answers_as_lambda_does() -> None:
-    def ok(event: dict[str, Any], context: Any) -> Any:
-        return {"echo": event, "function": context.function_name,
-                "has_time": context.get_remaining_time_in_millis() > 0}
+    def ok(event: dict[str, Any]) -> Any:
+        return {"echo": event}
 
-    def fails(event: dict[str, Any], context: Any) -> Any:
+    def fails(event: dict[str, Any]) -> Any:
         raise PermanentError("that photo is not an image")
 
     host = FunctionHost()
     url = host.start()
     try:
-        host.register("ok-fn", ok, 30)
-        host.register("failing fn", fails, 30)
+        host.register_local("ok-fn", ok)
+        host.register_local("failing fn", fails)
         status, body, error = _post(invoke_url(url, "ok-fn"), b'{"a": 1}')
         assert (status, error) == (200, None)
-        assert json.loads(body) == {"echo": {"a": 1}, "function": "ok-fn", "has_time": True}
+        assert json.loads(body) == {"echo": {"a": 1}}
         status, body, error = _post(invoke_url(url, "failing fn"), b"{}")
         assert (status, error) == (200, "Unhandled")
         assert json.loads(body) == {"errorType": "PermanentError",
@@ -161,6 +161,11 @@ def test_stack_forwards_invocations_to_the_real_handler_and_stops_its_emulator()
         bad = lam.invoke(FunctionName=r.backfill_function, Payload=b'{"Items": []}')
         assert bad["FunctionError"] == "Unhandled"
         assert json.loads(bad["Payload"].read())["errorType"] == "PermanentError"
+        # Both ran in one warm worker process of the backfill function, not in this one.
+        (worker,) = stack.pools[r.backfill_function].workers
+        assert worker.proc is not None and worker.alive and worker.invocations == 2
+        workers = [worker.proc.pid]
     finally:
         stack.stop()
     assert _wait_gone(pid)
+    assert all(_wait_gone(w) for w in workers), "a worker outlived its stack"

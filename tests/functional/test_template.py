@@ -14,9 +14,12 @@ from urllib.parse import unquote_plus
 import pytest
 
 from pipeline.errors import ConfigError
+from pipeline.local.planner import make_planner
 from pipeline.local.provision import (
     DEFAULT_TEMPLATE,
+    LOCAL_PLANNER,
     LocalResources,
+    ProvisionError,
     adapt_for_emulator,
     deployed_state_machine_definition,
     emulator_definition,
@@ -70,7 +73,7 @@ def test_parameters_have_documented_defaults() -> None:
 
 def test_no_wildcard_resource_in_any_role_policy(cfn: dict[str, Any]) -> None:
     roles = resources_of(cfn, "AWS::IAM::Role")
-    assert len(roles) == 3  # two functions, the state machine
+    assert len(roles) == 4  # three functions, the state machine
     statements = []
     for role in roles.values():
         for policy in role["Properties"].get("Policies", []):
@@ -123,6 +126,13 @@ def test_writes_and_deletes_stay_under_the_output_prefix(cfn: dict[str, Any]) ->
 
 def _as_list(value: Any) -> list[Any]:
     return value if isinstance(value, list) else [value]
+
+
+def test_summary_role_reads_only_the_run_reports(cfn: dict[str, Any]) -> None:
+    (statement,) = _policy_statements(cfn, "SummaryFunctionRole")
+    assert statement["Action"] == "s3:GetObject"
+    assert statement["Resource"] == {
+        "Fn::Sub": "arn:${AWS::Partition}:s3:::${Bucket}/${OutputPrefix}_backfill/*"}
 
 
 def test_queue_timeouts_and_redrive(cfn: dict[str, Any]) -> None:
@@ -345,17 +355,35 @@ def test_emulator_definition_is_accepted_by_motos_interpreter(cfn: dict[str, Any
     AmazonStateLanguageParser.parse(text)
     states = json.loads(text)["States"]
     plan, state = states["ClassifyObjects"], states["ClassifyObjectsBatches"]
-    # Listing + batching become a Task calling the Map's own function, then the same Map.
+    # Listing + batching become a Task calling the local planner, which writes the batches
+    # to S3 where the ResultWriter would write; the same Map reads them from there.
     assert plan["Type"] == "Task" and plan["Next"] == "ClassifyObjectsBatches"
-    assert plan["Parameters"]["FunctionName"] == "x-BackfillFunctionArn"
-    assert plan["Parameters"]["Payload"]["plan"] == {
+    assert plan["Parameters"]["FunctionName"] == LOCAL_PLANNER
+    assert plan["Parameters"]["Payload"] == {
         "bucket.$": "$.request.bucket", "prefix.$": "$.request.prefix",
         "max_items_per_batch.$": "$.limits.max_items_per_batch",
         "batch_input": {"bucket.$": "$.request.bucket", "model.$": "$.request.model",
-                        "overwrite.$": "$.request.overwrite"}}
-    assert "ItemBatcher" not in state and "ItemReader" not in state
-    assert state["ItemsPath"] == "$.plan.batches"
+                        "overwrite.$": "$.request.overwrite"},
+        "plan_bucket": "x-ResultBucket", "plan_prefix": "x-ResultPrefix",
+        "execution.$": "$$.Execution.Name"}
+    assert "ItemBatcher" not in state and "ResultWriter" not in state
+    assert state["ItemReader"] == {
+        "Resource": "arn:aws:states:::s3:getObject", "ReaderConfig": {"InputType": "JSON"},
+        "Parameters": {"Bucket.$": "$.plan.Bucket", "Key.$": "$.plan.Key"}}
     assert state["ItemProcessor"]["ProcessorConfig"]["ExecutionType"] == "STANDARD"
+    assert states["Summarize"]["Parameters"]["FunctionName"] == "x-SummaryFunctionArn"
+
+
+def test_emulator_definition_refuses_what_it_cannot_emulate(cfn: dict[str, Any]) -> None:
+    definition = _state_machine_definition(cfn)
+    del definition["States"]["ClassifyObjects"]["ResultWriter"]
+    with pytest.raises(ProvisionError, match="needs a ResultWriter"):
+        emulator_definition(json.dumps(definition))
+    definition = _state_machine_definition(cfn)
+    definition["States"]["ClassifyObjects"]["ItemReader"]["Resource"] = \
+        "arn:aws:states:::s3:getObject"
+    with pytest.raises(ProvisionError, match="only an ItemBatcher over an s3:listObjectsV2"):
+        emulator_definition(json.dumps(definition))
 
 
 def test_unknown_parameter_is_a_clear_error() -> None:
@@ -536,21 +564,17 @@ def test_backfill_executes_when_the_emulator_runs_state_machines(
     from moto.server import ThreadedMotoServer
 
     calls: list[tuple[str, dict[str, Any]]] = []
+    planner = make_planner(lambda: session.client("s3", endpoint_url=endpoint))
 
     def invoke(self: Any, function_name: str, qualifier: Any, body: Any, headers: Any,
                response_headers: Any) -> bytes:
-        from pipeline.backfill import plan_batches, summarize
+        from pipeline.backfill import summarize
 
         event = json.loads(body)
-        if "plan" in event:  # the emulator's stand-in for ItemReader + ItemBatcher
-            p = event["plan"]
-            client = session.client("s3", endpoint_url=endpoint)
-            batches = plan_batches(client, p["bucket"], p["prefix"], p["max_items_per_batch"],
-                                   p["batch_input"])
-            return json.dumps({"batches": batches}).encode()
-        if "summarize" in event:
-            return json.dumps(summarize(event["summarize"]["map_run"], None,
-                                        event["summarize"]["request"])).encode()
+        if function_name == LOCAL_PLANNER:  # the stand-in for ItemReader + ItemBatcher
+            return json.dumps(planner(event)).encode()
+        if function_name.endswith(r.outputs["SummaryFunctionName"]):
+            return json.dumps(summarize(event["map_run"], None, event["request"])).encode()
         calls.append((function_name, event))
         counts = {"classified": len(event["Items"])}
         return json.dumps({"model": "m@1", "counts": counts}).encode()
