@@ -20,7 +20,7 @@ from urllib.parse import quote_plus
 
 import pytest
 
-from pipeline.local.stack import LocalStack, StackOptions, free_port
+from pipeline.local.stack import REGION, LocalStack, StackOptions, free_port
 from pipeline.modelstore import model_id_of
 from tests.conftest import load_event
 
@@ -76,8 +76,11 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     local = LocalStack(StackOptions(port=free_port(), log_level="WARNING", poll=False))
     resources = local.start()
     try:
+        # Both handlers share the template's variables; the ingest function's will do.
+        (ingest,) = (f for f in resources.functions if f.name == resources.ingest_function)
         env = {"PATH": os.environ.get("PATH", ""), "HOME": str(tmp_path_factory.mktemp("home")),
-               **local.handler_environment(resources)}
+               "AWS_REGION": REGION, "AWS_DEFAULT_REGION": REGION,
+               **local.function_environment(ingest.environment)}
         yield Stack(local, env)
     finally:
         local.stop()
