@@ -134,8 +134,8 @@ class SqsPoller:
 
     def poll_once(self, wait_s: int = 1) -> BatchResult | None:
         messages = self._collect(wait_s)
-        if not messages or self._stop.is_set():
-            return None  # stopping: what was received becomes visible again, as on AWS
+        if not messages:
+            return None
         started = time.monotonic()
         event = {"Records": [self._record(m) for m in messages]}
         context = LambdaContext(self.function_name, self.function_timeout_s, self.region)
