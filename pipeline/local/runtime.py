@@ -45,8 +45,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-__all__ = ["FunctionSpec", "FunctionPool", "InvokeResult", "Worker", "cpu_shares",
-           "lambda_error"]
+__all__ = ["FunctionSpec", "FunctionPool", "InvokeResult", "PoolStopped", "Worker",
+           "cpu_shares", "lambda_error"]
 
 log = logging.getLogger("imgpipe.local")
 
@@ -95,6 +95,10 @@ class InvokeResult:
             return str(json.loads(self.payload).get("errorType") or "")
         except (ValueError, AttributeError):
             return ""
+
+
+class PoolStopped(RuntimeError):
+    """The pool was stopped: no invocation is started any more."""
 
 
 def lambda_error(error_type: str, message: str) -> bytes:
@@ -451,7 +455,7 @@ class FunctionPool:
         with self._cond:
             while True:
                 if self._closed:
-                    raise RuntimeError(f"{self.spec.name}: the function host is stopping")
+                    raise PoolStopped(f"{self.spec.name}: the local stack is stopping")
                 while self._idle:
                     slot = self._idle.pop()  # the most recently used: warmest
                     worker = self._slots[slot]
