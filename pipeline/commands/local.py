@@ -39,7 +39,8 @@ def add_stack_options(p: argparse.ArgumentParser, default_port: int = 4566) -> N
                    help="print the functions' structured (JSON) logs, one line per image")
     p.add_argument("--package", nargs="?", const="", default=None, metavar="DIR",
                    help="run the functions from the built package (default DIR: "
-                   "build/package/<arch>/ from `make package`) with the runtime interpreter "
+                   "build/package/<this machine's arch>/ from `make package`) with the "
+                   "runtime interpreter "
                    "of `make runtime-venv`, as Lambda does; without it, from the source "
                    "tree with this interpreter (development mode)")
     p.add_argument("--runtime-python", default=None, metavar="PATH",
@@ -66,7 +67,7 @@ def stack_options(args: argparse.Namespace) -> Any:
     if args.package is not None:
         from pipeline.local.stack import SOURCE_ROOT
 
-        package = Path(args.package) if args.package else _default_package(SOURCE_ROOT, params)
+        package = Path(args.package) if args.package else _default_package(SOURCE_ROOT)
         python = python or str(SOURCE_ROOT / ".venv-runtime" / "bin" / "python")
     state_dir = getattr(args, "state_dir", None)
     return StackOptions(port=args.port, parameters=params, model_source=args.model,
@@ -76,10 +77,13 @@ def stack_options(args: argparse.Namespace) -> Any:
                         state_dir=Path(state_dir).expanduser().resolve() if state_dir else None)
 
 
-def _default_package(root: Path, params: dict[str, str]) -> Path:
-    """`make package`'s output for the template's architecture (x86_64 unless overridden
-    with --param Architecture=...)."""
-    arch = params.get("Architecture") or params.get("Architectures") or "x86_64"
+def _default_package(root: Path) -> Path:
+    """`make package`'s output for this machine's architecture (Lambda's names for them):
+    the one whose native wheels load here."""
+    import platform
+
+    machine = platform.machine().lower()
+    arch = "arm64" if machine in ("aarch64", "arm64") else "x86_64"
     return root / "build" / "package" / arch
 
 

@@ -25,7 +25,7 @@ from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from pipeline.local.runtime import FunctionPool, lambda_error
+from pipeline.local.runtime import FunctionPool, PoolStopped, lambda_error
 
 __all__ = ["FunctionHost", "FunctionFailed", "invoke_url"]
 
@@ -81,7 +81,10 @@ class FunctionHost:
         """(HTTP status, payload, X-Amz-Function-Error or None) for one synchronous
         invocation."""
         if name in self._pools:
-            result = self._pools[name].invoke(body or b"{}")
+            try:
+                result = self._pools[name].invoke(body or b"{}")
+            except PoolStopped as e:  # as Lambda answers its own faults: a 5xx
+                return 503, json.dumps({"Type": "Service", "Message": str(e)}).encode(), None
             return 200, result.payload, result.function_error
         if name in self._local:
             try:
@@ -95,7 +98,8 @@ class FunctionHost:
         """Invoke and return the decoded result; a function error raises FunctionFailed."""
         status, payload, error = self.invoke(name, json.dumps(event).encode())
         if status != 200:
-            raise FunctionFailed("ResourceNotFoundException", payload.decode())
+            kind = "ResourceNotFoundException" if status == 404 else "ServiceException"
+            raise FunctionFailed(kind, payload.decode())
         decoded = json.loads(payload) if payload else None
         if error:
             details = decoded if isinstance(decoded, dict) else {}
@@ -111,11 +115,8 @@ class FunctionHost:
 
         def run() -> None:
             for attempt, delay_s in enumerate(ASYNC_RETRY_DELAYS_S + (None,)):
-                try:
-                    _, payload, error = self.invoke(name, body)
-                except RuntimeError:  # the host is stopping
-                    break
-                if not error:
+                status, payload, error = self.invoke(name, body)
+                if status != 200 or not error:  # done, or the stack is stopping
                     break
                 log.error("%s: asynchronous invocation failed (attempt %d of %d): %s", name,
                           attempt + 1, len(ASYNC_RETRY_DELAYS_S) + 1,

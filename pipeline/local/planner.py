@@ -25,9 +25,8 @@ import re
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
-__all__ = ["PLANNER_SUFFIX", "plan_batches", "make_planner"]
+__all__ = ["plan_batches", "make_planner"]
 
-PLANNER_SUFFIX = "-local-planner"
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 
 

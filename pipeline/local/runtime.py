@@ -45,8 +45,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-__all__ = ["FunctionSpec", "FunctionPool", "InvokeResult", "Worker", "cpu_shares",
-           "lambda_error"]
+__all__ = ["FunctionSpec", "FunctionPool", "InvokeResult", "PoolStopped", "Worker",
+           "cpu_shares", "lambda_error"]
 
 log = logging.getLogger("imgpipe.local")
 
@@ -86,6 +86,7 @@ class InvokeResult:
     duration_s: float
     init_s: float | None = None  # the cold start this invocation waited for; None: warm
     pid: int = 0
+    max_memory_mb: int = 0  # the worker's peak resident memory as sampled so far
 
     @property
     def error_type(self) -> str | None:
@@ -95,6 +96,10 @@ class InvokeResult:
             return str(json.loads(self.payload).get("errorType") or "")
         except (ValueError, AttributeError):
             return ""
+
+
+class PoolStopped(RuntimeError):
+    """The pool was stopped: no invocation is started any more."""
 
 
 def lambda_error(error_type: str, message: str) -> bytes:
@@ -239,6 +244,7 @@ class Worker:
         self.init_s: float | None = None  # set once the runtime is ready
         self.last_used = time.monotonic()
         self.invocations = 0
+        self.peak_rss = 0
 
     @property
     def alive(self) -> bool:
@@ -277,10 +283,18 @@ class Worker:
             invocation.finish(error, error=True)
         init_s = self.init_s if cold else None
         body = invocation.result if invocation.result is not None else b"null"
-        return InvokeResult(payload=body, function_error="Unhandled" if invocation.error
-                            else None, request_id=invocation.request_id,
-                            duration_s=time.monotonic() - started, init_s=init_s,
-                            pid=self.proc.pid)
+        result = InvokeResult(payload=body, function_error="Unhandled" if invocation.error
+                              else None, request_id=invocation.request_id,
+                              duration_s=time.monotonic() - started, init_s=init_s,
+                              pid=self.proc.pid, max_memory_mb=self.peak_rss >> 20)
+        # Lambda's REPORT line (shown with `imgpipe local -v`).
+        log.info("%s: REPORT RequestId: %s Duration: %.2f ms%s Memory Size: %d MB "
+                 "Max Memory Used: %d MB%s", self.spec.name, result.request_id,
+                 1000 * (result.duration_s - (init_s or 0.0)),
+                 f" Init Duration: {1000 * init_s:.2f} ms" if init_s is not None else "",
+                 self.spec.memory_mb, result.max_memory_mb,
+                 " Status: error" if result.function_error else "")
+        return result
 
     def _watch(self, invocation: _Invocation, queued_at: float) -> bytes | None:
         """Wait for the answer while enforcing Lambda's limits; the error to report when
@@ -304,6 +318,7 @@ class Worker:
                 self.kill()
                 return _timed_out(rid, self.spec.timeout_s)
             rss = resident_bytes(self.proc.pid)
+            self.peak_rss = max(self.peak_rss, rss or 0)
             if rss is not None and rss > limit_bytes:
                 self.kill()
                 log.warning("%s: worker %d used %d MB of its %d MB: killed", self.spec.name,
@@ -451,7 +466,7 @@ class FunctionPool:
         with self._cond:
             while True:
                 if self._closed:
-                    raise RuntimeError(f"{self.spec.name}: the function host is stopping")
+                    raise PoolStopped(f"{self.spec.name}: the local stack is stopping")
                 while self._idle:
                     slot = self._idle.pop()  # the most recently used: warmest
                     worker = self._slots[slot]

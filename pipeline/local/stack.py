@@ -93,6 +93,7 @@ class LocalStack:
         self.resources: LocalResources | None = None
         self.restored: dict[str, Any] | None = None  # what --state-dir brought back
         self.invocations: list[InvokeResult] = []  # the latest 1,000, for the benchmark
+        self._code: tuple[Path, str] | None = None  # (code root, interpreter) once started
 
     # ---- lifecycle ---------------------------------------------------------------------
 
@@ -112,7 +113,7 @@ class LocalStack:
             raise
 
     def _start(self, host: str, port: int) -> LocalResources:
-        code_root, python = self.code()
+        code_root, python = self._code = self.code()
         self._functions = FunctionHost()
         self._emulator = _spawn_emulator(host, port, self._functions.start(),
                                          self.options.state_dir)
@@ -191,19 +192,22 @@ class LocalStack:
         """(code root, interpreter) of the functions' workers."""
         package, python = self.options.package, self.options.runtime_python
         if package is None:
-            return SOURCE_ROOT, python or sys.executable
+            python = python or sys.executable
+            _require_runtime_client(python)
+            return SOURCE_ROOT, python
         if not (package / "handlers").is_dir():
             raise ConfigError(f"{package} is not a built function package (no handlers/ in "
                               f"it): run `make package` first")
         if not python or not Path(python).exists():
             raise ConfigError(f"the runtime interpreter {python or '(none)'} does not exist: "
                               f"run `make runtime-venv` first")
+        _require_runtime_client(python)
         return package, python
 
     @property
     def mode(self) -> str:
         """One line for the banner: what the functions' workers run."""
-        root, python = self.code()
+        root, python = self._code or self.code()
         if self.options.package is None:
             return f"development mode: the source tree {root} with {python}"
         return f"the package {root} with {python}"
@@ -344,6 +348,22 @@ def _wait_until_listening(host: str, port: int, proc: subprocess.Popen[bytes],
             raise ImgpipeError(f"the emulator did not start listening on {host}:{port} "
                                f"within {timeout_s:.0f} s")
         time.sleep(0.05)
+
+
+def _require_runtime_client(python: str) -> None:
+    """The workers run `python -m awslambdaric`: say so at start, not on every invocation."""
+    if python == sys.executable:
+        import importlib.util
+
+        found = importlib.util.find_spec("awslambdaric") is not None
+    else:
+        found = subprocess.run([python, "-c", "import awslambdaric"], capture_output=True,
+                               timeout=60).returncode == 0
+    if not found:
+        raise ConfigError(f"{python} cannot import awslambdaric, the Lambda runtime client the "
+                          f"function workers run: install imgpipe's `local` extra "
+                          f"(pip install -e '.[local]'), or for --package run "
+                          f"`make runtime-venv`")
 
 
 def _memory_mb() -> int:

@@ -10,6 +10,7 @@ model that does not exist.
 from __future__ import annotations
 
 import json
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -304,3 +305,22 @@ def test_an_event_invocation_is_accepted_at_once_and_a_failure_retried(
     _wait(lambda: len(calls) == 3, "two retries")
     assert calls == [{"n": 1}] * 3
     assert host.invoke_async("nobody", b"{}")[0] == 404
+
+
+def test_package_mode_says_what_is_missing(tmp_path: Path) -> None:
+    from pipeline.errors import ConfigError
+    from pipeline.local.stack import LocalStack, StackOptions
+
+    package = tmp_path / "package"
+    with pytest.raises(ConfigError, match="run `make package` first"):
+        LocalStack(StackOptions(package=package, runtime_python=sys.executable)).code()
+    (package / "handlers").mkdir(parents=True)
+    with pytest.raises(ConfigError, match="run `make runtime-venv` first"):
+        LocalStack(StackOptions(package=package, runtime_python=str(tmp_path / "no"))).code()
+    bare = tmp_path / "python"  # an interpreter without the runtime client
+    bare.write_text("#!/bin/sh\nexit 1\n")
+    bare.chmod(0o755)
+    with pytest.raises(ConfigError, match="cannot import awslambdaric"):
+        LocalStack(StackOptions(package=package, runtime_python=str(bare))).code()
+    assert LocalStack(StackOptions(package=package, runtime_python=sys.executable)).code() \
+        == (package, sys.executable)
