@@ -180,7 +180,9 @@ class StateKeeper:
             if not self.recording or not _is_write(environ):
                 return app(environ, start_response)
             length = int(environ.get("CONTENT_LENGTH") or 0)
-            request_body = environ["wsgi.input"].read(length) if length > 0 else b""
+            chunked = "chunked" in str(environ.get("HTTP_TRANSFER_ENCODING", "")).lower()
+            request_body = (environ["wsgi.input"].read() if chunked else
+                            environ["wsgi.input"].read(length) if length > 0 else b"")
             environ["wsgi.input"] = io.BytesIO(request_body)
             with self._write_lock:  # the journal's order is the order of the effects
                 status, headers, response = _call(app, environ)
