@@ -37,7 +37,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
@@ -586,7 +586,15 @@ def measure_rounds(
     return out
 
 
-def select_rounds(rounds: Sequence[Round]) -> tuple[list[Round], bool]:
+class _HasLoad(Protocol):
+    @property
+    def other_load(self) -> float: ...
+
+
+R = TypeVar("R", bound=_HasLoad)
+
+
+def select_rounds(rounds: Sequence[R]) -> tuple[list[R], bool]:
     """The quiet rounds if there are enough of them, else all; and whether they were quiet."""
     quiet = [r for r in rounds if r.other_load <= QUIET_OTHER_LOAD]
     if len(quiet) >= min(MIN_QUIET_ROUNDS, len(rounds)):
@@ -601,7 +609,7 @@ import json, sys
 from pipeline.classifier import Classifier
 from pipeline.modelstore import resolve_model
 t1 = time.perf_counter()
-clf = Classifier(resolve_model(), batch_size=16)
+clf = Classifier(resolve_model(sys.argv[2]), batch_size=16)
 t2 = time.perf_counter()
 with open(sys.argv[1], "rb") as f:
     pred = clf.classify_bytes(f.read())
@@ -631,7 +639,7 @@ def loader(p):
 
 batch = int(sys.argv[1])
 paths = json.load(open(sys.argv[2]))
-clf = Classifier(resolve_model(), batch_size=batch)
+clf = Classifier(resolve_model(sys.argv[3]), batch_size=batch)
 after_load = hwm()
 n = 0
 for r in clf.classify_many((p, loader(p)) for p in paths):
@@ -649,15 +657,16 @@ def _child_env() -> dict[str, str]:
     return env
 
 
-def measure_cold_start(image: Path, repeats: int) -> ColdStart:
-    """Fresh `python` process -> first prediction printed, wall clock seen by the parent."""
+def measure_cold_start(image: Path, repeats: int, model: str = "") -> ColdStart:
+    """Fresh `python` process -> first prediction printed, wall clock seen by the parent.
+    `model` is a model source as `--model` takes it (default: the packaged default)."""
     env = _child_env()
     walls: list[float] = []
     phases: list[dict[str, Any]] = []
     for _ in range(repeats):
         t0 = time.perf_counter()
         proc = subprocess.Popen(
-            [sys.executable, "-c", _COLD_CHILD, str(image)],
+            [sys.executable, "-c", _COLD_CHILD, str(image), model],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True,
         )
         assert proc.stdout is not None
@@ -677,13 +686,14 @@ def measure_cold_start(image: Path, repeats: int) -> ColdStart:
     )
 
 
-def measure_peak_rss(image_set: ImageSet, batch: int, work_dir: Path) -> PeakRss:
+def measure_peak_rss(image_set: ImageSet, batch: int, work_dir: Path,
+                     model: str = "") -> PeakRss:
     """Peak RSS of a fresh process running the core over the whole set at `batch`."""
     work_dir.mkdir(parents=True, exist_ok=True)
     listing = work_dir / f"rss-paths-{image_set.name}.json"
     listing.write_text(json.dumps([str(p) for p in image_set.paths]))
     proc = subprocess.run(
-        [sys.executable, "-c", _RSS_CHILD, str(batch), str(listing)],
+        [sys.executable, "-c", _RSS_CHILD, str(batch), str(listing), model],
         capture_output=True, text=True, env=_child_env(), timeout=600,
     )
     if proc.returncode != 0:

@@ -183,3 +183,11 @@ def test_python_dash_m_entry_point(tmp_path: Path) -> None:
         (COFFEE, "classified"), (str(text), "rejected")]
     assert docs[0]["label"] == "espresso"
     assert "1 of 2 file(s) rejected" in proc.stderr
+
+
+def test_a_packaged_model_is_chosen_by_name(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run(capsys, "--model", "efficientnet-lite0-int8", COFFEE)
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[0] == "model efficientnet-lite0-int8@1"
+    assert next(line for line in lines if line.startswith(COFFEE)).split()[1] == "espresso"
