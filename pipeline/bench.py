@@ -81,6 +81,7 @@ TARGET_CORE_VS_NAIVE = 4.5
 TARGET_COLD_START_S = 0.5
 TARGET_PEAK_RSS_MIB = 350.0
 TARGET_BACKFILL_VS_CORE = 0.70
+TARGET_INT8_VS_FP32_WEB = 1.6
 CORE_BATCH = 16
 MODEL_BATCHES = (1, 8, 16, 32)
 
@@ -858,6 +859,14 @@ def targets_from(values: dict[str, float], cpus: int) -> list[Target]:
             "(StartExecution to SUCCEEDED, the emulator sharing the CPUs) / the core's "
             "images/s (classify_many from memory) on the same photos, measured right before "
             "and right after each backfill and averaged",
+        ))
+    if "int8_vs_fp32.core.web" in values:
+        out.append(Target(
+            "core with int8 >= 1.6x the core with fp32 (web-size)",
+            values["int8_vs_fp32.core.web"], TARGET_INT8_VS_FP32_WEB, "x", True,
+            "median over paired rounds of the core's images/s with efficientnet-lite0-int8 / "
+            "with efficientnet-lite0 (fp32), both over the same web-size photos, back to back "
+            "in alternating order",
         ))
     if "cold_start.s" in values:
         out.append(Target(

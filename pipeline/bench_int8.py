@@ -21,6 +21,7 @@ import numpy as np
 
 from pipeline.bench import (
     CORE_BATCH,
+    TARGET_INT8_VS_FP32_WEB,
     BenchContext,
     ImageSet,
     Row,
@@ -37,12 +38,11 @@ from pipeline.bench import (
 )
 from pipeline.classifier import Classifier, _Pending
 
-__all__ = ["INT8_MODEL", "INT8_SECTIONS", "ModelRound", "ShortRun", "section_int8",
-           "section_short_runs"]
+__all__ = ["INT8_MODEL", "INT8_SECTIONS", "TARGET_INT8_VS_FP32_WEB", "FullBatchClassifier",
+           "ModelRound", "ShortRun", "section_int8", "section_short_runs"]
 
 INT8_MODEL = "efficientnet-lite0-int8"
 SHORT_RUNS = (3, 16, 48, 512)
-TARGET_INT8_VS_FP32_WEB = 1.6
 
 
 @dataclass(frozen=True)
