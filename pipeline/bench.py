@@ -37,7 +37,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
@@ -82,6 +82,7 @@ TARGET_COLD_START_S = 0.5
 TARGET_PEAK_RSS_MIB = 350.0
 TARGET_BACKFILL_VS_CORE = 0.70
 TARGET_INGEST_VS_CORE = 0.60
+TARGET_INT8_VS_FP32_WEB = 1.6
 CORE_BATCH = 16
 MODEL_BATCHES = (1, 8, 16, 32)
 
@@ -587,7 +588,15 @@ def measure_rounds(
     return out
 
 
-def select_rounds(rounds: Sequence[Round]) -> tuple[list[Round], bool]:
+class _HasLoad(Protocol):
+    @property
+    def other_load(self) -> float: ...
+
+
+R = TypeVar("R", bound=_HasLoad)
+
+
+def select_rounds(rounds: Sequence[R]) -> tuple[list[R], bool]:
     """The quiet rounds if there are enough of them, else all; and whether they were quiet."""
     quiet = [r for r in rounds if r.other_load <= QUIET_OTHER_LOAD]
     if len(quiet) >= min(MIN_QUIET_ROUNDS, len(rounds)):
@@ -602,7 +611,7 @@ import json, sys
 from pipeline.classifier import Classifier
 from pipeline.modelstore import resolve_model
 t1 = time.perf_counter()
-clf = Classifier(resolve_model(), batch_size=16)
+clf = Classifier(resolve_model(sys.argv[2]), batch_size=16)
 t2 = time.perf_counter()
 with open(sys.argv[1], "rb") as f:
     pred = clf.classify_bytes(f.read())
@@ -652,7 +661,7 @@ def loader(p):
 
 batch = int(sys.argv[1])
 paths = json.load(open(sys.argv[2]))
-clf = Classifier(resolve_model(), batch_size=batch)
+clf = Classifier(resolve_model(sys.argv[3]), batch_size=batch)
 after_load = hwm()
 n = 0
 for r in clf.classify_many((p, loader(p)) for p in paths):
@@ -682,17 +691,18 @@ def packaged_runtime() -> tuple[Path, Path] | None:
 
 
 def measure_cold_start(image: Path, repeats: int,
-                       packaged: tuple[Path, Path] | None = None) -> ColdStart:
+                       packaged: tuple[Path, Path] | None = None, model: str = "") -> ColdStart:
     """Fresh `python` process -> first prediction printed, wall clock seen by the parent:
-    the source tree's core, or with `packaged` (python, code root) the ingest handler
-    loaded from that root (a built package, or the source tree itself)."""
+    the source tree's core with `model` (a model source as `--model` takes it; default: the
+    packaged default), or with `packaged` (python, code root) the ingest handler loaded from
+    that root (a built package, or the source tree itself)."""
     if packaged:
         python, package = packaged
         command = [str(python), "-I", "-c", _PACKAGED_COLD_CHILD, str(image), str(package)]
         env = {**os.environ, "POWERTOOLS_TRACE_DISABLED": "true",
                "POWERTOOLS_METRICS_DISABLED": "true"}
     else:
-        command, env = [sys.executable, "-c", _COLD_CHILD, str(image)], _child_env()
+        command, env = [sys.executable, "-c", _COLD_CHILD, str(image), model], _child_env()
     walls: list[float] = []
     phases: list[dict[str, Any]] = []
     for _ in range(repeats):
@@ -717,13 +727,14 @@ def measure_cold_start(image: Path, repeats: int,
     )
 
 
-def measure_peak_rss(image_set: ImageSet, batch: int, work_dir: Path) -> PeakRss:
+def measure_peak_rss(image_set: ImageSet, batch: int, work_dir: Path,
+                     model: str = "") -> PeakRss:
     """Peak RSS of a fresh process running the core over the whole set at `batch`."""
     work_dir.mkdir(parents=True, exist_ok=True)
     listing = work_dir / f"rss-paths-{image_set.name}.json"
     listing.write_text(json.dumps([str(p) for p in image_set.paths]))
     proc = subprocess.run(
-        [sys.executable, "-c", _RSS_CHILD, str(batch), str(listing)],
+        [sys.executable, "-c", _RSS_CHILD, str(batch), str(listing), model],
         capture_output=True, text=True, env=_child_env(), timeout=600,
     )
     if proc.returncode != 0:
@@ -916,6 +927,14 @@ def targets_from(values: dict[str, float], cpus: int) -> list[Target]:
         if key in values:
             out.append(Target(f"{what} >= {100 * target:.0f} % of the core (12 MP, local "
                               f"stack)", values[key], target, "x", True, how))
+    if "int8_vs_fp32.core.web" in values:
+        out.append(Target(
+            "core with int8 >= 1.6x the core with fp32 (web-size)",
+            values["int8_vs_fp32.core.web"], TARGET_INT8_VS_FP32_WEB, "x", True,
+            "median over paired rounds of the core's images/s with efficientnet-lite0-int8 / "
+            "with efficientnet-lite0 (fp32), both over the same web-size photos, back to back "
+            "in alternating order",
+        ))
     if "cold_start.s" in values:
         out.append(Target(
             "cold start <= 0.5 s", values["cold_start.s"], TARGET_COLD_START_S, "s", False,

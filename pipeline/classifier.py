@@ -7,16 +7,18 @@ Three stages, as in every well-kept inference library:
 - `forward`: the only place `session.run` is called, on a stacked batch;
 - `postprocess` (pure): logits -> probabilities -> top-k with labels.
 
-`classify_many` streams: images are fetched and decoded by the pool while the previous
-batch runs in the session, and each item's failure stays that item's.
+`classify_many` streams: images are fetched and decoded by the pools while the session
+runs on whatever is already decoded (never waiting for a full batch), results come out in
+input order, and each item's failure stays that item's.
 """
 
 from __future__ import annotations
 
 import os
 import threading
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -65,6 +67,19 @@ class ItemResult(Generic[K]):
     prediction: Prediction | None = None
     error: BaseException | None = None
     nbytes: int | None = None
+
+
+@dataclass(eq=False)
+class _Pending(Generic[K]):
+    """One input inside `classify_many`: its decode, then its result."""
+
+    key: K
+    decoded: Future[tuple[DecodedImage, int]]
+    result: ItemResult[K] | None = None
+
+
+_DONE: Future[Any] = Future()
+_DONE.set_result(None)
 
 
 def available_cpus() -> int:
@@ -254,6 +269,12 @@ class Classifier:
         to the decode pool (`decode_workers`, one per CPU), so fetching, decoding and
         inference overlap. Any exception from a loader or the decoder becomes that item's
         `error`.
+
+        The model never waits for a full batch: whenever the session is free it runs on
+        every image decoded so far (up to `batch_size`), in whatever order decoding
+        finished, so the first result of a short call comes after one decode, not after
+        `batch_size` of them; while the session runs, the pools keep decoding, so on long
+        runs batches fill up by themselves. Results still come out in input order.
         """
         fetch_pool, decode_pool = self._executors()
         # Raw bytes are the big allocation (3 MB per photo): hold at most this many at
@@ -263,19 +284,33 @@ class Classifier:
         # thread waiting for one call's slot would hold up every other call's fetches.
         slots = threading.BoundedSemaphore(self.fetch_workers + self.decode_workers)
 
-        def fetch_then_decode(loader: Loader) -> Future[tuple[DecodedImage, int]]:
-            try:
-                data = loader()
-                future = decode_pool.submit(self._decode_sized, data)
-            except BaseException:
-                slots.release()
-                raise
-            future.add_done_callback(lambda _: slots.release())
-            return future
+        def start(loader: Loader) -> Future[tuple[DecodedImage, int]]:
+            decoded: Future[tuple[DecodedImage, int]] = Future()
 
+            def finish(future: Future[tuple[DecodedImage, int]]) -> None:
+                slots.release()
+                try:
+                    decoded.set_result(future.result())
+                except BaseException as e:  # noqa: BLE001 - handed to the item below
+                    decoded.set_exception(e)
+
+            def fetch_then_decode() -> None:
+                try:
+                    data = loader()
+                    future = decode_pool.submit(self._decode_sized, data)
+                except BaseException as e:  # noqa: BLE001 - handed to the item below
+                    slots.release()
+                    decoded.set_exception(e)
+                    return
+                future.add_done_callback(finish)
+
+            fetch_pool.submit(fetch_then_decode)
+            return decoded
+
+        # Decoded tensors wait here (bounded by the window) until the session takes them;
+        # results wait until every earlier item has one.
         window = max(2 * self.batch_size, 2 * self.decode_workers, self.fetch_workers)
-        pending: list[tuple[K, Future[Future[tuple[DecodedImage, int]]]]] = []
-        ready: list[tuple[K, DecodedImage, int]] = []
+        pending: deque[_Pending[K]] = deque()
         iterator = iter(items)
         exhausted = False
 
@@ -289,46 +324,63 @@ class Classifier:
                     slots.release()
                     exhausted = True
                     break
-                pending.append((key, fetch_pool.submit(fetch_then_decode, loader)))
+                pending.append(_Pending(key, start(loader)))
+            while pending and pending[0].result is not None:
+                result = pending.popleft().result
+                assert result is not None
+                yield result
             if not pending:
-                break
-            key, fut = pending.pop(0)
-            try:
-                decoded, nbytes = fut.result().result()
-            except Exception as e:  # noqa: BLE001 - one item's failure stays its own
-                yield from self._flush(ready)
-                ready = []
-                yield ItemResult(key=key, error=e)
+                if exhausted:
+                    break
                 continue
-            ready.append((key, decoded, nbytes))
-            if len(ready) >= self.batch_size:
-                yield from self._flush(ready)
-                ready = []
-        yield from self._flush(ready)
+            batch = self._take_decoded(pending)
+            if batch:
+                self._run_batch(batch)
+            elif all(p.result is not None or p.decoded.done() for p in pending):
+                continue  # failures were just recorded: yield them
+            else:
+                wait([p.decoded for p in pending if p.result is None],
+                     return_when=FIRST_COMPLETED)
 
-    def _flush(self, ready: list[tuple[K, DecodedImage, int]]) -> Iterator[ItemResult[K]]:
-        if not ready:
-            return
-        batch = np.stack([d.tensor for _, d, _ in ready])
+    def _take_decoded(self, pending: Iterable[_Pending[K]]) -> list[_Pending[K]]:
+        """Up to `batch_size` items whose decode has finished; failures get their result."""
+        batch: list[_Pending[K]] = []
+        for p in pending:
+            if p.result is not None or not p.decoded.done():
+                continue
+            error = p.decoded.exception()
+            if error is not None:
+                if not isinstance(error, Exception):
+                    raise error  # KeyboardInterrupt, SystemExit: not one item's failure
+                p.result = ItemResult(key=p.key, error=error)
+                continue
+            batch.append(p)
+            if len(batch) == self.batch_size:
+                break
+        return batch
+
+    def _run_batch(self, batch: list[_Pending[K]]) -> None:
+        decoded = [p.decoded.result() for p in batch]
         try:
-            tops = self.postprocess(self.forward(batch))
+            tops = self.postprocess(self.forward(np.stack([d.tensor for d, _ in decoded])))
         except Exception as e:  # noqa: BLE001 - an inference failure fails this batch only
-            for key, _, nbytes in ready:
-                yield ItemResult(key=key, error=e, nbytes=nbytes)
+            for p, (_, nbytes) in zip(batch, decoded, strict=True):
+                p.result = ItemResult(key=p.key, error=e, nbytes=nbytes)
             return
-        for (key, decoded, nbytes), top in zip(ready, tops, strict=True):
-            yield ItemResult(
-                key=key,
+        for p, (image, nbytes), top in zip(batch, decoded, tops, strict=True):
+            p.result = ItemResult(
+                key=p.key,
                 prediction=Prediction(
                     label=top[0].label,
                     score=top[0].score,
                     top_k=tuple(top),
-                    width=decoded.width,
-                    height=decoded.height,
-                    format=decoded.format,
+                    width=image.width,
+                    height=image.height,
+                    format=image.format,
                 ),
                 nbytes=nbytes,
             )
+            p.decoded = _DONE  # the tensor is no longer needed: let it go
 
     def _decode_sized(self, data: bytes) -> tuple[DecodedImage, int]:
         return self.preprocess(data), len(data)

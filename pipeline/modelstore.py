@@ -1,4 +1,8 @@
-"""Where the model comes from: the packaged default, a local path, or an S3 URI.
+"""Where the model comes from: a packaged model by name, a local path, or an S3 URI.
+
+Packaged models live in `model/` beside `pipeline/`: the default (fp32
+`efficientnet-lite0`) in `model/` itself and others, such as `efficientnet-lite0-int8`, in
+sub-directories of it. A source that is exactly one of their names selects it.
 
 An `s3://bucket/prefix/` source is downloaded once per container into a cache directory
 (Lambda's `/tmp`), then verified against the manifest's sha256 like any other model, so a
@@ -17,7 +21,7 @@ from typing import Any
 from pipeline.errors import ModelError
 from pipeline.manifest import ModelManifest, load_manifest
 
-__all__ = ["default_model_dir", "model_id_of", "resolve_model"]
+__all__ = ["default_model_dir", "model_id_of", "packaged_models", "resolve_model"]
 
 
 def default_model_dir() -> Path:
@@ -25,10 +29,38 @@ def default_model_dir() -> Path:
     return Path(__file__).resolve().parent.parent / "model"
 
 
+def packaged_models() -> dict[str, Path]:
+    """Name -> directory of every model shipped with the code (the default first)."""
+    root = default_model_dir()
+    found: dict[str, Path] = {}
+    for directory in [root, *sorted(p for p in root.iterdir() if p.is_dir())]:
+        if (directory / "manifest.json").is_file():
+            found.setdefault(load_manifest(directory).name, directory)
+    return found
+
+
+def _local_path(source: str) -> Path:
+    """The directory or manifest a non-S3 source names: a packaged model's name, else a path."""
+    if not source:
+        return default_model_dir()
+    if "/" not in source and os.sep not in source:
+        named = packaged_models().get(source)
+        if named is not None:
+            return named
+    path = Path(source).expanduser()
+    if not path.exists():
+        names = ", ".join(packaged_models())
+        raise ModelError(
+            f"model source {source!r} does not exist: give a packaged model's name ({names}), "
+            "a directory or manifest.json, or an s3:// prefix (IMGPIPE_MODEL, --model)"
+        )
+    return path
+
+
 def model_id_of(source: str = "") -> str:
     """The `name@version` of a local model source (default: the packaged model), read from
     its manifest alone: no download, no hash. Commands use it to name the records to read."""
-    return load_manifest(Path(source).expanduser() if source else default_model_dir()).model_id
+    return load_manifest(_local_path(source)).model_id
 
 
 def resolve_model(
@@ -36,19 +68,15 @@ def resolve_model(
 ) -> ModelManifest:
     """Load and verify the manifest named by `source` (see module doc).
 
-    `source` is empty (the default model), a directory holding `manifest.json`, a path to a
-    manifest file, or `s3://bucket/prefix` holding `manifest.json`, its labels file and the
-    ONNX file. The returned manifest's file has been checked against its sha256.
+    `source` is empty (the default model), a packaged model's name
+    (`efficientnet-lite0-int8`), a directory holding `manifest.json`, a path to a manifest
+    file, or `s3://bucket/prefix` holding `manifest.json`, its labels file and the ONNX
+    file. The returned manifest's file has been checked against its sha256.
     """
-    if not source:
-        manifest = load_manifest(default_model_dir())
-    elif source.startswith("s3://"):
+    if source.startswith("s3://"):
         manifest = _from_s3(source, Path(cache_dir), s3_client)
     else:
-        path = Path(source).expanduser()
-        if not path.exists():
-            raise ModelError(f"model source {source!r} does not exist (IMGPIPE_MODEL)")
-        manifest = load_manifest(path)
+        manifest = load_manifest(_local_path(source))
     manifest.verify_file()
     return manifest
 

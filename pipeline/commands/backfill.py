@@ -24,7 +24,8 @@ def register(sub: Any) -> None:
     )
     p.add_argument("uri", metavar="s3://BUCKET/PREFIX", help="what to classify")
     p.add_argument("--model", default="", metavar="SOURCE",
-                   help="model source for this run: directory, manifest.json or s3:// URI "
+                   help="model source for this run: a packaged model's name "
+                   "(efficientnet-lite0-int8), a directory, manifest.json or s3:// URI "
                    "(default: the function's configured model)")
     p.add_argument("--overwrite", action="store_true",
                    help="classify again even where a record for this model and ETag exists")

@@ -48,11 +48,13 @@ def run(args: argparse.Namespace) -> int:
     def progress(msg: str) -> None:
         print(f"[{time.perf_counter() - started:6.1f}s] {msg}", flush=True)
 
-    extra: list[Any] = []
+    from pipeline.bench_int8 import INT8_SECTIONS
+
+    extra: list[Any] = list(INT8_SECTIONS)
     if not args.no_stack:
         from pipeline.bench_stack import STACK_SECTIONS
 
-        extra = list(STACK_SECTIONS)
+        extra += STACK_SECTIONS
     result = run_benchmark(args.out, quick=args.quick, images=args.images,
                            report_path=args.report, repeats=args.repeats, progress=progress,
                            extra_sections=extra)

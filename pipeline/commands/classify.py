@@ -22,8 +22,9 @@ def register(sub: Any) -> None:
     p.add_argument("--json", action="store_true",
                    help="one JSON object per line: file, status, label, score, top_k, error")
     p.add_argument("--model", default="", metavar="SOURCE",
-                   help="model directory, manifest.json or s3:// URI (default: the packaged "
-                   "EfficientNet-Lite0; env IMGPIPE_MODEL)")
+                   help="a packaged model's name (efficientnet-lite0, the default; "
+                   "efficientnet-lite0-int8), a model directory, manifest.json or s3:// URI "
+                   "(env IMGPIPE_MODEL)")
     p.add_argument("--top-k", type=int, default=None, metavar="K",
                    help="labels per image in --json output (default: the manifest's, 5)")
     p.add_argument("--batch-size", type=int, default=16, metavar="N",

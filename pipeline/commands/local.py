@@ -32,7 +32,8 @@ def add_stack_options(p: argparse.ArgumentParser, default_port: int = 4566) -> N
     p.add_argument("--port", type=int, default=default_port,
                    help=f"emulator port on 127.0.0.1 (default {default_port})")
     p.add_argument("--model", default="", metavar="SOURCE",
-                   help="model directory, manifest.json or s3:// URI (default: packaged)")
+                   help="a packaged model's name (efficientnet-lite0-int8), a model "
+                   "directory, manifest.json or s3:// URI (default: efficientnet-lite0)")
     p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
                    help="template parameter override, e.g. --param BatchSize=32 (repeatable)")
     p.add_argument("--verbose", "-v", action="store_true",

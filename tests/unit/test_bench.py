@@ -55,3 +55,21 @@ def test_quick_run_writes_a_complete_report(tmp_path: Path) -> None:
     assert [r["key"] for r in doc["rows"]] == keys
     assert doc["machine"]["cpus_available"] >= 1
     assert len(list((tmp_path / "out" / "images").rglob("*.jpg"))) == 4
+
+
+def test_int8_and_short_run_sections_add_their_rows_and_target(tmp_path: Path) -> None:
+    from pipeline.bench_int8 import section_int8, section_short_runs
+
+    result = run_benchmark(
+        tmp_path / "out", quick=True, images=2, big_size=(320, 240), web_size=(160, 120),
+        report_path=tmp_path / "REPORT.md", sections=[section_int8, section_short_runs],
+    )
+    keys = [r.key for r in result.rows]
+    assert keys[:2] == ["int8.model.b16.ips", "int8.core.12mp.ips"]
+    for key in ("int8.core.web.ips", "int8.bound.web.ips", "int8.cold_start.s",
+                "int8.rss.b16.mib", "int8.model.mib", "short.12mp.3.first_s",
+                "short.web.16.ips"):
+        assert key in keys
+    assert all(r.value > 0 for r in result.rows)
+    (target,) = result.targets
+    assert target.name.startswith("core with int8 >= 1.6x") and target.measured > 0

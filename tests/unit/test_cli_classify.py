@@ -197,3 +197,11 @@ def test_an_oversized_file_is_reported_with_its_own_size(
     (doc,) = json_lines(out)
     assert doc["error"] == ("file too large: 62,914,560 bytes exceeds the 52,428,800-byte "
                             "limit (IMGPIPE_MAX_OBJECT_BYTES)")
+
+
+def test_a_packaged_model_is_chosen_by_name(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run(capsys, "--model", "efficientnet-lite0-int8", COFFEE)
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[0] == "model efficientnet-lite0-int8@1"
+    assert next(line for line in lines if line.startswith(COFFEE)).split()[1] == "espresso"
