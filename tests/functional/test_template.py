@@ -296,8 +296,9 @@ def test_an_existing_bucket_replaces_the_bucket_by_an_eventbridge_rule(
 
 
 def test_model_source_policy_only_when_s3(cfn: dict[str, Any]) -> None:
-    default = adapt_for_emulator(cfn)
-    assert len(default["Resources"]["IngestFunctionRole"]["Properties"]["Policies"]) == 1
+    for packaged in ("", "efficientnet-lite0", "efficientnet-lite0-int8"):
+        adapted = adapt_for_emulator(cfn, {"ModelSource": packaged})
+        assert len(adapted["Resources"]["IngestFunctionRole"]["Properties"]["Policies"]) == 1
     with_model = adapt_for_emulator(cfn, {"ModelSource": "s3://models/effnet/"})
     policies = with_model["Resources"]["IngestFunctionRole"]["Properties"]["Policies"]
     assert len(policies) == 2

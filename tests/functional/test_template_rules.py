@@ -60,6 +60,7 @@ def test_the_defaults_pass(sam: dict[str, Any]) -> None:
     ({"ModelSource": "s3://models/*"}, "does not match"),
     ({"ModelSource": "s3://models/lite0"}, "does not match"),  # no trailing '/'
     ({"ModelSource": "s3://models/lite0/*/"}, "does not match"),
+    ({"ModelSource": "resnet50"}, "does not match"),  # not a packaged model's name
     ({"LogRetentionDays": "31"}, "LogRetentionDays='31' is not one of"),
     ({"AlarmEmail": "not an address"}, "AlarmEmail='not an address' does not match"),
     ({"BatchSize": "0"}, "BatchSize='0' is below the minimum 1"),
@@ -76,6 +77,7 @@ def test_bad_values_are_refused_locally(
     {"BatchSize": "100", "MaximumBatchingWindowInSeconds": "1"},
     {"ModelSource": "s3://models/lite0/"},
     {"ModelSource": "s3://my.models-1/team/lite0/v2/"},
+    {"ModelSource": "efficientnet-lite0-int8"},
     {"InputPrefix": "uploads/", "OutputPrefix": "uploads-results/"},
     {"AlarmEmail": "ops@example.com", "LogRetentionDays": "365"},
 ])
