@@ -73,7 +73,7 @@ def test_parameters_have_documented_defaults() -> None:
 
 def test_no_wildcard_resource_in_any_role_policy(cfn: dict[str, Any]) -> None:
     roles = resources_of(cfn, "AWS::IAM::Role")
-    assert len(roles) == 4  # three functions, the state machine
+    assert len(roles) == 5  # four functions, the state machine
     statements = []
     for role in roles.values():
         for policy in role["Properties"].get("Policies", []):
