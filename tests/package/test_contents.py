@@ -20,9 +20,9 @@ from tools.lambda_package import (
     elf_files,
     elf_machine,
     model_files,
-    web_files,
     traced_sources,
     tree_size,
+    web_files,
 )
 
 from .conftest import ROOT
