@@ -29,12 +29,18 @@ function card(file) {
   li.dataset.name = file.name;
   const img = document.createElement("img");
   img.alt = "";
+  img.addEventListener("error", () => {  // not a picture after all
+    const none = document.createElement("div");
+    none.className = "thumb";
+    none.textContent = "no preview";
+    img.replaceWith(none);
+  });
   if (file.type.startsWith("image/")) img.src = URL.createObjectURL(file);
   const body = document.createElement("div");
   body.innerHTML = '<div class="name"></div><div class="state"></div><ol class="labels"></ol>';
   body.querySelector(".name").textContent = file.name;
   li.append(img, body);
-  list.prepend(li);
+  list.append(li);
   return li;
 }
 
