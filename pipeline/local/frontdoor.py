@@ -24,13 +24,14 @@ from __future__ import annotations
 import base64
 import json
 import logging
-import threading
 import time
 import urllib.parse
 import uuid
 from collections.abc import Callable, Mapping
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
+
+from pipeline.local.serving import BackgroundServer
 
 __all__ = ["FrontDoor", "MAX_EVENT_BYTES", "url_event"]
 
@@ -94,14 +95,12 @@ class FrontDoor:
         self.invoke = invoke
         self.cors = dict(cors or {})
         self.host, self.port = host, port
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
+        self._http: BackgroundServer | None = None
 
     @property
     def url(self) -> str:
-        assert self._server is not None, "start() first"
-        host, port = self._server.server_address[:2]
-        return f"http://{host!s}:{port}"
+        assert self._http is not None, "start() first"
+        return self._http.url
 
     def start(self) -> str:
         door = self
@@ -174,21 +173,13 @@ class FrontDoor:
             def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
                 pass  # the function logs for itself
 
-        self._server = ThreadingHTTPServer((self.host, self.port), Request)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever,
-                                        name="imgpipe-function-url", daemon=True)
-        self._thread.start()
+        self._http = BackgroundServer(Request, self.host, self.port, "imgpipe-function-url")
         return self.url
 
     def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
+        if self._http is not None:
+            self._http.close()
+            self._http = None
 
     # ---- CORS, as the URL's configuration says ----------------------------------------
 
