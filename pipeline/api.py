@@ -169,8 +169,9 @@ class HttpApi:
         if source is None and not stored:
             answer["image"] = None  # the bytes exist nowhere but in this request
         answer["stored"] = stored
-        answer.setdefault("timings", {"read_ms": round(read_s * 1000, 1),
-                                      "classify_ms": round(classify_s * 1000, 1)})
+        if not answer.get("timings"):  # the record's own, when the core measures them
+            answer["timings"] = {"read_ms": round(read_s * 1000, 1),
+                                 "classify_ms": round(classify_s * 1000, 1)}
         return json_response(200, answer)
 
     def _input(self, request: Request) -> tuple[bytes, ObjectRef | None]:

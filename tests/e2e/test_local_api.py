@@ -14,7 +14,6 @@ from typing import Any
 import pytest
 
 from pipeline.api import MAX_BODY_BYTES
-from pipeline.local.stack import free_port
 from pipeline.modelstore import model_id_of
 from tests.e2e.conftest import ROOT, LocalProcess, start_local, stop_local
 from tests.unit.test_decode import png_header_only
@@ -55,7 +54,7 @@ class Api:
 
 @pytest.fixture(scope="module")
 def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
-    lp = start_local(tmp_path_factory.mktemp("home"), "--api-port", str(free_port()))
+    lp = start_local(tmp_path_factory.mktemp("home"))
     url = next(line.split("=", 1)[1].strip() for line in lp.output
                if "export IMGPIPE_API_URL=" in line)
     yield Api(lp, url)
@@ -92,6 +91,18 @@ def test_store_true_puts_the_photo_where_the_event_path_records_it(api: Api) -> 
     assert doc["image"].startswith(f"s3://{BUCKET}/{PREFIX}api/")
     item = api.lp.wait_for_item(TABLE, doc["image"], MODEL)
     assert item["status"]["S"] == "classified" and item["label"]["S"] == doc["label"]
+
+
+def test_store_true_writes_nothing_for_a_file_it_refuses(api: Api) -> None:
+    def keys() -> list[str]:
+        listed = api.lp.aws("s3api", "list-objects-v2", "--bucket", BUCKET,
+                            "--query", "Contents[].Key")
+        return listed if isinstance(listed, list) else []
+
+    before = keys()
+    status, doc = api.classify(b"These are notes.\n", "image/jpeg", "?store=true")
+    assert status == 400, doc
+    assert keys() == before
 
 
 def test_an_s3_uri_in_the_input_prefix_is_read_and_classified(

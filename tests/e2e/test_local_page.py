@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.local.stack import free_port
 from tests.browser import artifact_path, open_page
 from tests.e2e.conftest import ROOT, LocalProcess, start_local, stop_local
 
@@ -21,7 +20,7 @@ TEXT = b"These are holiday notes, not a photo.\n"
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LocalProcess, str]]:
-    lp = start_local(tmp_path_factory.mktemp("home"), "--api-port", str(free_port()))
+    lp = start_local(tmp_path_factory.mktemp("home"))
     url = next(line.split("=", 1)[1].strip() for line in lp.output
                if "export IMGPIPE_API_URL=" in line)
     yield lp, url
