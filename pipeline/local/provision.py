@@ -606,9 +606,11 @@ def provision(
         ) from e
     stack = _wait_for_stack(cfn, stack_name, timeout_s)
     outputs = {o["OutputKey"]: o.get("OutputValue", "") for o in stack.get("Outputs", [])}
+    # moto reports no physical id for some resources (a Lambda permission): none needs one.
     physical = {
         r["LogicalResourceId"]: r["PhysicalResourceId"]
         for r in cfn.describe_stack_resources(StackName=stack_name)["StackResources"]
+        if "PhysicalResourceId" in r
     }
 
     deferred = {
