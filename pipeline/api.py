@@ -106,22 +106,19 @@ class Request:
         return self.headers.get("content-type", "").split(";")[0].strip().lower()
 
 
+@dataclass(frozen=True)
 class HttpApi:
     """Routes payload 2.0 events; built once per container (`pipeline.factory.build_api`)."""
 
-    def __init__(self, classifier: Classifier, s3: Any, dynamodb: Any, *, bucket: str,
-                 input_prefix: str, table: str, max_object_bytes: int,
-                 clock: Callable[[], float] = time.perf_counter,
-                 web_root: Path = WEB_ROOT) -> None:
-        self.classifier = classifier
-        self.s3 = s3
-        self.dynamodb = dynamodb
-        self.bucket = bucket
-        self.input_prefix = input_prefix
-        self.table = table
-        self.max_object_bytes = max_object_bytes
-        self.clock = clock
-        self.web_root = web_root
+    classifier: Classifier
+    s3: Any  # boto3 S3 client
+    dynamodb: Any  # boto3 DynamoDB client
+    bucket: str  # the pipeline's bucket: the only one read, written and presigned
+    input_prefix: str
+    table: str
+    max_object_bytes: int  # for {"s3": ...} reads and presigned uploads
+    clock: Callable[[], float] = time.perf_counter
+    web_root: Path = WEB_ROOT
 
     def handle(self, event: Mapping[str, Any]) -> Response:
         try:
