@@ -109,6 +109,11 @@ class LocalStack:
                 f"port {port} on {host} is already in use (another `imgpipe local`?); "
                 f"stop it or pick another with --port"
             )
+        if self.options.api_port and _port_in_use(host, self.options.api_port):
+            raise ConfigError(
+                f"port {self.options.api_port} on {host} (the HTTP API's) is already in use; "
+                f"pick another with --api-port (0: any free port)"
+            )
         try:
             return self._start(host, port)
         except BaseException:
@@ -201,9 +206,6 @@ class LocalStack:
         functions = self._functions
         assert functions is not None
         config = self.client("lambda").get_function_url_config(FunctionName=function)
-        if _port_in_use(self.options.host, self.options.api_port):
-            raise ConfigError(f"port {self.options.api_port} on {self.options.host} is "
-                              f"already in use; pick another with --api-port")
 
         def invoke(body: bytes) -> tuple[int, bytes, str | None]:
             return functions.invoke(function, body)
