@@ -20,7 +20,7 @@ HOST_ARCH := $(if $(filter aarch64 arm64,$(shell uname -m)),arm64,x86_64)
 PACKAGE_DIR := build/package
 
 .PHONY: demo test lint bench local model model-check clean help lock package runtime-venv \
-    build-IngestFunction build-BackfillFunction build-SummaryFunction
+    build-IngestFunction build-BackfillFunction build-SummaryFunction build-ApiFunction
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -107,7 +107,7 @@ package:  ## build the Lambda package into build/package/<arch>/ (+ .zip); ARCH=
 
 # `sam build` runs these (BuildMethod: makefile) with ARTIFACTS_DIR set; the architecture
 # comes from SAM's build definition.
-build-IngestFunction build-BackfillFunction build-SummaryFunction:
+build-IngestFunction build-BackfillFunction build-SummaryFunction build-ApiFunction:
 	$(PYTHON312) -m tools.lambda_package --sam-function $(@:build-%=%) --out "$(ARTIFACTS_DIR)"
 
 lock:  ## re-pin requirements-lambda.txt after changing pyproject.toml's dependencies

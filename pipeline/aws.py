@@ -17,8 +17,8 @@ from pipeline.documents import RECORD_TOKEN_META, DocumentState
 from pipeline.errors import (
     GoneError,
     ImgpipeError,
-    PermanentError,
     SupersededError,
+    TooLargeError,
     TransientError,
     too_large_message,
 )
@@ -30,6 +30,7 @@ __all__ = [
     "Clients",
     "client_for",
     "is_loopback",
+    "read_object",
     "DynamoResultSink",
     "FetchedObject",
     "S3ObjectStore",
@@ -144,6 +145,38 @@ class FetchedObject:
     version_id: str | None
 
 
+def read_object(client: Any, ref: ObjectRef, max_bytes: int) -> FetchedObject:
+    """Read `ref` as it was when the event was sent.
+
+    With a known ETag the read is conditional (`IfMatch`): an object overwritten in
+    between raises `SupersededError` (its own event will handle the new content). An
+    object over `max_bytes` is refused without downloading it.
+    """
+    if ref.size is not None and ref.size > max_bytes:
+        raise TooLargeError(too_large_message(ref.size, max_bytes))
+    kwargs: dict[str, Any] = {"Bucket": ref.bucket, "Key": ref.key}
+    if ref.etag:
+        kwargs["IfMatch"] = f'"{ref.etag}"'
+    try:
+        resp = client.get_object(**kwargs)
+    except Exception as e:
+        raise translate_client_error(e, f"reading {ref.uri}") from e
+    body = resp["Body"]
+    try:
+        length = int(resp.get("ContentLength", 0) or 0)
+        if length > max_bytes:
+            raise TooLargeError(too_large_message(length, max_bytes))
+        data = body.read()
+    except ImgpipeError:
+        raise
+    except Exception as e:  # connection reset mid-body and friends
+        raise TransientError(f"reading {ref.uri}: {type(e).__name__}: {e}") from e
+    finally:
+        body.close()
+    etag = str(resp.get("ETag", "")).strip('"') or ref.etag
+    return FetchedObject(data=data, etag=etag, version_id=resp.get("VersionId") or None)
+
+
 class S3ObjectStore:
     """Reads input objects and writes output documents."""
 
@@ -151,35 +184,7 @@ class S3ObjectStore:
         self.client = client
 
     def get(self, ref: ObjectRef, max_bytes: int) -> FetchedObject:
-        """Read `ref` as it was when the event was sent.
-
-        With a known ETag the read is conditional (`IfMatch`): an object overwritten in
-        between raises `SupersededError` (its own event will handle the new content). An
-        object over `max_bytes` is refused without downloading it.
-        """
-        if ref.size is not None and ref.size > max_bytes:
-            raise PermanentError(too_large_message(ref.size, max_bytes))
-        kwargs: dict[str, Any] = {"Bucket": ref.bucket, "Key": ref.key}
-        if ref.etag:
-            kwargs["IfMatch"] = f'"{ref.etag}"'
-        try:
-            resp = self.client.get_object(**kwargs)
-        except Exception as e:
-            raise translate_client_error(e, f"reading {ref.uri}") from e
-        body = resp["Body"]
-        try:
-            length = int(resp.get("ContentLength", 0) or 0)
-            if length > max_bytes:
-                raise PermanentError(too_large_message(length, max_bytes))
-            data = body.read()
-        except ImgpipeError:
-            raise
-        except Exception as e:  # connection reset mid-body and friends
-            raise TransientError(f"reading {ref.uri}: {type(e).__name__}: {e}") from e
-        finally:
-            body.close()
-        etag = str(resp.get("ETag", "")).strip('"') or ref.etag
-        return FetchedObject(data=data, etag=etag, version_id=resp.get("VersionId") or None)
+        return read_object(self.client, ref, max_bytes)
 
     def current_etag(self, bucket: str, key: str) -> str | None:
         """The ETag of the object at `key` now (HEAD); None when there is none."""

@@ -28,7 +28,12 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageOps
 
-from pipeline.errors import PermanentError, too_large_message
+from pipeline.errors import (
+    PermanentError,
+    TooLargeError,
+    UnsupportedFormatError,
+    too_large_message,
+)
 from pipeline.manifest import ModelManifest
 
 __all__ = [
@@ -115,27 +120,27 @@ def sniff_format(head: bytes) -> str:
         if head[offset:offset + len(prefix)] == prefix:
             if name in ALLOWED_FORMATS:
                 return name
-            raise PermanentError(
+            raise UnsupportedFormatError(
                 f"unsupported format: {name} files are not accepted; send {_ALLOWED_TEXT}"
             )
     if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
         return "WEBP"
     if head[:4] == b"RIFF":
-        raise PermanentError(
+        raise UnsupportedFormatError(
             f"unsupported format: RIFF {head[8:12].decode('latin-1')!r} data (audio or "
             f"video?) is not accepted; send {_ALLOWED_TEXT}"
         )
     if head[4:8] == b"ftyp":
         brand = head[8:12].decode("latin-1", "replace").strip()
         kind = "HEIF/AVIF image" if brand in ("heic", "heix", "mif1", "avif") else "video"
-        raise PermanentError(
+        raise UnsupportedFormatError(
             f"unsupported format: {kind} (ISO media, brand {brand!r}) is not accepted; "
             f"send {_ALLOWED_TEXT}"
         )
     stripped = head.lstrip()
     if stripped[:1] == b"<":
         what = "an SVG drawing" if b"<svg" in head.lower() else "XML or HTML text"
-        raise PermanentError(
+        raise UnsupportedFormatError(
             f"unsupported format: the data is {what}, not a raster image; send "
             f"{_ALLOWED_TEXT}"
         )
@@ -186,14 +191,14 @@ def prepare_pixels(
     if not data:
         raise PermanentError("empty file: the object has 0 bytes")
     if len(data) > limits.max_bytes:
-        raise PermanentError(too_large_message(len(data), limits.max_bytes))
+        raise TooLargeError(too_large_message(len(data), limits.max_bytes))
     fmt = sniff_format(bytes(data[:64]))
     try:
         im = Image.open(io.BytesIO(data), formats=[fmt])
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         # Pillow's own check fired at open (its limit is above ours): say the same sentence
         # ours would, with the header's size, rather than Pillow's DOS-attack wording.
-        raise PermanentError(_bomb_message(data, fmt, limits, e)) from e
+        raise TooLargeError(_bomb_message(data, fmt, limits, e)) from e
     except Exception as e:  # Pillow raises many types for garbage headers
         if _text_chunk_bomb(e):
             raise PermanentError(_TEXT_BOMB) from e
@@ -216,7 +221,7 @@ def _prepare_opened(
         raise PermanentError(f"not a valid {fmt} image: it has no pixels ({width}x{height})")
     max_pixels = _effective_max_pixels(limits)
     if width * height > max_pixels:
-        raise PermanentError(
+        raise TooLargeError(
             f"image too large: {width}x{height} pixels exceeds the "
             f"{_megapixels(max_pixels)} limit"
         )
@@ -240,7 +245,7 @@ def _prepare_opened(
     except PermanentError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise PermanentError(f"image too large: {e}") from e
+        raise TooLargeError(f"image too large: {e}") from e
     except (OSError, SyntaxError, ValueError, EOFError, IndexError, KeyError) as e:
         if _text_chunk_bomb(e):
             raise PermanentError(_TEXT_BOMB) from e

@@ -12,6 +12,8 @@ from __future__ import annotations
 __all__ = [
     "ImgpipeError",
     "PermanentError",
+    "UnsupportedFormatError",
+    "TooLargeError",
     "TransientError",
     "StateMachineRetry",
     "GoneError",
@@ -32,6 +34,16 @@ class PermanentError(ImgpipeError):
     The message is shown to people as-is, so it must be a sentence that says
     what is wrong (for example "not an image: the data is plain text").
     """
+
+
+class UnsupportedFormatError(PermanentError):
+    """A permanent error: the data is a known format that imgpipe does not accept (PDF, SVG,
+    HEIC...). The HTTP API answers 415 for it."""
+
+
+class TooLargeError(PermanentError):
+    """A permanent error: the file is over the byte limit, or the image over the pixel
+    limit. The HTTP API answers 413 for it."""
 
 
 class TransientError(ImgpipeError):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from pipeline.api import HttpApi
 from pipeline.aws import Clients, DynamoResultSink, S3ObjectStore, create_clients
 from pipeline.classifier import Classifier
 from pipeline.decode import DecodeLimits
@@ -15,7 +16,7 @@ from pipeline.modelstore import resolve_model
 from pipeline.service import ClassificationService
 from pipeline.settings import Settings
 
-__all__ = ["build_classifier", "build_service"]
+__all__ = ["build_api", "build_classifier", "build_service"]
 
 
 def build_classifier(settings: Settings, s3_client: Any = None) -> Classifier:
@@ -45,4 +46,15 @@ def build_service(
         DynamoResultSink(clients.dynamodb, settings.table_name),
         settings,
         logger=logger,
+    )
+
+
+def build_api(settings: Settings, bucket: str, clients: Clients | None = None,
+              classifier: Classifier | None = None) -> HttpApi:
+    """The HTTP API for `settings` and the pipeline's `bucket`."""
+    clients = clients or create_clients(settings)
+    return HttpApi(
+        classifier or build_classifier(settings, clients.s3), clients.s3, clients.dynamodb,
+        bucket=bucket, input_prefix=settings.input_prefix, table=settings.table_name,
+        max_object_bytes=settings.max_object_bytes,
     )

@@ -5,6 +5,7 @@ The package root holds what the functions run and nothing else:
 - `handlers/`, and the modules of `pipeline/` the handlers import (traced from their import
   statements, so the emulator, the CLI and the benchmark never ship);
 - the packaged models: each `model/**/manifest.json` with the ONNX and labels files it names;
+- the upload page (`web/`), which the API function serves;
 - the pinned dependencies of `requirements-lambda.txt`, wheels for the target platform only;
 - byte code for python3.12, compiled with unchecked hashes: `/var/task` is read-only, so
   without it every cold start would compile every module again.
@@ -126,6 +127,11 @@ def model_files(root: Path = ROOT) -> list[Path]:
     return files
 
 
+def web_files(root: Path = ROOT) -> list[Path]:
+    """The upload page's static files (the API function serves them)."""
+    return sorted(p.relative_to(root) for p in (root / "web").glob("*") if p.is_file())
+
+
 # ---------------------------------------------------------------- checks
 
 
@@ -187,7 +193,7 @@ def build(arch: str, out: Path, root: Path = ROOT) -> int:
                 child.unlink()
     out.mkdir(parents=True, exist_ok=True)
     install_dependencies(arch, out)
-    for rel in [*traced_sources(root), *model_files(root)]:
+    for rel in [*traced_sources(root), *model_files(root), *web_files(root)]:
         (out / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(root / rel, out / rel)
     # What it was built for: handlers/__init__.py refuses to start on another architecture.
@@ -283,7 +289,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         arch = args.arch
     stamp = args.zip.with_suffix(".json") if args.zip else None
-    key = fingerprint(arch, [*traced_sources(), *model_files()])
+    key = fingerprint(arch, [*traced_sources(), *model_files(), *web_files()])
     if stamp and stamp.is_file() and args.zip.is_file() and args.out.is_dir():
         previous = json.loads(stamp.read_text())
         if previous.get("fingerprint") == key:

@@ -64,6 +64,8 @@ def run(args: argparse.Namespace) -> int:
         model = model_id_of(args.model)
         print(f"stack ready in {time.monotonic() - started:.1f} s; uploading to "
               f"s3://{r.bucket}/{r.input_prefix}", flush=True)
+        print(f"upload page: {stack.api_url}/ (while the demo runs; `imgpipe local` keeps "
+              f"it up)", flush=True)
         s3 = stack.client("s3")
         uploads = demo_uploads(args.samples, r.input_prefix)
         for key, data in uploads:

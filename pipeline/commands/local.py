@@ -31,6 +31,11 @@ def register(sub: Any) -> None:
 def add_stack_options(p: argparse.ArgumentParser, default_port: int = 4566) -> None:
     p.add_argument("--port", type=int, default=default_port,
                    help=f"emulator port on 127.0.0.1 (default {default_port})")
+    p.add_argument("--api-port", type=int, default=None if default_port else 0,
+                   metavar="PORT",
+                   help="port of the HTTP API and the upload page on 127.0.0.1 (default: "
+                   + ("the emulator's port + 1" if default_port else "any free port")
+                   + "; 0: any free port)")
     p.add_argument("--model", default="", metavar="SOURCE",
                    help="a packaged model's name (efficientnet-lite0-int8), a model "
                    "directory, manifest.json or s3:// URI (default: efficientnet-lite0)")
@@ -64,6 +69,9 @@ def stack_options(args: argparse.Namespace) -> Any:
         params[name] = value
     if not 1 <= args.port <= 65535:
         raise ConfigError(f"--port {args.port}: expected 1..65535")
+    api_port = args.port + 1 if args.api_port is None else args.api_port
+    if not 0 <= api_port <= 65535 or api_port == args.port:
+        raise ConfigError(f"--api-port {api_port}: expected 0..65535, not the emulator's port")
     package, python = None, args.runtime_python
     if args.package is not None:
         from pipeline.local.stack import SOURCE_ROOT
@@ -74,7 +82,7 @@ def stack_options(args: argparse.Namespace) -> Any:
     return StackOptions(port=args.port, parameters=params, model_source=args.model,
                         log_level="INFO" if args.verbose else "WARNING",
                         package=package, runtime_python=python,
-                        batching_window_s=args.batching_window,
+                        batching_window_s=args.batching_window, api_port=api_port,
                         state_dir=Path(state_dir).expanduser().resolve() if state_dir else None)
 
 
@@ -144,6 +152,9 @@ imgpipe local stack is up: {stack.endpoint_url}
   functions run  {stack.mode}
                  (Runtime API workers under awslambdaric; timeout and memory enforced)
   ingest         batches of {r.batch_size}, batching window {window}
+  HTTP API       {stack.api_url}   (the function URL of {r.api_function}; AuthType is
+                 not checked locally: requests need no signature)
+  upload page    {stack.api_url}/
 
 Point the aws CLI at it:
 """ + "\n".join("  " + line for line in stack.export_lines()) + f"""
@@ -155,6 +166,8 @@ Then, for example:
   imgpipe results query --label espresso
   aws lambda invoke --function-name {r.ingest_function} \\
       --payload fileb://tests/events/sqs_local_coffee.json out.json
+  curl --data-binary @samples/coffee.jpg -H 'Content-Type: image/jpeg' \\
+      $IMGPIPE_API_URL/classify
 
 """ + _state_line(stack), flush=True)
         while not stop.wait(0.5):

@@ -17,6 +17,8 @@ The adjustments, each applied to this process's moto only:
   runs the function in its Runtime API workers.
 - Executions started without a name get a fresh UUID, as on AWS (moto 5.2 names them all
   "None", so a second unnamed backfill fails with ExecutionAlreadyExists).
+- S3 form uploads (POST object, the upload page's presigned POSTs) answer with the
+  bucket's CORS headers, as S3 does; moto leaves them out on that one request.
 - S3 events sent to EventBridge get increasing sequencers (moto gives them all the same
   one, so an overwrite would look already processed; `pipeline.local.s3_events`).
 - moto routes each request by listing its own package directory (a listdir and ~150 stat
@@ -87,6 +89,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     _cache_service_directory()
     stamp_eventbridge_sequencers()
     _name_unnamed_executions()
+    _cors_on_form_uploads()
     _forward_lambda_invocations(args.functions)
     app: Any = DomainDispatcherApplication(create_backend_app)
     if args.state_dir:
@@ -157,6 +160,24 @@ def _cache_service_directory() -> None:
 
     modules = tuple(moto.backends.list_of_moto_modules())
     setattr(moto.backends, "list_of_moto_modules", lambda: modules)  # noqa: B010
+
+
+def _cors_on_form_uploads() -> None:
+    """A browser's form upload (S3 POST object, what presigned POSTs are for) gets the
+    bucket's CORS headers, as S3 sends them; moto 5.2 adds them to other requests only,
+    so the upload page could not read its own upload's answer."""
+    from moto.s3.responses import S3Response
+
+    original = S3Response._bucket_response_post
+
+    def post(self: Any, request: Any, bucket_name: str) -> Any:
+        status, headers, body = original(self, request, bucket_name)
+        if not self.is_delete_keys():
+            self.bucket_name = bucket_name
+            headers = {**self._get_cors_headers_other(), **headers}
+        return status, headers, body
+
+    setattr(S3Response, "_bucket_response_post", post)  # noqa: B010
 
 
 def _name_unnamed_executions() -> None:

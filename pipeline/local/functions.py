@@ -22,10 +22,11 @@ import re
 import threading
 import urllib.parse
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 from pipeline.local.runtime import FunctionPool, PoolStopped, lambda_error
+from pipeline.local.serving import BackgroundServer
 
 __all__ = ["FunctionHost", "FunctionFailed", "invoke_url"]
 
@@ -54,16 +55,14 @@ class FunctionHost:
     def __init__(self) -> None:
         self._pools: dict[str, FunctionPool] = {}
         self._local: dict[str, Handler] = {}
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
+        self._http: BackgroundServer | None = None
         self._background: set[threading.Thread] = set()
         self._stopping = threading.Event()
 
     @property
     def url(self) -> str:
-        assert self._server is not None, "start() first"
-        host, port = self._server.server_address[:2]
-        return f"http://{host!s}:{port}"
+        assert self._http is not None, "start() first"
+        return self._http.url
 
     @property
     def pools(self) -> dict[str, FunctionPool]:
@@ -158,22 +157,14 @@ class FunctionHost:
             def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
                 pass  # the functions log for themselves
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Request)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever,
-                                        name="imgpipe-functions", daemon=True)
-        self._thread.start()
+        self._http = BackgroundServer(Request, "127.0.0.1", 0, "imgpipe-functions")
         return self.url
 
     def stop(self) -> None:
         self._stopping.set()
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
+        if self._http is not None:
+            self._http.close()
+            self._http = None
         for pool in self._pools.values():
             pool.stop()
 

@@ -42,7 +42,7 @@ import json
 import re
 import time
 import zipfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -80,13 +80,14 @@ LOCAL_PLANNER = "imgpipe-local-planner"
 # the API after the stack exists (their properties are resolved by moto, see
 # `_deferred_output`).
 API_APPLIED_TYPES = ("AWS::S3::BucketPolicy", "AWS::SQS::QueuePolicy", "AWS::CloudWatch::Alarm",
-                     "AWS::SNS::Subscription")
+                     "AWS::SNS::Subscription", "AWS::Lambda::Url")
 # Properties of supported resources that moto's CloudFormation accepts but ignores.
 IGNORED_PROPERTIES = {
     "AWS::S3::Bucket": (
         "VersioningConfiguration",
         "PublicAccessBlockConfiguration",
         "NotificationConfiguration",
+        "CorsConfiguration",
     ),
     "AWS::DynamoDB::Table": ("PointInTimeRecoverySpecification",),
     "AWS::SQS::Queue": ("RedriveAllowPolicy",),
@@ -125,6 +126,7 @@ class LocalResources:
     ingest_function: str
     backfill_function: str
     state_machine_arn: str
+    api_function: str = ""  # the HTTP API's function (its URL is served by the front door)
     # What the local SQS poller needs to behave like the event source mapping, read back
     # from the deployed mapping, queue and function.
     batch_size: int = 10
@@ -324,6 +326,9 @@ def adapt_for_emulator(
             outputs[f"{DEFINITION_OUTPUT_PREFIX}{logical_id}"] = {
                 "Value": props["DefinitionString"]
             }
+    # Outputs of removed resources (the function URL's address) have no local value.
+    for name in [n for n, o in outputs.items() if _references(o, removed)]:
+        del outputs[name]
     for resource in resources.values():
         depends = resource.get("DependsOn")
         if depends is not None:
@@ -334,6 +339,20 @@ def adapt_for_emulator(
             else:
                 del resource["DependsOn"]
     return adapted
+
+
+def _references(node: Any, logical_ids: Sequence[str]) -> bool:
+    """Whether a template fragment names one of `logical_ids` (Ref or Fn::GetAtt)."""
+    if isinstance(node, dict):
+        if node.get("Ref") in logical_ids:
+            return True
+        att = node.get("Fn::GetAtt")
+        if isinstance(att, list) and att and att[0] in logical_ids:
+            return True
+        return any(_references(v, logical_ids) for v in node.values())
+    if isinstance(node, list):
+        return any(_references(v, logical_ids) for v in node)
+    return False
 
 
 def _condition(expr: Any, conditions: Mapping[str, Any], values: Mapping[str, str]) -> bool:
@@ -587,9 +606,11 @@ def provision(
         ) from e
     stack = _wait_for_stack(cfn, stack_name, timeout_s)
     outputs = {o["OutputKey"]: o.get("OutputValue", "") for o in stack.get("Outputs", [])}
+    # moto reports no physical id for some resources (a Lambda permission): none needs one.
     physical = {
         r["LogicalResourceId"]: r["PhysicalResourceId"]
         for r in cfn.describe_stack_resources(StackName=stack_name)["StackResources"]
+        if "PhysicalResourceId" in r
     }
 
     deferred = {
@@ -771,6 +792,11 @@ def _apply_deferred(
         elif rtype == "AWS::SNS::Subscription":
             client("sns").subscribe(TopicArn=props["TopicArn"], Protocol=props["Protocol"],
                                     Endpoint=props["Endpoint"])
+        elif rtype == "AWS::Lambda::Url":
+            # The local front door (pipeline.local.frontdoor) reads it back for its CORS.
+            config = {k: props[k] for k in ("AuthType", "Cors") if k in props}
+            client("lambda").create_function_url_config(
+                FunctionName=props["TargetFunctionArn"], **config)
         elif rtype == "AWS::CloudWatch::Alarm":
             alarm = {k: v for k, v in props.items() if k != "AlarmName"}
             for key in ("Threshold",):
@@ -798,11 +824,19 @@ def _apply_bucket(s3: Any, bucket: str, props: Mapping[str, Any]) -> None:
             Bucket=bucket,
             PublicAccessBlockConfiguration={k: _true(v) for k, v in block.items()},
         )
+    if "CorsConfiguration" in props:
+        s3.put_bucket_cors(Bucket=bucket, CORSConfiguration={"CORSRules": [
+            {_CORS_RULE_KEYS.get(k, k): v for k, v in rule.items()}
+            for rule in props["CorsConfiguration"]["CorsRules"]]})
     if "NotificationConfiguration" in props:
         s3.put_bucket_notification_configuration(
             Bucket=bucket,
             NotificationConfiguration=_notification_for_api(props["NotificationConfiguration"]),
         )
+
+
+# CloudFormation's CorsRule keys that PutBucketCors spells otherwise.
+_CORS_RULE_KEYS = {"ExposedHeaders": "ExposeHeaders", "MaxAge": "MaxAgeSeconds"}
 
 
 def _notification_for_api(cfn_config: Mapping[str, Any]) -> dict[str, Any]:
@@ -903,6 +937,7 @@ def _read_back(
         dlq_url=dlq_url,
         table=outputs["TableName"],
         ingest_function=outputs["IngestFunctionName"],
+        api_function=outputs.get("ApiFunctionName", ""),
         backfill_function=outputs["BackfillFunctionName"],
         state_machine_arn=state_machine_arn,
         batch_size=int(mapping["BatchSize"]),

@@ -30,6 +30,7 @@ from typing import Any
 
 from pipeline.classifier import available_cpus
 from pipeline.errors import ConfigError, ImgpipeError
+from pipeline.local.frontdoor import FrontDoor
 from pipeline.local.functions import FunctionHost
 from pipeline.local.planner import make_planner
 from pipeline.local.poller import BatchResult, SqsPoller
@@ -79,6 +80,8 @@ class StackOptions:
     keep_warm_s: float = 120.0  # idle workers stop after this long
     # A local override of the event source mapping's MaximumBatchingWindowInSeconds.
     batching_window_s: int | None = None
+    # The HTTP API's function URL on 127.0.0.1 (0: any free port).
+    api_port: int = 0
 
 
 class LocalStack:
@@ -89,6 +92,7 @@ class LocalStack:
         self.endpoint_url = f"http://{self.options.host}:{self.options.port}"
         self._emulator: subprocess.Popen[bytes] | None = None
         self._functions: FunctionHost | None = None
+        self._front_door: FrontDoor | None = None
         self.poller: SqsPoller | None = None
         self.resources: LocalResources | None = None
         self.restored: dict[str, Any] | None = None  # what --state-dir brought back
@@ -105,6 +109,11 @@ class LocalStack:
             raise ConfigError(
                 f"port {port} on {host} is already in use (another `imgpipe local`?); "
                 f"stop it or pick another with --port"
+            )
+        if self.options.api_port and _port_in_use(host, self.options.api_port):
+            raise ConfigError(
+                f"port {self.options.api_port} on {host} (the HTTP API's) is already in use; "
+                f"pick another with --api-port (0: any free port)"
             )
         try:
             return self._start(host, port)
@@ -139,6 +148,8 @@ class LocalStack:
                 extra_env=self.options.function_env,
                 on_result=self._on_invocation,
             ))
+        if resources.api_function:
+            self._front_door = self._open_front_door(resources.api_function)
         if self.options.poll:
             functions = self._functions
             ingest = resources.ingest_function
@@ -165,6 +176,9 @@ class LocalStack:
         return resources
 
     def stop(self) -> None:
+        if self._front_door is not None:
+            self._front_door.stop()
+            self._front_door = None
         if self.poller is not None:
             self.poller.signal_stop()
         if self._functions is not None:
@@ -187,6 +201,25 @@ class LocalStack:
         self.stop()
 
     # ---- the functions -----------------------------------------------------------------
+
+    def _open_front_door(self, function: str) -> FrontDoor:
+        """The API function's URL on 127.0.0.1, with the CORS the template gave it."""
+        functions = self._functions
+        assert functions is not None
+        config = self.client("lambda").get_function_url_config(FunctionName=function)
+
+        def invoke(body: bytes) -> tuple[int, bytes, str | None]:
+            return functions.invoke(function, body)
+
+        door = FrontDoor(invoke, cors=config.get("Cors"), host=self.options.host,
+                         port=self.options.api_port)
+        door.start()
+        return door
+
+    @property
+    def api_url(self) -> str | None:
+        """The HTTP API (and the upload page at its root), once started."""
+        return self._front_door.url if self._front_door is not None else None
 
     def code(self) -> tuple[Path, str]:
         """(code root, interpreter) of the functions' workers."""
@@ -245,6 +278,8 @@ class LocalStack:
             wanted = r.max_concurrency
         elif deployed.name == r.backfill_function:
             wanted = int(r.parameters.get("BackfillMaxConcurrency") or 1)
+        elif deployed.name == r.api_function:
+            wanted = 2  # a page polls for results while a classify request runs
         else:
             wanted = 1
         return max(1, min(wanted, available_cpus(), _memory_mb() // deployed.memory_mb))
@@ -263,11 +298,14 @@ class LocalStack:
         return local_session(REGION).client(service, endpoint_url=self.endpoint_url)
 
     def export_lines(self) -> list[str]:
-        return [
+        lines = [
             f"export AWS_ENDPOINT_URL={self.endpoint_url}",
             "export AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test",
             f"export AWS_DEFAULT_REGION={REGION}",
         ]
+        if self.api_url:
+            lines.append(f"export IMGPIPE_API_URL={self.api_url}")
+        return lines
 
     def wait_for_records(
         self, images: Iterable[str], model: str, timeout_s: float = 60.0,

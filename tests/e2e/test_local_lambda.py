@@ -35,7 +35,7 @@ def _invoke(stack: LocalProcess, name: str, payload: Path, out: Path,
 def test_list_functions_shows_the_templates_functions(local_stack: LocalProcess) -> None:
     functions = _functions(local_stack)
     assert set(functions) == {"handlers.ingest.handler", "handlers.backfill.handler",
-                              "handlers.summary.handler"}
+                              "handlers.summary.handler", "handlers.api.handler"}
     ingest = functions["handlers.ingest.handler"]
     assert (ingest["MemorySize"], ingest["Timeout"]) == (2048, 120)
     assert ingest["Environment"]["Variables"]["IMGPIPE_TABLE"] == TABLE

@@ -3,6 +3,7 @@ RELIABILITY.md asks for, and deploys into moto's server with working wiring."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -73,7 +74,7 @@ def test_parameters_have_documented_defaults() -> None:
 
 def test_no_wildcard_resource_in_any_role_policy(cfn: dict[str, Any]) -> None:
     roles = resources_of(cfn, "AWS::IAM::Role")
-    assert len(roles) == 4  # three functions, the state machine
+    assert len(roles) == 5  # four functions, the state machine
     statements = []
     for role in roles.values():
         for policy in role["Properties"].get("Policies", []):
@@ -134,6 +135,44 @@ def test_summary_role_reads_only_the_run_reports(cfn: dict[str, Any]) -> None:
     text, variables = statement["Resource"]["Fn::Sub"]
     assert text == "arn:${AWS::Partition}:s3:::${BucketName}/${OutputPrefix}_backfill/*"
     assert variables == {"BucketName": BUCKET}
+
+
+def test_api_role_reads_and_puts_only_the_input_prefix_and_gets_records(
+        cfn: dict[str, Any]) -> None:
+    by_sid = {st["Sid"]: st for st in _policy_statements(cfn, "ApiFunctionRole")}
+    assert set(by_sid) == {"ReadWriteInput", "ReadRecord"}
+    assert by_sid["ReadWriteInput"]["Action"] == ["s3:GetObject", "s3:PutObject"]
+    assert by_sid["ReadWriteInput"]["Resource"] == {"Fn::Sub": [
+        "arn:${AWS::Partition}:s3:::${BucketName}/${InputPrefix}*", {"BucketName": BUCKET}]}
+    assert by_sid["ReadRecord"]["Action"] == "dynamodb:GetItem"
+
+
+def test_api_function_url_is_iam_authenticated_by_default_with_cors(
+        cfn: dict[str, Any]) -> None:
+    (url,) = resources_of(cfn, "AWS::Lambda::Url").values()
+    props = url["Properties"]
+    assert props["AuthType"] == {"Ref": "ApiAuthType"}
+    assert props["Cors"]["AllowOrigins"] == [{"Ref": "ApiAllowedOrigin"}]
+    params = load_sam_template(TEMPLATE)["Parameters"]
+    assert params["ApiAuthType"]["Default"] == "AWS_IAM"
+    assert params["ApiAuthType"]["AllowedValues"] == ["AWS_IAM", "NONE"]
+    # NONE needs both of Lambda's public statements (SAM adds them only for a literal
+    # NONE, not for a parameter), and only then.
+    permissions = {r["Properties"]["Action"]: r
+                   for r in resources_of(cfn, "AWS::Lambda::Permission").values()}
+    assert set(permissions) == {"lambda:InvokeFunctionUrl", "lambda:InvokeFunction"}
+    for permission in permissions.values():
+        assert permission["Condition"] == "ApiIsPublic"
+        assert permission["Properties"]["Principal"] == "*"
+    assert permissions["lambda:InvokeFunctionUrl"]["Properties"]["FunctionUrlAuthType"] == \
+        "NONE"
+    assert permissions["lambda:InvokeFunction"]["Properties"]["InvokedViaFunctionUrl"] is True
+    assert cfn["Conditions"]["ApiIsPublic"] == {"Fn::Equals": [{"Ref": "ApiAuthType"},
+                                                               "NONE"]}
+    # The bucket takes the page's form uploads from the same origin.
+    rule, = cfn["Resources"]["Bucket"]["Properties"]["CorsConfiguration"]["CorsRules"]
+    assert rule["AllowedMethods"] == ["POST"]
+    assert rule["AllowedOrigins"] == [{"Ref": "ApiAllowedOrigin"}]
 
 
 def test_queue_timeouts_and_redrive(cfn: dict[str, Any]) -> None:
@@ -407,6 +446,20 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def deployed() -> Iterator[tuple[LocalResources, Any]]:
+    with _deployed({}) as found:
+        yield found
+
+
+def test_a_public_api_deploys_with_its_permissions() -> None:
+    """ApiAuthType=NONE adds Lambda permissions, which moto creates without physical ids."""
+    with _deployed({"ApiAuthType": "NONE"}) as (r, client):
+        url = client("lambda").get_function_url_config(FunctionName=r.api_function)
+        assert url["AuthType"] == "NONE"
+        assert url["Cors"]["AllowOrigins"] == ["*"]
+
+
+@contextlib.contextmanager
+def _deployed(parameters: dict[str, str]) -> Iterator[tuple[LocalResources, Any]]:
     import boto3
     from moto.server import ThreadedMotoServer
 
@@ -417,7 +470,7 @@ def deployed() -> Iterator[tuple[LocalResources, Any]]:
     server.start()
     endpoint = f"http://127.0.0.1:{port}"
     try:
-        resources = provision(endpoint)
+        resources = provision(endpoint, parameters=parameters)
         session = boto3.session.Session(region_name="us-east-1", aws_access_key_id="test",
                                         aws_secret_access_key="test")
 

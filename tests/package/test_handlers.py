@@ -20,7 +20,7 @@ from urllib.parse import quote_plus
 
 import pytest
 
-from pipeline.local.stack import REGION, LocalStack, StackOptions, free_port
+from pipeline.local.stack import LocalStack, StackOptions, free_port
 from pipeline.modelstore import model_id_of
 from tests.conftest import load_event
 
@@ -65,7 +65,8 @@ class Invocation:
 @dataclass
 class Stack:
     stack: LocalStack
-    env: dict[str, str]  # what Lambda would set for the functions, pointed at the stack
+    env: dict[str, str]  # what Lambda would set for the ingest function, pointed at the stack
+    api_env: dict[str, str]  # the same for the HTTP API's function
 
     def client(self, service: str) -> Any:
         return self.stack.client(service)
@@ -76,12 +77,12 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     local = LocalStack(StackOptions(port=free_port(), log_level="WARNING", poll=False))
     resources = local.start()
     try:
-        # Both handlers share the template's variables; the ingest function's will do.
-        (ingest,) = (f for f in resources.functions if f.name == resources.ingest_function)
-        env = {"PATH": os.environ.get("PATH", ""), "HOME": str(tmp_path_factory.mktemp("home")),
-               "AWS_REGION": REGION, "AWS_DEFAULT_REGION": REGION,
-               **local.function_environment(ingest.environment)}
-        yield Stack(local, env)
+        base = {"PATH": os.environ.get("PATH", ""),
+                "HOME": str(tmp_path_factory.mktemp("home"))}
+        env = {**base, **local.function_environment(resources.function_environment)}
+        api_env = {**base, **local.function_environment(
+            resources.function(resources.api_function).environment)}
+        yield Stack(local, env, api_env)
     finally:
         local.stop()
 
@@ -221,3 +222,25 @@ def test_a_package_on_the_wrong_architecture_says_so(
     assert f"built for {HOST_ARCH} but runs on {other}" in done.stderr
     assert "Architecture=" in done.stderr
     assert "numpy" not in done.stderr.splitlines()[-1]
+
+
+def test_packaged_api_handler_classifies_a_posted_photo_and_serves_the_page(
+        stack: Stack, package: Callable[[str], Path], runtime_python: Path,
+        tmp_path: Path) -> None:
+    from pipeline.local.frontdoor import url_event
+
+    root = package(HOST_ARCH)
+    event = url_event("POST", "/classify", {"Content-Type": "image/jpeg"},
+                      (SAMPLES / "coffee.jpg").read_bytes(), "127.0.0.1", "lambda-url.local")
+    inv = invoke(runtime_python, root, "handlers.api", "ApiFunction", event, stack.api_env,
+                 tmp_path)
+    assert_only_package_and_runtime(inv, root)
+    assert inv.result["statusCode"] == 200, inv.result
+    answer = json.loads(inv.result["body"])
+    assert (answer["label"], answer["format"], answer["stored"]) == ("espresso", "JPEG", False)
+
+    page = url_event("GET", "/", {}, b"", "127.0.0.1", "lambda-url.local")
+    inv = invoke(runtime_python, root, "handlers.api", "ApiFunction", page, stack.api_env,
+                 tmp_path)
+    assert inv.result["statusCode"] == 200
+    assert '<script src="app.js"' in inv.result["body"]

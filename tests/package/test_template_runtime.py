@@ -23,7 +23,8 @@ def _functions(template: dict[str, Any]) -> dict[str, dict[str, Any]]:
 def test_template_builds_every_function_with_the_makefile_for_the_runtime() -> None:
     sam = load_sam_template(DEFAULT_TEMPLATE)
     functions = _functions(sam)
-    assert {"IngestFunction", "BackfillFunction", "SummaryFunction"} <= set(functions)
+    assert set(functions) == {"IngestFunction", "BackfillFunction", "SummaryFunction",
+                              "ApiFunction"}
     for name, resource in functions.items():
         props = resource["Properties"]
         assert props["Runtime"] == RUNTIME, name

@@ -1,0 +1,89 @@
+"""The upload page in a real browser (Debian's chromium through Playwright) on
+`imgpipe local`: two photos and a text file go through presigned POSTs into the bucket and
+the real event path; the page shows two results and one clear error."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.browser import artifact_path, open_page
+from tests.e2e.conftest import ROOT, LocalProcess, start_local, stop_local
+
+pytestmark = pytest.mark.e2e
+
+TEXT = b"These are holiday notes, not a photo.\n"
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LocalProcess, str]]:
+    lp = start_local(tmp_path_factory.mktemp("home"))
+    url = next(line.split("=", 1)[1].strip() for line in lp.output
+               if "export IMGPIPE_API_URL=" in line)
+    yield lp, url
+    stop_local(lp)
+
+
+def test_two_photos_and_a_text_file(stack: tuple[LocalProcess, str], tmp_path: Path) -> None:
+    lp, url = stack
+    photos = [ROOT / "samples" / "coffee.jpg", ROOT / "samples" / "chelsea.jpg"]
+    # A text file saved with a photo's name: the browser calls it image/jpeg, the bucket
+    # takes it, and the pipeline rejects it; its record's sentence is what the page shows.
+    fake = tmp_path / "holiday-notes.jpg"
+    fake.write_bytes(TEXT)
+    files = [*(shutil.copy(p, tmp_path / p.name) for p in photos), fake]
+
+    with open_page() as page:
+        errors: list[str] = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(url + "/")
+        page.set_input_files("#files", [str(f) for f in files])
+        page.wait_for_function(
+            "document.querySelectorAll('.item.classified, .item.rejected').length === 3",
+            timeout=120_000)
+        classified = page.locator(".item.classified")
+        assert classified.count() == 2
+        by_name = {classified.nth(i).get_attribute("data-name"):
+                   classified.nth(i).locator(".labels li") for i in range(2)}
+        assert set(by_name) == {"coffee.jpg", "chelsea.jpg"}
+        for labels in by_name.values():
+            assert labels.count() == 3  # top-3, each with a bar
+            for i in range(3):
+                width = labels.nth(i).locator(".bar").evaluate("e => e.style.width")
+                assert width.endswith("%") and float(width[:-1]) > 0
+        assert by_name["coffee.jpg"].first.locator(".label").inner_text() == "espresso"
+        assert "cat" in by_name["chelsea.jpg"].first.locator(".label").inner_text()
+
+        rejected = page.locator(".item.rejected")
+        assert rejected.count() == 1
+        assert rejected.get_attribute("data-name") == "holiday-notes.jpg"
+        assert rejected.locator(".state").inner_text() == (
+            "rejected: not an image: the data is plain text")
+        page.screenshot(path=artifact_path("upload-page.png"), full_page=True)
+        assert not errors, errors
+
+    # The real event path wrote the records the page showed.
+    images = [i for i in lp.aws("dynamodb", "scan", "--table-name", "imgpipe-predictions",
+                                "--query", "Items[].image.S")]
+    assert len(images) == 3 and all("/incoming/uploads/" in i for i in images)
+
+
+def test_a_file_the_api_will_not_take_is_an_error_before_any_upload(
+        stack: tuple[LocalProcess, str], tmp_path: Path) -> None:
+    lp, url = stack
+    notes = tmp_path / "notes.txt"
+    notes.write_bytes(TEXT)
+    before = lp.aws("s3api", "list-objects-v2", "--bucket", "imgpipe-local",
+                    "--query", "KeyCount")
+    with open_page() as page:
+        page.goto(url + "/")
+        page.set_input_files("#files", [str(notes)])
+        page.wait_for_selector(".item.rejected", timeout=60_000)
+        assert page.locator(".item.rejected .state").inner_text().startswith(
+            "notes.txt is text/plain, not an image this pipeline accepts")
+    after = lp.aws("s3api", "list-objects-v2", "--bucket", "imgpipe-local",
+                   "--query", "KeyCount")
+    assert after == before
