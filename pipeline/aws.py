@@ -56,7 +56,8 @@ def translate_client_error(error: Exception, what: str) -> ImgpipeError:
     """
     code = error_code(error)
     if code in _GONE:
-        return GoneError(f"{what}: the object no longer exists ({code})")
+        return GoneError(f"{what}: the bucket does not exist ({code})" if code == "NoSuchBucket"
+                         else f"{what}: the object no longer exists ({code})")
     if code in _SUPERSEDED:
         return SupersededError(f"{what}: the object changed since the event was sent ({code})")
     if code in _TRANSIENT:

@@ -37,14 +37,16 @@ class ReconcileReport:
     output_prefix: str
     model: str
     objects: int  # input objects (folder markers aside)
-    records: int  # records of the model in the bucket
-    outputs: int  # output documents under <output prefix><model>/
+    records: int  # records of the model for keys under the input prefix
+    outputs: int  # output documents of keys under the input prefix
     statuses: Mapping[str, int] = field(default_factory=dict)
     missing_records: tuple[str, ...] = ()  # s3:// URIs of objects without a record
     stale_records: tuple[str, ...] = ()  # record ETag (or a `gone`) != the current object
     missing_outputs: tuple[str, ...] = ()  # output keys of classified records, not in S3
     orphaned_outputs: tuple[str, ...] = ()  # output keys without a classified record
     deleted_objects: tuple[str, ...] = ()  # records whose object is gone: information only
+    other_records: int = 0  # records of the model elsewhere in the bucket (other prefixes)
+    other_outputs: int = 0  # their output documents
     queue_depth: int | None = None  # visible + in flight in the ingest queue; None: not asked
     dlq_depth: int | None = None  # None: not asked
 
@@ -129,8 +131,9 @@ def reconcile(
 
     uri_prefix = f"s3://{bucket}/"
     by_key = {r.image[len(uri_prefix):]: r for r in records}
+    here = [r for key, r in by_key.items() if key.startswith(input_prefix)]
     statuses: dict[str, int] = {}
-    for r in records:
+    for r in here:
         statuses[r.status] = statuses.get(r.status, 0) + 1
 
     missing_records = sorted(f"{uri_prefix}{k}" for k in objects if k not in by_key)
@@ -148,20 +151,28 @@ def reconcile(
 
     expected_outputs = {r.output_key for r in records
                         if r.status == "classified" and r.output_key}
+    # Documents count with the records they belong to (the input prefix or elsewhere); an
+    # orphan counts where its key says it came from.
+    outputs_here = {r.output_key for r in here if r.output_key} | {
+        o for o in outputs - expected_outputs
+        if o.startswith(f"{output_prefix}{model}/{input_prefix}")}
+    outputs_here &= outputs
     return ReconcileReport(
         bucket=bucket,
         input_prefix=input_prefix,
         output_prefix=output_prefix,
         model=model,
         objects=len(objects),
-        records=len(records),
-        outputs=len(outputs),
+        records=len(here),
+        outputs=len(outputs_here),
         statuses=statuses,
         missing_records=tuple(missing_records),
         stale_records=tuple(stale),
         missing_outputs=tuple(sorted(expected_outputs - outputs)),
         orphaned_outputs=tuple(sorted(outputs - expected_outputs)),
         deleted_objects=tuple(deleted),
+        other_records=len(records) - len(here),
+        other_outputs=len(outputs) - len(outputs_here),
         queue_depth=_depth(sqs_client, queue_url),
         dlq_depth=_depth(sqs_client, dlq_url),
     )

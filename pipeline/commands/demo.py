@@ -9,7 +9,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pipeline.commands.local import add_stack_options, print_batch, stack_options
+from pipeline.commands.local import (
+    activate_lines,
+    add_stack_options,
+    print_batch,
+    stack_options,
+)
 
 HELP = "one command: start the embedded stack, upload the sample photos, print the results"
 
@@ -88,7 +93,9 @@ def run(args: argparse.Namespace) -> int:
         elapsed = time.monotonic() - started
         classified = sum(1 for rec in records.values() if rec.status == "classified")
         print(f"\n{classified} classified, {len(records) - classified} rejected, "
-              f"in {elapsed:.1f} s. The same stack runs with `imgpipe local` for the aws CLI.")
+              f"in {elapsed:.1f} s. The same stack runs with `imgpipe local` for the aws CLI"
+              + "".join(f" (`{line}` first: it has imgpipe and aws)"
+                        for line in activate_lines()) + ".")
     return 0
 
 
