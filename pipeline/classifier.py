@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ __all__ = [
     "Prediction",
     "LabelScore",
     "ItemResult",
+    "ImageTimings",
     "available_cpus",
     "create_session",
     "postprocess",
@@ -38,6 +40,7 @@ __all__ = [
 
 K = TypeVar("K")
 Loader = Callable[[], bytes]
+Timed = tuple[float, float]  # (fetch ms, decode ms) of one image
 
 
 @dataclass(frozen=True)
@@ -58,6 +61,17 @@ class Prediction:
 
 
 @dataclass(frozen=True)
+class ImageTimings:
+    """Where one image's time went, in milliseconds: its loader (the S3 read), its decode,
+    and its share of its batch's model run (the batch's forward + postprocess time divided
+    by the images in it)."""
+
+    fetch_ms: float
+    decode_ms: float
+    inference_ms: float
+
+
+@dataclass(frozen=True)
 class ItemResult(Generic[K]):
     """What became of one input: a prediction, or the exception that stopped it."""
 
@@ -65,6 +79,7 @@ class ItemResult(Generic[K]):
     prediction: Prediction | None = None
     error: BaseException | None = None
     nbytes: int | None = None
+    timings: ImageTimings | None = None
 
 
 def available_cpus() -> int:
@@ -263,10 +278,12 @@ class Classifier:
         # thread waiting for one call's slot would hold up every other call's fetches.
         slots = threading.BoundedSemaphore(self.fetch_workers + self.decode_workers)
 
-        def fetch_then_decode(loader: Loader) -> Future[tuple[DecodedImage, int]]:
+        def fetch_then_decode(loader: Loader) -> Future[tuple[DecodedImage, int, Timed]]:
             try:
+                started = time.perf_counter()
                 data = loader()
-                future = decode_pool.submit(self._decode_sized, data)
+                future = decode_pool.submit(self._decode_sized, data,
+                                            (time.perf_counter() - started) * 1000)
             except BaseException:
                 slots.release()
                 raise
@@ -274,8 +291,8 @@ class Classifier:
             return future
 
         window = max(2 * self.batch_size, 2 * self.decode_workers, self.fetch_workers)
-        pending: list[tuple[K, Future[Future[tuple[DecodedImage, int]]]]] = []
-        ready: list[tuple[K, DecodedImage, int]] = []
+        pending: list[tuple[K, Future[Future[tuple[DecodedImage, int, Timed]]]]] = []
+        ready: list[tuple[K, DecodedImage, int, Timed]] = []
         iterator = iter(items)
         exhausted = False
 
@@ -294,29 +311,33 @@ class Classifier:
                 break
             key, fut = pending.pop(0)
             try:
-                decoded, nbytes = fut.result().result()
+                decoded, nbytes, timed = fut.result().result()
             except Exception as e:  # noqa: BLE001 - one item's failure stays its own
                 yield from self._flush(ready)
                 ready = []
                 yield ItemResult(key=key, error=e)
                 continue
-            ready.append((key, decoded, nbytes))
+            ready.append((key, decoded, nbytes, timed))
             if len(ready) >= self.batch_size:
                 yield from self._flush(ready)
                 ready = []
         yield from self._flush(ready)
 
-    def _flush(self, ready: list[tuple[K, DecodedImage, int]]) -> Iterator[ItemResult[K]]:
+    def _flush(
+        self, ready: list[tuple[K, DecodedImage, int, Timed]]
+    ) -> Iterator[ItemResult[K]]:
         if not ready:
             return
-        batch = np.stack([d.tensor for _, d, _ in ready])
+        batch = np.stack([d.tensor for _, d, _, _ in ready])
+        started = time.perf_counter()
         try:
             tops = self.postprocess(self.forward(batch))
         except Exception as e:  # noqa: BLE001 - an inference failure fails this batch only
-            for key, _, nbytes in ready:
+            for key, _, nbytes, _ in ready:
                 yield ItemResult(key=key, error=e, nbytes=nbytes)
             return
-        for (key, decoded, nbytes), top in zip(ready, tops, strict=True):
+        share_ms = (time.perf_counter() - started) * 1000 / len(ready)
+        for (key, decoded, nbytes, (fetch_ms, decode_ms)), top in zip(ready, tops, strict=True):
             yield ItemResult(
                 key=key,
                 prediction=Prediction(
@@ -328,10 +349,13 @@ class Classifier:
                     format=decoded.format,
                 ),
                 nbytes=nbytes,
+                timings=ImageTimings(fetch_ms, decode_ms, share_ms),
             )
 
-    def _decode_sized(self, data: bytes) -> tuple[DecodedImage, int]:
-        return self.preprocess(data), len(data)
+    def _decode_sized(self, data: bytes, fetch_ms: float) -> tuple[DecodedImage, int, Timed]:
+        started = time.perf_counter()
+        decoded = self.preprocess(data)
+        return decoded, len(data), (fetch_ms, (time.perf_counter() - started) * 1000)
 
     def _executors(self) -> tuple[ThreadPoolExecutor, ThreadPoolExecutor]:
         with self._pool_lock:

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal, Protocol
 
-from pipeline.classifier import Classifier
+from pipeline.classifier import Classifier, ImageTimings
 from pipeline.documents import DocumentStore, document_is_current, sync_document
 from pipeline.errors import (
     GoneError,
@@ -264,7 +264,7 @@ class ClassificationService:
                 ref = _with_object_facts(ref, obj)
             writes[todo[result.key]] = self._writers().submit(
                 self._finish, ref, result.prediction, result.error, result.nbytes,
-                existing.get((ref.uri, model)), overwrite,
+                existing.get((ref.uri, model)), overwrite, result.timings,
             )
         for original, future in (writes | done_checks).items():
             results[original] = future.result()
@@ -286,6 +286,7 @@ class ClassificationService:
         nbytes: int | None,
         expected: PredictionRecord | None,
         overwrite: bool,
+        timings: ImageTimings | None = None,
     ) -> Outcome:
         model = self.model_id
         now = self.clock() if self.clock else None
@@ -303,7 +304,7 @@ class ClassificationService:
             return Outcome(ref, "failed", detail)
         else:
             out_key = output_key_for(ref.key, model, self.settings.output_prefix)
-            record = classified_record(ref, model, prediction, out_key, now)
+            record = classified_record(ref, model, prediction, out_key, now, timings=timings)
         return self._write(record, ref, expected, overwrite)
 
     def _write(
