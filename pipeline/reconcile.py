@@ -25,7 +25,7 @@ from typing import Any
 from pipeline.errors import ImgpipeError
 from pipeline.records import PredictionRecord
 
-__all__ = ["ReconcileReport", "reconcile", "queue_depth", "reading"]
+__all__ = ["ReconcileReport", "reconcile", "queue_depth", "reading", "scan_records"]
 
 EXAMPLES = 5
 
@@ -124,7 +124,7 @@ def reconcile(
         }
     with reading(f"table {table!r}", "check --table (or IMGPIPE_TABLE), --endpoint-url "
                   "and --region"):
-        records = list(_scan(ddb_client, table, f"s3://{bucket}/", model))
+        records = list(scan_records(ddb_client, table, f"s3://{bucket}/", model))
     out_bucket = output_bucket or bucket
     with reading(f"bucket {out_bucket!r}", "check IMGPIPE_OUTPUT_BUCKET"):
         outputs = {key for key, _, _ in _list(s3_client, out_bucket, f"{output_prefix}{model}/")}
@@ -222,8 +222,9 @@ def _list(s3_client: Any, bucket: str, prefix: str) -> Iterator[tuple[str, str, 
             yield obj["Key"], str(obj.get("ETag", "")).strip('"'), int(obj.get("Size", 0))
 
 
-def _scan(ddb_client: Any, table: str, image_prefix: str,
-          model: str) -> Iterator[PredictionRecord]:
+def scan_records(ddb_client: Any, table: str, image_prefix: str,
+                 model: str) -> Iterator[PredictionRecord]:
+    """Every record of `model` whose image URI starts with `image_prefix` (a table scan)."""
     from boto3.dynamodb.types import TypeDeserializer
 
     de = TypeDeserializer()
