@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -227,6 +227,16 @@ class S3ObjectStore:
                 return False
             raise translate_client_error(e, f"writing s3://{bucket}/{key}") from e
         return True
+
+    def put_lines(self, bucket: str, key: str, documents: Sequence[Mapping[str, Any]]) -> None:
+        """Write documents as JSON Lines (one compact JSON object a line) in one PUT."""
+        body = "".join(json.dumps(d, ensure_ascii=False, separators=(",", ":")) + "\n"
+                       for d in documents).encode("utf-8")
+        try:
+            self.client.put_object(Bucket=bucket, Key=key, Body=body,
+                                   ContentType="application/x-ndjson")
+        except Exception as e:
+            raise translate_client_error(e, f"writing s3://{bucket}/{key}") from e
 
     def delete_document(self, bucket: str, key: str, if_match: str) -> bool:
         """Delete the document whose ETag is `if_match`; False if it changed in between."""

@@ -169,7 +169,11 @@ def reconcile(
         missing_records=tuple(missing_records),
         stale_records=tuple(stale),
         missing_outputs=tuple(sorted(expected_outputs - outputs)),
-        orphaned_outputs=tuple(sorted(outputs - expected_outputs)),
+        # A JSON Lines file (IMGPIPE_OUTPUT_DOCUMENTS=batch) that no record names is the
+        # log of an invocation whose records were all replaced since, or never written
+        # (a crash after the file): not a result of its own, so no orphan.
+        orphaned_outputs=tuple(sorted(o for o in outputs - expected_outputs
+                                      if "/_batches/" not in o)),
         deleted_objects=tuple(deleted),
         other_records=len(records) - len(here),
         other_outputs=len(outputs) - len(outputs_here),

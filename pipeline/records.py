@@ -33,7 +33,7 @@ Status = Literal["classified", "rejected", "gone"]
 _STATUSES: frozenset[str] = frozenset(get_args(Status))
 
 SCORE_PLACES = 6
-_INT_FIELDS = ("bytes", "width", "height", "event_to_record_ms")
+_INT_FIELDS = ("bytes", "width", "height", "event_to_record_ms", "output_line")
 # Per-image timings, milliseconds to one decimal place (so item, document and record agree).
 _MS_FIELDS = ("fetch_ms", "decode_ms", "inference_ms")
 MS_PLACES = 1
@@ -84,6 +84,9 @@ class PredictionRecord:
     decode_ms: float | None = None
     inference_ms: float | None = None
     event_to_record_ms: int | None = None
+    # With IMGPIPE_OUTPUT_DOCUMENTS=batch: the record's line (1-based) in the JSON Lines
+    # file `output_key` names; None for a document of its own.
+    output_line: int | None = None
 
     def __post_init__(self) -> None:
         if self.status not in _STATUSES:
@@ -260,10 +263,11 @@ def classified_record(
     ref: ObjectRef,
     model_id: str,
     prediction: Prediction,
-    output_key: str,
+    output_key: str | None,
     now: datetime | None = None,
     nbytes: int | None = None,
     timings: ImageTimings | None = None,
+    output_line: int | None = None,
 ) -> PredictionRecord:
     timed: dict[str, float] = {}
     if timings is not None:
@@ -278,6 +282,7 @@ def classified_record(
         score=prediction.score,
         top_k=tuple(prediction.top_k),
         output_key=output_key,
+        output_line=output_line,
     )
 
 

@@ -222,7 +222,7 @@ def test_document_is_json_with_stable_key_order() -> None:
     assert list(doc) == [
         "image", "model", "status", "processed_at", "etag", "version_id", "sequencer",
         "bytes", "width", "height", "format", "label", "score", "top_k", "output_key",
-        "error", "fetch_ms", "decode_ms", "inference_ms", "event_to_record_ms",
+        "error", "fetch_ms", "decode_ms", "inference_ms", "event_to_record_ms", "output_line",
     ]
     text = json.dumps(doc)
     assert json.loads(text) == doc
