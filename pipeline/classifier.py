@@ -26,6 +26,7 @@ import numpy as np
 from pipeline.decode import DecodedImage, DecodeLimits, decode_image
 from pipeline.errors import ModelError
 from pipeline.manifest import ModelManifest
+from pipeline.observe import NO_SPANS, Spans
 
 __all__ = [
     "Classifier",
@@ -211,6 +212,7 @@ class Classifier:
         fetch_workers: int = 4,
         intra_op_threads: int | None = None,
         limits: DecodeLimits | None = None,
+        spans: Spans = NO_SPANS,
     ) -> None:
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
@@ -222,6 +224,7 @@ class Classifier:
             raise ValueError("fetch_workers must be at least 1")
         self.fetch_workers = fetch_workers
         self.limits = limits or DecodeLimits()
+        self.spans = spans  # X-Ray subsegments around each decode and each batch's run
         self._pool: ThreadPoolExecutor | None = None
         self._fetch_pool: ThreadPoolExecutor | None = None
         self._pool_lock = threading.Lock()
@@ -331,7 +334,8 @@ class Classifier:
         batch = np.stack([d.tensor for _, d, _, _ in ready])
         started = time.perf_counter()
         try:
-            tops = self.postprocess(self.forward(batch))
+            with self.spans.span("inference"):
+                tops = self.postprocess(self.forward(batch))
         except Exception as e:  # noqa: BLE001 - an inference failure fails this batch only
             for key, _, nbytes, _ in ready:
                 yield ItemResult(key=key, error=e, nbytes=nbytes)
@@ -354,7 +358,8 @@ class Classifier:
 
     def _decode_sized(self, data: bytes, fetch_ms: float) -> tuple[DecodedImage, int, Timed]:
         started = time.perf_counter()
-        decoded = self.preprocess(data)
+        with self.spans.span("decode"):
+            decoded = self.preprocess(data)
         return decoded, len(data), (fetch_ms, (time.perf_counter() - started) * 1000)
 
     def _executors(self) -> tuple[ThreadPoolExecutor, ThreadPoolExecutor]:

@@ -39,6 +39,7 @@ from pipeline.errors import (
 )
 from pipeline.events import ObjectRef, ParsedMessage, parse_message_body
 from pipeline.keys import batch_output_key, compare_sequencers, output_key_for
+from pipeline.observe import NO_SPANS, Spans
 from pipeline.records import PredictionRecord, classified_record, gone_record, rejected_record
 from pipeline.settings import Settings
 
@@ -128,6 +129,7 @@ class ClassificationService:
         *,
         clock: Callable[[], datetime] | None = None,
         logger: Any = None,
+        spans: Spans = NO_SPANS,
     ) -> None:
         self.classifier = classifier
         self.store = store
@@ -135,6 +137,7 @@ class ClassificationService:
         self.settings = settings
         self.clock = clock
         self.log = logger or log
+        self.spans = spans  # X-Ray subsegments around each fetch and each image's writes
         self._writer_pool: ThreadPoolExecutor | None = None
         # The function's timeout: configured, or learnt from the first invocation's context
         # (at its start, the remaining time is the timeout, in whole seconds on Lambda).
@@ -250,7 +253,8 @@ class ClassificationService:
             def load() -> bytes:
                 if remaining_ms is not None and remaining_ms() < margin:
                     raise TransientError("not started: the invocation is close to its timeout")
-                obj = self.store.get(ref, self.settings.max_object_bytes)
+                with self.spans.span("fetch"):
+                    obj = self.store.get(ref, self.settings.max_object_bytes)
                 fetched[i] = obj
                 return obj.data
 
@@ -305,7 +309,8 @@ class ClassificationService:
         futures: dict[ObjectRef, Future[Outcome]] = {}
         for bucket, lines in by_bucket.items():
             try:
-                self.store.put_lines(bucket, key, [r.to_document() for _, _, r in lines])
+                with self.spans.span("write"):
+                    self.store.put_lines(bucket, key, [r.to_document() for _, _, r in lines])
             except TransientError as e:
                 for original, ref, _ in lines:
                     futures[original] = _done(Outcome(ref, "failed", str(e)))
@@ -367,6 +372,16 @@ class ClassificationService:
         decide again against what is there now: the same object's result stands; an
         ordered sequencer decides; otherwise the object's current ETag (HEAD) does.
         """
+        with self.spans.span("write"):
+            return self._write_record(record, ref, expected, overwrite)
+
+    def _write_record(
+        self,
+        record: PredictionRecord,
+        ref: ObjectRef,
+        expected: PredictionRecord | None,
+        overwrite: bool,
+    ) -> Outcome:
         try:
             for _attempt in range(3):
                 if self.sink.put(record, expected):

@@ -5,9 +5,12 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipeline.commands import add_aws_options, settings_from
+
+if TYPE_CHECKING:
+    from pipeline.report import ReportData
 
 HELP = "write a static HTML report (thumbnails, labels, charts) of the results under a prefix"
 
@@ -60,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def write_report(s3: Any, ddb: Any, bucket: str, prefix: str, model: str, table: str,
-                 out: Path, workers: int = 8) -> Any:
+                 out: Path, workers: int = 8) -> ReportData:
     """Read the records and write the report; shared with `imgpipe demo`."""
     from pipeline.reconcile import reading, scan_records
     from pipeline.report import build_report
