@@ -237,3 +237,28 @@ def test_the_emulators_engine_log_is_one_short_line() -> None:
     other = logging.LogRecord("moto.stepfunctions", logging.WARNING, __file__, 1,
                               "x" * 5000, None, None)
     assert len(EngineLogFormatter().format(other)) <= ENGINE_LINE_LIMIT + 40
+
+
+def test_the_total_comes_from_the_plan_locally_and_from_a_listing_on_aws() -> None:
+    from pipeline.commands.backfill import TotalCounter
+
+    class History:
+        def get_execution_history(self, **kwargs: Any) -> dict[str, Any]:
+            return {"events": [
+                {"type": "PassStateExited",
+                 "stateExitedEventDetails": {"output": json.dumps({"request": {}})}},
+                {"type": "TaskStateExited", "stateExitedEventDetails": {"output": json.dumps(
+                    {"request": {}, "plan": {"Bucket": "b", "Key": "k", "batches": 9,
+                                             "objects": 530}})}}]}
+
+    assert TotalCounter(History(), FakeSfn.ARN, "batches", None, "b", "p/").get() == 9
+
+    class Pages:
+        def get_paginator(self, name: str) -> Any:
+            pages = [{"KeyCount": 1000}, {"KeyCount": 1000}, {"KeyCount": 17}]
+            return type("P", (), {"paginate": lambda self, **kw: iter(pages)})()
+
+    counter = TotalCounter(FakeSfn(["RUNNING"]), FakeSfn.ARN, "objects", Pages(), "b", "p/")
+    assert counter._thread is not None
+    counter._thread.join(timeout=10)
+    assert counter.get() == 2017
