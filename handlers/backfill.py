@@ -15,12 +15,14 @@ from aws_lambda_powertools.metrics import MetricUnit
 
 from pipeline.backfill import BackfillIncomplete, parse_batch, run_batch
 from pipeline.factory import build_service
+from pipeline.observe import XRaySpans, add_outcome_metrics
 from pipeline.service import ClassificationService, deadline_from
 from pipeline.settings import Settings
 
 logger = Logger(service="imgpipe")
 metrics = Metrics(namespace="imgpipe", service="imgpipe")
 tracer = Tracer(service="imgpipe")
+spans = XRaySpans(tracer.provider)
 _services: dict[str, ClassificationService] = {}
 _lock = threading.Lock()
 
@@ -33,7 +35,7 @@ def get_service(model_source: str = "") -> ClassificationService:
             settings = Settings.from_env(os.environ)
             if model_source:
                 settings = settings.with_(model_source=model_source)
-            _services[model_source] = build_service(settings, logger=logger)
+            _services[model_source] = build_service(settings, logger=logger, spans=spans)
         return _services[model_source]
 
 
@@ -43,11 +45,12 @@ def get_service(model_source: str = "") -> ClassificationService:
 def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     batch = parse_batch(event, Settings.from_env(os.environ).output_prefix)
     service = get_service(batch.model)
+    spans.bind()
     counts, outcomes = run_batch(service, batch, deadline_from(context))
-    for status, count in counts.items():
-        if count:
-            metrics.add_metric(name=f"Backfill{status.capitalize()}", unit=MetricUnit.Count,
-                               value=count)
+    add_outcome_metrics(metrics, outcomes, len(batch.refs), prefix="Backfill")
+    if counts["ignored"]:
+        metrics.add_metric(name="BackfillIgnored", unit=MetricUnit.Count,
+                           value=counts["ignored"])
     logger.info("backfill batch done", extra={"bucket": batch.bucket, "counts": counts,
                                               "model": service.model_id})
     if counts["failed"]:

@@ -15,12 +15,14 @@ from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.data_classes import SQSEvent
 
 from pipeline.factory import build_service
+from pipeline.observe import XRaySpans, add_outcome_metrics
 from pipeline.service import ClassificationService, deadline_from
 from pipeline.settings import Settings
 
 logger = Logger(service="imgpipe")
 metrics = Metrics(namespace="imgpipe", service="imgpipe")
 tracer = Tracer(service="imgpipe")
+spans = XRaySpans(tracer.provider)
 _service: ClassificationService | None = None
 
 
@@ -28,7 +30,7 @@ def get_service() -> ClassificationService:
     """Built once per container: model download + verification + session happen here."""
     global _service
     if _service is None:
-        _service = build_service(Settings.from_env(os.environ), logger=logger)
+        _service = build_service(Settings.from_env(os.environ), logger=logger, spans=spans)
     return _service
 
 
@@ -37,12 +39,11 @@ def get_service() -> ClassificationService:
 @metrics.log_metrics
 def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     service = get_service()
+    spans.bind()
     messages = [(r.message_id, r.body) for r in SQSEvent(event).records]
     metrics.add_metric(name="MessagesReceived", unit=MetricUnit.Count, value=len(messages))
     report = service.process_messages(messages, remaining_ms=deadline_from(context))
-    for status, count in report.counts().items():
-        metrics.add_metric(name=f"Images{status.capitalize()}", unit=MetricUnit.Count,
-                           value=count)
+    add_outcome_metrics(metrics, (o for _, o in report.outcomes), len(messages))
     metrics.add_metric(name="MessagesFailed", unit=MetricUnit.Count,
                        value=len(report.failed_message_ids))
     logger.info("batch done", extra={"messages": len(messages), "counts": report.counts(),

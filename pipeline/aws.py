@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,7 +57,8 @@ def translate_client_error(error: Exception, what: str) -> ImgpipeError:
     """
     code = error_code(error)
     if code in _GONE:
-        return GoneError(f"{what}: the object no longer exists ({code})")
+        return GoneError(f"{what}: the bucket does not exist ({code})" if code == "NoSuchBucket"
+                         else f"{what}: the object no longer exists ({code})")
     if code in _SUPERSEDED:
         return SupersededError(f"{what}: the object changed since the event was sent ({code})")
     if code in _TRANSIENT:
@@ -231,6 +232,16 @@ class S3ObjectStore:
                 return False
             raise translate_client_error(e, f"writing s3://{bucket}/{key}") from e
         return True
+
+    def put_lines(self, bucket: str, key: str, documents: Sequence[Mapping[str, Any]]) -> None:
+        """Write documents as JSON Lines (one compact JSON object a line) in one PUT."""
+        body = "".join(json.dumps(d, ensure_ascii=False, separators=(",", ":")) + "\n"
+                       for d in documents).encode("utf-8")
+        try:
+            self.client.put_object(Bucket=bucket, Key=key, Body=body,
+                                   ContentType="application/x-ndjson")
+        except Exception as e:
+            raise translate_client_error(e, f"writing s3://{bucket}/{key}") from e
 
     def delete_document(self, bucket: str, key: str, if_match: str) -> bool:
         """Delete the document whose ETag is `if_match`; False if it changed in between."""

@@ -1018,7 +1018,20 @@ def run_benchmark(
     report.write_text(render_report(result, sets, ctx), encoding="utf-8")
     result.results_path.write_text(json.dumps(_results_doc(result, sets, ctx), indent=2,
                                               default=str) + "\n", encoding="utf-8")
+    _write_cost_inputs(ctx, sets, bench_dir / "cost-inputs.json" if not quick
+                       else out / "cost-inputs.json")
     return result
+
+
+def _write_cost_inputs(ctx: BenchContext, sets: dict[str, ImageSet], path: Path) -> None:
+    """`imgpipe cost`'s figures (pipeline/cost/inputs.py): a full run replaces the
+    committed bench/cost-inputs.json, a quick one writes beside results.json."""
+    from pipeline.cost import cost_inputs_doc
+
+    doc = cost_inputs_doc(ctx.values, ctx.machine.cpus_available, sets,
+                          ctx.manifest.model_id, ctx.machine.cpu_model,
+                          time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()))
+    path.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
 
 
 # ---- report --------------------------------------------------------------------------

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -27,12 +28,14 @@ import numpy as np
 from pipeline.decode import DecodedImage, DecodeLimits, decode_image
 from pipeline.errors import ModelError
 from pipeline.manifest import ModelManifest
+from pipeline.observe import NO_SPANS, Spans
 
 __all__ = [
     "Classifier",
     "Prediction",
     "LabelScore",
     "ItemResult",
+    "ImageTimings",
     "available_cpus",
     "create_session",
     "postprocess",
@@ -40,6 +43,7 @@ __all__ = [
 
 K = TypeVar("K")
 Loader = Callable[[], bytes]
+Timed = tuple[float, float]  # (fetch ms, decode ms) of one image
 
 
 @dataclass(frozen=True)
@@ -60,6 +64,17 @@ class Prediction:
 
 
 @dataclass(frozen=True)
+class ImageTimings:
+    """Where one image's time went, in milliseconds: its loader (the S3 read), its decode,
+    and its share of its batch's model run (the batch's forward + postprocess time divided
+    by the images in it)."""
+
+    fetch_ms: float
+    decode_ms: float
+    inference_ms: float
+
+
+@dataclass(frozen=True)
 class ItemResult(Generic[K]):
     """What became of one input: a prediction, or the exception that stopped it."""
 
@@ -67,6 +82,7 @@ class ItemResult(Generic[K]):
     prediction: Prediction | None = None
     error: BaseException | None = None
     nbytes: int | None = None
+    timings: ImageTimings | None = None
 
 
 @dataclass(eq=False)
@@ -74,7 +90,7 @@ class _Pending(Generic[K]):
     """One input inside `classify_many`: its decode, then its result."""
 
     key: K
-    decoded: Future[tuple[DecodedImage, int]]
+    decoded: Future[tuple[DecodedImage, int, Timed]]
     result: ItemResult[K] | None = None
 
 
@@ -211,6 +227,7 @@ class Classifier:
         fetch_workers: int = 4,
         intra_op_threads: int | None = None,
         limits: DecodeLimits | None = None,
+        spans: Spans = NO_SPANS,
     ) -> None:
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
@@ -222,6 +239,7 @@ class Classifier:
             raise ValueError("fetch_workers must be at least 1")
         self.fetch_workers = fetch_workers
         self.limits = limits or DecodeLimits()
+        self.spans = spans  # X-Ray subsegments around each decode and each batch's run
         self._pool: ThreadPoolExecutor | None = None
         self._fetch_pool: ThreadPoolExecutor | None = None
         self._pool_lock = threading.Lock()
@@ -284,10 +302,10 @@ class Classifier:
         # thread waiting for one call's slot would hold up every other call's fetches.
         slots = threading.BoundedSemaphore(self.fetch_workers + self.decode_workers)
 
-        def start(loader: Loader) -> Future[tuple[DecodedImage, int]]:
-            decoded: Future[tuple[DecodedImage, int]] = Future()
+        def start(loader: Loader) -> Future[tuple[DecodedImage, int, Timed]]:
+            decoded: Future[tuple[DecodedImage, int, Timed]] = Future()
 
-            def finish(future: Future[tuple[DecodedImage, int]]) -> None:
+            def finish(future: Future[tuple[DecodedImage, int, Timed]]) -> None:
                 slots.release()
                 try:
                     decoded.set_result(future.result())
@@ -296,8 +314,10 @@ class Classifier:
 
             def fetch_then_decode() -> None:
                 try:
+                    started = time.perf_counter()
                     data = loader()
-                    future = decode_pool.submit(self._decode_sized, data)
+                    future = decode_pool.submit(self._decode_sized, data,
+                                                (time.perf_counter() - started) * 1000)
                 except BaseException as e:  # noqa: BLE001 - handed to the item below
                     slots.release()
                     decoded.set_exception(e)
@@ -361,13 +381,17 @@ class Classifier:
 
     def _run_batch(self, batch: list[_Pending[K]]) -> None:
         decoded = [p.decoded.result() for p in batch]
+        started = time.perf_counter()
         try:
-            tops = self.postprocess(self.forward(np.stack([d.tensor for d, _ in decoded])))
+            with self.spans.span("inference"):
+                tops = self.postprocess(self.forward(np.stack([d.tensor for d, _, _ in decoded])))
         except Exception as e:  # noqa: BLE001 - an inference failure fails this batch only
-            for p, (_, nbytes) in zip(batch, decoded, strict=True):
+            for p, (_, nbytes, _) in zip(batch, decoded, strict=True):
                 p.result = ItemResult(key=p.key, error=e, nbytes=nbytes)
             return
-        for p, (image, nbytes), top in zip(batch, decoded, tops, strict=True):
+        share_ms = (time.perf_counter() - started) * 1000 / len(batch)
+        for p, (image, nbytes, (fetch_ms, decode_ms)), top in zip(batch, decoded, tops,
+                                                                  strict=True):
             p.result = ItemResult(
                 key=p.key,
                 prediction=Prediction(
@@ -379,11 +403,15 @@ class Classifier:
                     format=image.format,
                 ),
                 nbytes=nbytes,
+                timings=ImageTimings(fetch_ms, decode_ms, share_ms),
             )
             p.decoded = _DONE  # the tensor is no longer needed: let it go
 
-    def _decode_sized(self, data: bytes) -> tuple[DecodedImage, int]:
-        return self.preprocess(data), len(data)
+    def _decode_sized(self, data: bytes, fetch_ms: float) -> tuple[DecodedImage, int, Timed]:
+        started = time.perf_counter()
+        with self.spans.span("decode"):
+            decoded = self.preprocess(data)
+        return decoded, len(data), (fetch_ms, (time.perf_counter() - started) * 1000)
 
     def _executors(self) -> tuple[ThreadPoolExecutor, ThreadPoolExecutor]:
         with self._pool_lock:

@@ -19,7 +19,7 @@ from pipeline.errors import ImgpipeError
 __all__ = ["main", "build_parser"]
 
 COMMANDS: tuple[str, ...] = ("classify", "demo", "local", "backfill", "results", "bench",
-                             "redrive", "reconcile")
+                             "redrive", "reconcile", "report", "cost")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -13,13 +13,15 @@ from pipeline.aws import Clients, DynamoResultSink, S3ObjectStore, create_client
 from pipeline.classifier import Classifier
 from pipeline.decode import DecodeLimits
 from pipeline.modelstore import resolve_model
+from pipeline.observe import NO_SPANS, Spans
 from pipeline.service import ClassificationService
 from pipeline.settings import Settings
 
 __all__ = ["build_api", "build_classifier", "build_service"]
 
 
-def build_classifier(settings: Settings, s3_client: Any = None) -> Classifier:
+def build_classifier(settings: Settings, s3_client: Any = None,
+                     spans: Spans = NO_SPANS) -> Classifier:
     manifest = resolve_model(settings.model_source, settings.model_cache_dir, s3_client)
     return Classifier(
         manifest,
@@ -28,6 +30,7 @@ def build_classifier(settings: Settings, s3_client: Any = None) -> Classifier:
         fetch_workers=settings.fetch_workers,
         limits=DecodeLimits(max_pixels=settings.max_pixels,
                             max_bytes=settings.max_object_bytes),
+        spans=spans,
     )
 
 
@@ -36,16 +39,19 @@ def build_service(
     clients: Clients | None = None,
     classifier: Classifier | None = None,
     logger: Any = None,
+    spans: Spans = NO_SPANS,
 ) -> ClassificationService:
-    """The service for `settings`; fails fast (ModelError) if the model is missing or corrupt."""
+    """The service for `settings`; fails fast (ModelError) if the model is missing or corrupt.
+    `spans`: X-Ray subsegments (the handlers' `XRaySpans`), none by default."""
     clients = clients or create_clients(settings)
-    classifier = classifier or build_classifier(settings, clients.s3)
+    classifier = classifier or build_classifier(settings, clients.s3, spans)
     return ClassificationService(
         classifier,
         S3ObjectStore(clients.s3),
         DynamoResultSink(clients.dynamodb, settings.table_name),
         settings,
         logger=logger,
+        spans=spans,
     )
 
 

@@ -7,6 +7,7 @@ import re
 
 __all__ = [
     "MAX_KEY_BYTES",
+    "batch_output_key",
     "compare_sequencers",
     "output_key_for",
     "parse_s3_uri",
@@ -17,6 +18,13 @@ MAX_KEY_BYTES = 1024  # S3's limit on a key, counted in UTF-8 bytes
 # Lenient on purpose: legacy us-east-1 buckets may hold capitals and underscores.
 _BUCKET_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{1,253}[A-Za-z0-9]")
 _HEX = frozenset("0123456789ABCDEF")
+
+
+def batch_output_key(model_id: str, output_prefix: str, moment: str, token: str) -> str:
+    """The JSON Lines file of one invocation's results (IMGPIPE_OUTPUT_DOCUMENTS=batch):
+    `<prefix><model>/_batches/<moment>-<token>.jsonl`, `moment` a compact UTC time so the
+    files list in the order they were written."""
+    return f"{output_prefix}{model_id}/_batches/{moment}-{token}.jsonl"
 
 
 def output_key_for(input_key: str, model_id: str, output_prefix: str) -> str:

@@ -25,7 +25,7 @@ from typing import Any
 from pipeline.errors import ImgpipeError
 from pipeline.records import PredictionRecord
 
-__all__ = ["ReconcileReport", "reconcile", "queue_depth", "reading"]
+__all__ = ["ReconcileReport", "reconcile", "queue_depth", "reading", "scan_records"]
 
 EXAMPLES = 5
 
@@ -37,14 +37,16 @@ class ReconcileReport:
     output_prefix: str
     model: str
     objects: int  # input objects (folder markers aside)
-    records: int  # records of the model in the bucket
-    outputs: int  # output documents under <output prefix><model>/
+    records: int  # records of the model for keys under the input prefix
+    outputs: int  # output documents of keys under the input prefix
     statuses: Mapping[str, int] = field(default_factory=dict)
     missing_records: tuple[str, ...] = ()  # s3:// URIs of objects without a record
     stale_records: tuple[str, ...] = ()  # record ETag (or a `gone`) != the current object
     missing_outputs: tuple[str, ...] = ()  # output keys of classified records, not in S3
     orphaned_outputs: tuple[str, ...] = ()  # output keys without a classified record
     deleted_objects: tuple[str, ...] = ()  # records whose object is gone: information only
+    other_records: int = 0  # records of the model elsewhere in the bucket (other prefixes)
+    other_outputs: int = 0  # their output documents
     queue_depth: int | None = None  # visible + in flight in the ingest queue; None: not asked
     dlq_depth: int | None = None  # None: not asked
 
@@ -122,15 +124,16 @@ def reconcile(
         }
     with reading(f"table {table!r}", "check --table (or IMGPIPE_TABLE), --endpoint-url "
                   "and --region"):
-        records = list(_scan(ddb_client, table, f"s3://{bucket}/", model))
+        records = list(scan_records(ddb_client, table, f"s3://{bucket}/", model))
     out_bucket = output_bucket or bucket
     with reading(f"bucket {out_bucket!r}", "check IMGPIPE_OUTPUT_BUCKET"):
         outputs = {key for key, _, _ in _list(s3_client, out_bucket, f"{output_prefix}{model}/")}
 
     uri_prefix = f"s3://{bucket}/"
     by_key = {r.image[len(uri_prefix):]: r for r in records}
+    here = [r for key, r in by_key.items() if key.startswith(input_prefix)]
     statuses: dict[str, int] = {}
-    for r in records:
+    for r in here:
         statuses[r.status] = statuses.get(r.status, 0) + 1
 
     missing_records = sorted(f"{uri_prefix}{k}" for k in objects if k not in by_key)
@@ -148,20 +151,32 @@ def reconcile(
 
     expected_outputs = {r.output_key for r in records
                         if r.status == "classified" and r.output_key}
+    # Documents count with the records they belong to (the input prefix or elsewhere); an
+    # orphan counts where its key says it came from.
+    outputs_here = {r.output_key for r in here if r.output_key} | {
+        o for o in outputs - expected_outputs
+        if o.startswith(f"{output_prefix}{model}/{input_prefix}")}
+    outputs_here &= outputs
     return ReconcileReport(
         bucket=bucket,
         input_prefix=input_prefix,
         output_prefix=output_prefix,
         model=model,
         objects=len(objects),
-        records=len(records),
-        outputs=len(outputs),
+        records=len(here),
+        outputs=len(outputs_here),
         statuses=statuses,
         missing_records=tuple(missing_records),
         stale_records=tuple(stale),
         missing_outputs=tuple(sorted(expected_outputs - outputs)),
-        orphaned_outputs=tuple(sorted(outputs - expected_outputs)),
+        # A JSON Lines file (IMGPIPE_OUTPUT_DOCUMENTS=batch) that no record names is the
+        # log of an invocation whose records were all replaced since, or never written
+        # (a crash after the file): not a result of its own, so no orphan.
+        orphaned_outputs=tuple(sorted(o for o in outputs - expected_outputs
+                                      if "/_batches/" not in o)),
         deleted_objects=tuple(deleted),
+        other_records=len(records) - len(here),
+        other_outputs=len(outputs) - len(outputs_here),
         queue_depth=_depth(sqs_client, queue_url),
         dlq_depth=_depth(sqs_client, dlq_url),
     )
@@ -211,8 +226,9 @@ def _list(s3_client: Any, bucket: str, prefix: str) -> Iterator[tuple[str, str, 
             yield obj["Key"], str(obj.get("ETag", "")).strip('"'), int(obj.get("Size", 0))
 
 
-def _scan(ddb_client: Any, table: str, image_prefix: str,
-          model: str) -> Iterator[PredictionRecord]:
+def scan_records(ddb_client: Any, table: str, image_prefix: str,
+                 model: str) -> Iterator[PredictionRecord]:
+    """Every record of `model` whose image URI starts with `image_prefix` (a table scan)."""
     from boto3.dynamodb.types import TypeDeserializer
 
     de = TypeDeserializer()

@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, Literal, get_args
 
-from pipeline.classifier import LabelScore, Prediction
+from pipeline.classifier import ImageTimings, LabelScore, Prediction
 from pipeline.events import ObjectRef
 
 __all__ = [
@@ -22,6 +22,7 @@ __all__ = [
     "PredictionRecord",
     "Status",
     "classified_record",
+    "event_to_record_ms",
     "gone_record",
     "rejected_record",
     "round_score",
@@ -32,7 +33,10 @@ Status = Literal["classified", "rejected", "gone"]
 _STATUSES: frozenset[str] = frozenset(get_args(Status))
 
 SCORE_PLACES = 6
-_INT_FIELDS = ("bytes", "width", "height")
+_INT_FIELDS = ("bytes", "width", "height", "event_to_record_ms", "output_line")
+# Per-image timings, milliseconds to one decimal place (so item, document and record agree).
+_MS_FIELDS = ("fetch_ms", "decode_ms", "inference_ms")
+MS_PLACES = 1
 _STR_FIELDS = (
     "etag", "version_id", "sequencer", "format", "label", "output_key", "error",
 )
@@ -73,6 +77,16 @@ class PredictionRecord:
     top_k: tuple[LabelScore, ...] = ()
     output_key: str | None = None  # classified records only: they alone get a document
     error: str | None = None  # rejected records: the sentence shown to people
+    # Timings (absent from records written before they existed): the S3 read, the decode,
+    # this image's share of its batch's model run, and the time from the S3 event
+    # (`eventTime`) to this record (None without an event time, as in a backfill).
+    fetch_ms: float | None = None
+    decode_ms: float | None = None
+    inference_ms: float | None = None
+    event_to_record_ms: int | None = None
+    # With IMGPIPE_OUTPUT_DOCUMENTS=batch: the record's line (1-based) in the JSON Lines
+    # file `output_key` names; None for a document of its own.
+    output_line: int | None = None
 
     def __post_init__(self) -> None:
         if self.status not in _STATUSES:
@@ -84,6 +98,10 @@ class PredictionRecord:
                 raise ValueError(f"a prediction record needs a non-empty {name}")
         if self.score is not None:
             object.__setattr__(self, "score", round_score(self.score))
+        for name in _MS_FIELDS:
+            value = getattr(self, name)
+            if value is not None:
+                object.__setattr__(self, name, round(float(value), MS_PLACES))
         object.__setattr__(
             self,
             "top_k",
@@ -121,6 +139,8 @@ class PredictionRecord:
                     ]
             elif f.name in _INT_FIELDS:
                 item[f.name] = Decimal(int(value))
+            elif f.name in _MS_FIELDS:
+                item[f.name] = Decimal(f"{value:.{MS_PLACES}f}")
             else:
                 item[f.name] = value
         label_key = self.label_key
@@ -151,6 +171,9 @@ class PredictionRecord:
                 values[name] = _to_int(item[name], name)
         if item.get("score") is not None:
             values["score"] = float(item["score"])
+        for name in _MS_FIELDS:
+            if item.get(name) is not None:
+                values[name] = float(item[name])
         values["top_k"] = tuple(_label_score(entry) for entry in item.get("top_k") or ())
         return cls(**values)
 
@@ -207,11 +230,13 @@ def _record(
     **fields: Any,
 ) -> PredictionRecord:
     """What every record says about its object; `fields` add the status's own."""
+    moment = now if now is not None else datetime.now(UTC)
     return PredictionRecord(
         image=ref.uri,
         model=model_id,
         status=status,
-        processed_at=utc_now_iso(now),
+        processed_at=utc_now_iso(moment),
+        event_to_record_ms=event_to_record_ms(ref.event_time, moment),
         etag=ref.etag,
         version_id=ref.version_id,
         sequencer=ref.sequencer,
@@ -220,16 +245,36 @@ def _record(
     )
 
 
+def event_to_record_ms(event_time: str | None, now: datetime) -> int | None:
+    """Milliseconds from an S3 event's time (ISO-8601, `...Z`) to `now`; None without a
+    readable event time. A clock a little behind S3's gives 0, not a negative time."""
+    if not event_time:
+        return None
+    try:
+        sent = datetime.fromisoformat(event_time.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    sent = sent.replace(tzinfo=UTC) if sent.tzinfo is None else sent
+    moment = now.replace(tzinfo=UTC) if now.tzinfo is None else now
+    return max(0, round((moment - sent).total_seconds() * 1000))
+
+
 def classified_record(
     ref: ObjectRef,
     model_id: str,
     prediction: Prediction,
-    output_key: str,
+    output_key: str | None,
     now: datetime | None = None,
     nbytes: int | None = None,
+    timings: ImageTimings | None = None,
+    output_line: int | None = None,
 ) -> PredictionRecord:
+    timed: dict[str, float] = {}
+    if timings is not None:
+        timed = {"fetch_ms": timings.fetch_ms, "decode_ms": timings.decode_ms,
+                 "inference_ms": timings.inference_ms}
     return _record(
-        ref, model_id, "classified", now, nbytes,
+        ref, model_id, "classified", now, nbytes, **timed,
         width=prediction.width,
         height=prediction.height,
         format=prediction.format,
@@ -237,6 +282,7 @@ def classified_record(
         score=prediction.score,
         top_k=tuple(prediction.top_k),
         output_key=output_key,
+        output_line=output_line,
     )
 
 

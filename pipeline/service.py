@@ -21,13 +21,14 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Iterable, Sequence
+import uuid
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Literal, Protocol
 
-from pipeline.classifier import Classifier
+from pipeline.classifier import Classifier, ImageTimings, ItemResult
 from pipeline.documents import DocumentStore, document_is_current, sync_document
 from pipeline.errors import (
     GoneError,
@@ -37,7 +38,8 @@ from pipeline.errors import (
     TransientError,
 )
 from pipeline.events import ObjectRef, ParsedMessage, parse_message_body
-from pipeline.keys import compare_sequencers, output_key_for
+from pipeline.keys import batch_output_key, compare_sequencers, output_key_for
+from pipeline.observe import NO_SPANS, Spans
 from pipeline.records import PredictionRecord, classified_record, gone_record, rejected_record
 from pipeline.settings import Settings
 
@@ -76,6 +78,9 @@ class FetchedLike(Protocol):
 
 class ObjectStore(DocumentStore, Protocol):
     def get(self, ref: ObjectRef, max_bytes: int) -> FetchedLike: ...
+
+    def put_lines(self, bucket: str, key: str, documents: Sequence[Mapping[str, Any]]) -> None:
+        ...
 
     def current_etag(self, bucket: str, key: str) -> str | None: ...
 
@@ -124,6 +129,7 @@ class ClassificationService:
         *,
         clock: Callable[[], datetime] | None = None,
         logger: Any = None,
+        spans: Spans = NO_SPANS,
     ) -> None:
         self.classifier = classifier
         self.store = store
@@ -131,6 +137,7 @@ class ClassificationService:
         self.settings = settings
         self.clock = clock
         self.log = logger or log
+        self.spans = spans  # X-Ray subsegments around each fetch and each image's writes
         self._writer_pool: ThreadPoolExecutor | None = None
         # The function's timeout: configured, or learnt from the first invocation's context
         # (at its start, the remaining time is the timeout, in whole seconds on Lambda).
@@ -246,7 +253,8 @@ class ClassificationService:
             def load() -> bytes:
                 if remaining_ms is not None and remaining_ms() < margin:
                     raise TransientError("not started: the invocation is close to its timeout")
-                obj = self.store.get(ref, self.settings.max_object_bytes)
+                with self.spans.span("fetch"):
+                    obj = self.store.get(ref, self.settings.max_object_bytes)
                 fetched[i] = obj
                 return obj.data
 
@@ -255,6 +263,7 @@ class ClassificationService:
         # The two writes of each image (S3, then DynamoDB) are round trips: run them in a
         # pool so they overlap with each other and with the next images' inference.
         writes: dict[ObjectRef, Future[Outcome]] = {}
+        to_batch: list[tuple[ObjectRef, ObjectRef, ItemResult[int]]] = []
         for result in self.classifier.classify_many(
             (i, loader(i, ref)) for i, ref in enumerate(todo)
         ):
@@ -262,13 +271,54 @@ class ClassificationService:
             obj = fetched.get(result.key)
             if obj is not None:
                 ref = _with_object_facts(ref, obj)
+            if self.settings.output_documents == "batch" and result.prediction is not None:
+                to_batch.append((todo[result.key], ref, result))
+                continue
             writes[todo[result.key]] = self._writers().submit(
                 self._finish, ref, result.prediction, result.error, result.nbytes,
-                existing.get((ref.uri, model)), overwrite,
+                existing.get((ref.uri, model)), overwrite, result.timings,
             )
+        if to_batch:
+            writes |= self._write_batch(to_batch, existing, overwrite)
         for original, future in (writes | done_checks).items():
             results[original] = future.result()
         return [results[r] for r in unique]
+
+    def _write_batch(
+        self,
+        results: list[tuple[ObjectRef, ObjectRef, ItemResult[int]]],
+        existing: dict[tuple[str, str], PredictionRecord],
+        overwrite: bool,
+    ) -> dict[ObjectRef, Future[Outcome]]:
+        """IMGPIPE_OUTPUT_DOCUMENTS=batch: the invocation's classified images as one JSON
+        Lines file per output bucket, written before their records, so a record never
+        points at a file that is not there (a crash in between leaves a file no record
+        names, and the redelivery writes another)."""
+        model = self.model_id
+        now = self.clock() if self.clock else datetime.now(UTC)
+        moment = now.strftime("%Y%m%dT%H%M%S%fZ")
+        key = batch_output_key(model, self.settings.output_prefix, moment, uuid.uuid4().hex[:12])
+        by_bucket: dict[str, list[tuple[ObjectRef, ObjectRef, PredictionRecord]]] = {}
+        for original, ref, result in results:
+            bucket = self.settings.output_bucket or ref.bucket
+            lines = by_bucket.setdefault(bucket, [])
+            assert result.prediction is not None
+            record = classified_record(ref, model, result.prediction, key, now,
+                                       timings=result.timings, output_line=len(lines) + 1)
+            lines.append((original, ref, record))
+        futures: dict[ObjectRef, Future[Outcome]] = {}
+        for bucket, lines in by_bucket.items():
+            try:
+                with self.spans.span("write"):
+                    self.store.put_lines(bucket, key, [r.to_document() for _, _, r in lines])
+            except TransientError as e:
+                for original, ref, _ in lines:
+                    futures[original] = _done(Outcome(ref, "failed", str(e)))
+                continue
+            for original, ref, record in lines:
+                futures[original] = self._writers().submit(
+                    self._write, record, ref, existing.get((ref.uri, model)), overwrite)
+        return futures
 
     def _writers(self) -> ThreadPoolExecutor:
         with self._writers_lock:
@@ -286,6 +336,7 @@ class ClassificationService:
         nbytes: int | None,
         expected: PredictionRecord | None,
         overwrite: bool,
+        timings: ImageTimings | None = None,
     ) -> Outcome:
         model = self.model_id
         now = self.clock() if self.clock else None
@@ -302,8 +353,9 @@ class ClassificationService:
                 f"{type(error).__name__}: {error}")
             return Outcome(ref, "failed", detail)
         else:
-            out_key = output_key_for(ref.key, model, self.settings.output_prefix)
-            record = classified_record(ref, model, prediction, out_key, now)
+            out_key = (output_key_for(ref.key, model, self.settings.output_prefix)
+                       if self.settings.output_documents == "per-image" else None)
+            record = classified_record(ref, model, prediction, out_key, now, timings=timings)
         return self._write(record, ref, expected, overwrite)
 
     def _write(
@@ -320,10 +372,21 @@ class ClassificationService:
         decide again against what is there now: the same object's result stands; an
         ordered sequencer decides; otherwise the object's current ETag (HEAD) does.
         """
+        with self.spans.span("write"):
+            return self._write_record(record, ref, expected, overwrite)
+
+    def _write_record(
+        self,
+        record: PredictionRecord,
+        ref: ObjectRef,
+        expected: PredictionRecord | None,
+        overwrite: bool,
+    ) -> Outcome:
         try:
             for _attempt in range(3):
                 if self.sink.put(record, expected):
-                    self._sync_document(ref, record.model)
+                    if self.settings.output_documents == "per-image":
+                        self._sync_document(ref, record.model)
                     return Outcome(ref, record.status, record.error or "", record)
                 expected = self._read_record(record.image, record.model)
                 reason = None if overwrite else _already_done(ref, expected)
@@ -366,6 +429,8 @@ class ClassificationService:
     def _skip_done(self, ref: ObjectRef, reason: str, existing: PredictionRecord) -> Outcome:
         """Already done for this object: no inference, but make sure its document is there
         (a writer may have stopped between the record and the document)."""
+        if self.settings.output_documents != "per-image":
+            return Outcome(ref, "skipped", reason, existing)
         bucket, key = self._document_location(ref, existing.model)
         try:
             if not document_is_current(self.store, bucket, key, existing):
@@ -373,6 +438,12 @@ class ClassificationService:
         except ImgpipeError as e:
             return Outcome(ref, "failed", str(e))
         return Outcome(ref, "skipped", reason, existing)
+
+
+def _done(outcome: Outcome) -> Future[Outcome]:
+    future: Future[Outcome] = Future()
+    future.set_result(outcome)
+    return future
 
 
 def _older_duplicates(refs: Sequence[ObjectRef]) -> dict[ObjectRef, str]:

@@ -22,6 +22,7 @@ ENV_VARS: dict[str, str] = {
     "table_name": "IMGPIPE_TABLE",
     "input_prefix": "IMGPIPE_INPUT_PREFIX",
     "output_prefix": "IMGPIPE_OUTPUT_PREFIX",
+    "output_documents": "IMGPIPE_OUTPUT_DOCUMENTS",
     "output_bucket": "IMGPIPE_OUTPUT_BUCKET",
     "model_source": "IMGPIPE_MODEL",
     "model_cache_dir": "IMGPIPE_MODEL_CACHE",
@@ -37,11 +38,17 @@ ENV_VARS: dict[str, str] = {
 }
 
 
+OUTPUT_DOCUMENTS = ("per-image", "batch", "none")
+
+
 @dataclass(frozen=True)
 class Settings:
     table_name: str = "imgpipe-predictions"
     input_prefix: str = "incoming/"
     output_prefix: str = "predictions/"
+    # per-image: one JSON document per image (the default); batch: one JSON Lines file per
+    # invocation, each record pointing at its line; none: records only (no S3 PUT per image).
+    output_documents: str = "per-image"
     output_bucket: str = ""  # empty: write next to the input object, in its bucket
     model_source: str = ""  # empty: the packaged default; else a directory, manifest or s3://
     model_cache_dir: str = "/tmp/imgpipe-model"
@@ -95,6 +102,10 @@ class Settings:
                 f"input prefix {a!r} and output prefix {b!r} overlap: results would "
                 f"trigger the pipeline again. Choose prefixes that are not nested."
             )
+        if self.output_documents not in OUTPUT_DOCUMENTS:
+            raise ConfigError(
+                f"IMGPIPE_OUTPUT_DOCUMENTS={self.output_documents!r} must be one of "
+                f"{', '.join(OUTPUT_DOCUMENTS)}")
         if not self.table_name:
             raise ConfigError("IMGPIPE_TABLE must name the DynamoDB table")
         for name in ("batch_size", "max_pixels", "max_object_bytes", "fetch_workers"):

@@ -10,7 +10,9 @@ def add_aws_options(p: argparse.ArgumentParser) -> None:
     """--endpoint-url and --region, for commands that talk to AWS or the local stack."""
     p.add_argument("--endpoint-url", default=None,
                    help="AWS endpoint, e.g. http://127.0.0.1:4566 (default: AWS_ENDPOINT_URL)")
-    p.add_argument("--region", default=None, help="AWS region (default: AWS_REGION)")
+    p.add_argument("--region", default=None,
+                   help="AWS region (default: AWS_REGION, else AWS_DEFAULT_REGION, else "
+                   "us-east-1; either variable works)")
 
 
 def settings_from(args: argparse.Namespace, **overrides: Any) -> Any:

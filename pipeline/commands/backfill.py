@@ -6,7 +6,9 @@ import argparse
 import json
 import os
 import sys
+import threading
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from pipeline.commands import add_aws_options, settings_from
@@ -22,7 +24,11 @@ def register(sub: Any) -> None:
         "current ETag are skipped, so re-running after an interruption continues where it "
         "stopped. Works on AWS, or on `imgpipe local` with --endpoint-url / AWS_ENDPOINT_URL.",
     )
-    p.add_argument("uri", metavar="s3://BUCKET/PREFIX", help="what to classify")
+    p.add_argument("uri", metavar="s3://BUCKET/PREFIX", nargs="?", default="",
+                   help="what to classify")
+    p.add_argument("--follow", default="", metavar="EXECUTION_ARN",
+                   help="follow an execution started earlier (its ARN is printed at the "
+                   "start; Ctrl-C only stops following, the execution goes on)")
     p.add_argument("--model", default="", metavar="SOURCE",
                    help="model source for this run: a packaged model's name "
                    "(efficientnet-lite0-int8), a directory, manifest.json or s3:// URI "
@@ -42,47 +48,116 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from pipeline.aws import client_for, is_loopback
     from pipeline.keys import parse_s3_uri
 
-    try:
-        bucket, prefix = parse_s3_uri(args.uri, require_key=False)
-    except ValueError as e:
-        print(f"imgpipe backfill: {e}", file=sys.stderr)
+    if bool(args.uri) == bool(args.follow):
+        print("imgpipe backfill: give s3://BUCKET/PREFIX to start a backfill, or --follow ARN "
+              "to follow one already started", file=sys.stderr)
         return 2
-    from pipeline.aws import client_for, is_loopback
-
+    bucket = prefix = ""
+    if args.uri:
+        try:
+            bucket, prefix = parse_s3_uri(args.uri, require_key=False)
+        except ValueError as e:
+            print(f"imgpipe backfill: {e}", file=sys.stderr)
+            return 2
     settings = settings_from(args)
     sfn = client_for("stepfunctions", settings)
     # On AWS a map run counts objects; the local stack's Map runs over batches of them.
     unit = "batches" if settings.endpoint_url and is_loopback(settings.endpoint_url) \
         else "objects"
-    arn = _state_machine_arn(sfn, args.state_machine
-                             or os.environ.get("IMGPIPE_STATE_MACHINE", "imgpipe-backfill"))
-    request: dict[str, Any] = {"bucket": bucket, "prefix": prefix,
-                               "overwrite": bool(args.overwrite)}
-    if args.model:
-        request["model"] = args.model
-    name = "backfill-" + time.strftime("%Y%m%dT%H%M%S") + f"-{os.getpid()}"
     started = time.monotonic()
-    execution = sfn.start_execution(stateMachineArn=arn, name=name, input=json.dumps(request))
-    execution_arn = execution["executionArn"]
-    print(f"started {execution_arn}", file=sys.stderr, flush=True)
-    if not args.wait:
-        print(execution_arn)
-        return 0
-    desc = _follow(sfn, execution_arn, started, unit)
+    if args.follow:
+        execution_arn = args.follow
+        request = json.loads(sfn.describe_execution(executionArn=execution_arn)
+                             .get("input") or "{}")
+        bucket, prefix = str(request.get("bucket", "")), str(request.get("prefix", ""))
+    else:
+        s3 = client_for("s3", settings)
+        missing = _missing_bucket(s3, bucket)
+        if missing:
+            print(f"imgpipe backfill: {missing}", file=sys.stderr)
+            return 1
+        arn = _state_machine_arn(sfn, args.state_machine
+                                 or os.environ.get("IMGPIPE_STATE_MACHINE", "imgpipe-backfill"))
+        request = {"bucket": bucket, "prefix": prefix, "overwrite": bool(args.overwrite)}
+        if args.model:
+            request["model"] = args.model
+        name = "backfill-" + time.strftime("%Y%m%dT%H%M%S") + f"-{os.getpid()}"
+        execution = sfn.start_execution(stateMachineArn=arn, name=name,
+                                        input=json.dumps(request))
+        execution_arn = execution["executionArn"]
+        print(f"started {execution_arn}", file=sys.stderr, flush=True)
+        if not args.wait:
+            print(execution_arn)
+            return 0
+    total = TotalCounter(sfn, execution_arn, unit, client_for("s3", settings), bucket, prefix)
+    try:
+        desc = _follow(sfn, execution_arn, started, unit, total)
+    except KeyboardInterrupt:
+        print(f"\nimgpipe backfill: stopped following; the execution goes on "
+              f"{'in the local stack' if unit == 'batches' else 'in AWS'}. Follow it again "
+              f"with\n  imgpipe backfill --follow {execution_arn}\nor stop it with\n"
+              f"  aws stepfunctions stop-execution --execution-arn {execution_arn}",
+              file=sys.stderr)
+        return 130
+    finally:
+        total.stop()
     elapsed = time.monotonic() - started
     if desc["status"] != "SUCCEEDED":
-        cause = desc.get("cause") or desc.get("error") or "no cause given"
-        print(f"imgpipe backfill: execution {desc['status']}: {cause}", file=sys.stderr)
+        print(f"imgpipe backfill: execution {desc['status']}: {_cause(desc)}", file=sys.stderr)
         return 1
     summary = json.loads(desc.get("output") or "{}")
     summary["elapsed_s"] = round(elapsed, 2)
     if args.json:
         print(json.dumps(summary))
     else:
-        _print_summary(summary, elapsed)
+        _print_summary(summary, elapsed, model=_model_named(summary, request))
     return 1 if summary.get("counts", {}).get("failed") else 0
+
+
+def _missing_bucket(s3: Any, bucket: str) -> str:
+    """A sentence when the bucket surely does not exist (else ""): the execution would
+    fail on its first listing with an error about objects."""
+    from pipeline.aws import error_code
+
+    try:
+        s3.head_bucket(Bucket=bucket)
+    except Exception as e:
+        if error_code(e) in ("404", "NoSuchBucket", "NotFound"):
+            return (f"bucket {bucket!r} does not exist (check its name; `aws s3 ls` lists "
+                    "your buckets); no backfill started")
+        # 403 and the like: the state machine's role may read what this caller cannot.
+    return ""
+
+
+def _cause(desc: Mapping[str, Any]) -> str:
+    """The failure's sentence: Lambda's error JSON reduced to `errorType: errorMessage`."""
+    cause = desc.get("cause") or desc.get("error") or "no cause given"
+    try:
+        parsed = json.loads(cause)
+    except (TypeError, ValueError):
+        return str(cause)
+    if isinstance(parsed, Mapping) and parsed.get("errorMessage"):
+        return f"{parsed.get('errorType', 'Error')}: {parsed['errorMessage']}"
+    return str(cause)
+
+
+def _model_named(summary: Mapping[str, Any], request: Mapping[str, Any]) -> str:
+    """The model of the run: what the children reported; with no children (nothing
+    listed), the requested one or the function's default."""
+    from pipeline.modelstore import model_id_of
+
+    if summary.get("models"):
+        return ", ".join(summary["models"])
+    wanted = str(request.get("model") or "")
+    if wanted.startswith("s3://"):
+        return wanted
+    try:
+        return model_id_of(wanted)
+    except Exception:
+        return wanted or "the function's model"
 
 
 def _state_machine_arn(sfn: Any, wanted: str) -> str:
@@ -99,16 +174,96 @@ def _state_machine_arn(sfn: Any, wanted: str) -> str:
                       f"infra/template.yaml, or start `imgpipe local`; or pass --state-machine)")
 
 
-def _follow(sfn: Any, execution_arn: str, started: float, unit: str) -> dict[str, Any]:
+class TotalCounter:
+    """How many units the run has, once that is known: a map run's own total grows while
+    its reader lists the prefix (AWS) or as children start (the emulator), so a bar drawn
+    against it runs backwards.
+
+    On AWS (objects) the prefix is counted here, in a thread, with the same listing the
+    ItemReader makes; on the local stack (batches) the planner's step reports the number of
+    batches before the Map starts, and the execution history has it.
+    """
+
+    def __init__(self, sfn: Any, execution_arn: str, unit: str, s3: Any, bucket: str,
+                 prefix: str) -> None:
+        self._sfn, self._arn, self._unit = sfn, execution_arn, unit
+        self._value: int | None = None
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        if unit == "objects":
+            self._thread = threading.Thread(target=self._count, args=(s3, bucket, prefix),
+                                            daemon=True)
+            self._thread.start()
+
+    def get(self) -> int | None:
+        if self._value is None and self._unit == "batches":
+            self._value = _planned_batches(self._sfn, self._arn)
+        return self._value
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    def _count(self, s3: Any, bucket: str, prefix: str) -> None:
+        n = 0
+        try:
+            for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket,
+                                                                     Prefix=prefix):
+                if self._stopping.is_set():
+                    return
+                n += int(page.get("KeyCount", len(page.get("Contents", []))))
+        except Exception:  # no ListBucket for this caller: the bar goes without a total
+            return
+        self._value = n
+
+
+def _planned_batches(sfn: Any, execution_arn: str) -> int | None:
+    try:
+        events = sfn.get_execution_history(executionArn=execution_arn, maxResults=100)
+    except Exception:
+        return None
+    for event in events.get("events", []):
+        output = (event.get("stateExitedEventDetails") or {}).get("output")
+        if output and '"plan"' in output:
+            plan = json.loads(output).get("plan") or {}
+            if isinstance(plan.get("batches"), int):
+                return int(plan["batches"])
+    return None
+
+
+class Rate:
+    """Units per second since the first unit finished (the start-up before it, listing and
+    cold starts, says nothing about the pace), and an ETA only once a few units are done."""
+
+    MIN_DONE = 3
+    MIN_SECONDS = 2.0
+
+    def __init__(self) -> None:
+        self._first: tuple[float, int] | None = None
+
+    def update(self, now: float, done: int) -> tuple[float | None, float | None]:
+        """(rate, seconds) for `done` units at `now`; None where it means nothing yet."""
+        if done <= 0:
+            return None, None
+        if self._first is None:
+            self._first = (now, done)
+        t0, d0 = self._first
+        if now - t0 < self.MIN_SECONDS or done - d0 < self.MIN_DONE:
+            return None, None
+        return (done - d0) / (now - t0), now - t0
+
+
+def _follow(sfn: Any, execution_arn: str, started: float, unit: str,
+            total: TotalCounter) -> dict[str, Any]:
     """Poll until the execution ends, drawing a progress bar from DescribeMapRun counts."""
     tty = sys.stderr.isatty()
     last_line = ""
     last_print = 0.0
+    rate = Rate()
     while True:
         desc: dict[str, Any] = sfn.describe_execution(executionArn=execution_arn)
         counts = _map_run_counts(sfn, execution_arn)
-        line = _progress_line(counts, time.monotonic() - started, desc["status"], unit)
         now = time.monotonic()
+        line = _progress_line(counts, now - started, desc["status"], unit, total.get(), rate)
         if tty:
             print("\r" + line.ljust(len(last_line)), end="", file=sys.stderr, flush=True)
         elif line != last_line and now - last_print >= 5:
@@ -136,31 +291,45 @@ def _map_run_counts(sfn: Any, execution_arn: str) -> dict[str, int] | None:
 
 
 def _progress_line(
-    counts: dict[str, int] | None, elapsed: float, status: str, unit: str = "objects"
+    counts: dict[str, int] | None, elapsed: float, status: str, unit: str = "objects",
+    known_total: int | None = None, rate: Rate | None = None,
 ) -> str:
+    """`[####----] 50/200 objects  5.0/s  ETA 30 s`; without a known total, the count done
+    and no bar; the rate and ETA only once they mean something (see `Rate`)."""
     if not counts or not counts.get("total"):
         return f"  listing and starting ... {elapsed:5.0f} s  ({status.lower()})"
-    total = counts["total"]
     done = counts.get("succeeded", 0) + counts.get("failed", 0) + counts.get("timedOut", 0) \
         + counts.get("aborted", 0)
-    rate = done / elapsed if elapsed > 0 else 0.0
-    eta = (total - done) / rate if rate > 0 else float("inf")
-    width = 30
-    filled = int(width * done / total)
-    bar = "#" * filled + "-" * (width - filled)
-    eta_text = f"ETA {eta:4.0f} s" if eta != float("inf") else "ETA    ?"
+    per_s, _ = (rate or Rate()).update(time.monotonic(), done)
+    total = max(known_total, counts["total"]) if known_total is not None else None
     failed = counts.get("failed", 0)
-    return (f"  [{bar}] {done}/{total} {unit}  {rate:6.1f}/s  {eta_text}"
-            + (f"  {failed} failed" if failed else ""))
+    parts: list[str] = []
+    if total:
+        width = 30
+        filled = int(width * done / total)
+        parts.append(f"[{'#' * filled}{'-' * (width - filled)}] {done}/{total} {unit}")
+    else:
+        parts.append(f"{done} {unit} done (counting the rest)")
+    if per_s:
+        parts.append(f"{per_s:6.1f}/s")
+        if total:
+            parts.append(f"ETA {max(0.0, (total - done) / per_s):4.0f} s")
+    if failed:
+        parts.append(f"{failed} failed")
+    return "  " + "  ".join(parts)
 
 
-def _print_summary(summary: dict[str, Any], elapsed: float) -> None:
+def _print_summary(summary: dict[str, Any], elapsed: float, model: str = "") -> None:
     counts = summary.get("counts", {})
-    images = summary.get("images", 0)
-    rate = images / elapsed if elapsed > 0 else 0.0
-    models = ", ".join(summary.get("models", [])) or "?"
-    print(f"backfill of s3://{summary.get('request', {}).get('bucket', '?')}/"
-          f"{summary.get('request', {}).get('prefix', '')} with {models}:")
+    images = int(summary.get("images", 0))
+    model = model or ", ".join(summary.get("models", [])) or "the function's model"
+    where = (f"s3://{summary.get('request', {}).get('bucket', '?')}/"
+             f"{summary.get('request', {}).get('prefix', '')}")
+    if images == 0 and not counts.get("ignored"):
+        print(f"backfill of {where} with {model}: no objects found there, nothing to "
+              f"classify (check the prefix: `aws s3 ls {where}`)")
+        return
+    print(f"backfill of {where} with {model}:")
     for key, text in (("classified", "classified"), ("skipped", "skipped (already done)"),
                       ("rejected", "rejected (not a usable image)"),
                       ("gone", "gone (deleted meanwhile)"),
@@ -169,4 +338,10 @@ def _print_summary(summary: dict[str, Any], elapsed: float) -> None:
                       ("ignored", "ignored (folder markers, results)")):
         print(f"  {text:38} {counts.get(key, 0):>8}")
     print(f"  {'elapsed':38} {elapsed:>7.1f}s")
-    print(f"  {'images/s':38} {rate:>8.1f}")
+    worked = images - int(counts.get("skipped", 0))
+    if worked > 0:
+        per_s = worked / elapsed if elapsed > 0 else 0.0
+        print(f"  {'images/s (skips not counted)':38} {per_s:>8.1f}")
+    elif images:
+        print(f"  every object already had a record for {model}: nothing was classified "
+              "(--overwrite classifies again)")

@@ -9,6 +9,9 @@ from typing import Any
 
 HELP = "classify image files on this machine (no AWS)"
 
+# What a directory contributes; a file named on the command line is tried whatever its name.
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff")
+
 
 def register(sub: Any) -> None:
     p = sub.add_parser(
@@ -18,7 +21,9 @@ def register(sub: Any) -> None:
         "rejected (after printing all of them), 2 on usage errors.",
     )
     p.add_argument("files", nargs="+", metavar="FILE", help="image files (JPEG, PNG, WebP, "
-                   "GIF, BMP, TIFF); anything else is reported as rejected")
+                   "GIF, BMP, TIFF; any other file named is reported as rejected) or "
+                   "directories, whose images are classified recursively (by extension: "
+                   + ", ".join(IMAGE_SUFFIXES) + "). URLs are not supported")
     p.add_argument("--json", action="store_true",
                    help="one JSON object per line: file, status, label, score, top_k, error")
     p.add_argument("--model", default="", metavar="SOURCE",
@@ -45,6 +50,17 @@ def run(args: argparse.Namespace) -> int:
     if args.batch_size < 1 or (args.top_k is not None and args.top_k < 1):
         print("imgpipe classify: --batch-size and --top-k must be at least 1", file=sys.stderr)
         return 2
+    urls = [f for f in args.files if "://" in f]
+    if urls:
+        print(f"imgpipe classify: {urls[0]} is a URL; classify takes files and directories "
+              "on this machine only (download it first; for photos in S3 use `imgpipe "
+              "backfill s3://BUCKET/PREFIX`)", file=sys.stderr)
+        return 2
+    files = expand_paths(args.files)
+    if not files:
+        print(f"imgpipe classify: no images ({', '.join(IMAGE_SUFFIXES)}) in "
+              f"{', '.join(args.files)}", file=sys.stderr)
+        return 1
     settings = Settings.from_env(os.environ, model_source=args.model or None)
     manifest = resolve_model(settings.model_source, settings.model_cache_dir)
     if args.top_k:
@@ -59,8 +75,6 @@ def run(args: argparse.Namespace) -> int:
                     if size > settings.max_object_bytes:  # say the file's size, read nothing
                         raise PermanentError(too_large_message(size, settings.max_object_bytes))
                     return f.read(settings.max_object_bytes + 1)
-            except IsADirectoryError:
-                raise PermanentError("not a file: it is a directory") from None
             except FileNotFoundError:
                 raise PermanentError("no such file") from None
             except OSError as e:
@@ -71,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
     rejected = 0
     rows: list[tuple[str, str, str, str]] = []
     with Classifier(manifest, batch_size=args.batch_size, limits=limits) as clf:
-        for result in clf.classify_many((f, loader(f)) for f in args.files):
+        for result in clf.classify_many((f, loader(f)) for f in files):
             pred = result.prediction
             if pred is None:
                 rejected += 1
@@ -97,10 +111,28 @@ def run(args: argparse.Namespace) -> int:
     if not args.json:
         _print_table(rows, manifest.model_id)
     if rejected:
-        print(f"imgpipe classify: {rejected} of {len(args.files)} file(s) rejected",
+        print(f"imgpipe classify: {rejected} of {len(files)} file(s) rejected",
               file=sys.stderr)
         return 1
     return 0
+
+
+def expand_paths(paths: list[str]) -> list[str]:
+    """The files to classify: each file as named (in order), each directory's images
+    (recursively, by extension, sorted; hidden files and folders left out)."""
+    from pathlib import Path
+
+    out: list[str] = []
+    for name in paths:
+        path = Path(name)
+        if not path.is_dir():
+            out.append(name)
+            continue
+        found = [p for p in path.rglob("*")
+                 if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+                 and not any(part.startswith(".") for part in p.relative_to(path).parts)]
+        out.extend(str(p) for p in sorted(found))
+    return out
 
 
 def _print_table(rows: list[tuple[str, str, str, str]], model_id: str) -> None:

@@ -9,7 +9,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pipeline.commands.local import add_stack_options, print_batch, stack_options
+from pipeline.commands.local import (
+    activate_lines,
+    add_stack_options,
+    print_batch,
+    stack_options,
+)
 
 HELP = "one command: start the embedded stack, upload the sample photos, print the results"
 
@@ -23,6 +28,8 @@ def register(sub: Any) -> None:
                    help="folder of photos to upload (default: the repo's samples/)")
     p.add_argument("--timeout", type=float, default=60.0,
                    help="seconds to wait for every record (default 60)")
+    p.add_argument("--report", type=Path, default=Path("build/demo-report"), metavar="DIR",
+                   help="where to write the results' HTML report (default: %(default)s)")
     p.set_defaults(run=run)
 
 
@@ -87,10 +94,18 @@ def run(args: argparse.Namespace) -> int:
         if tty:
             print()
         _print_results([records[i] for i in images], model)
+        from pipeline.commands.report import write_report
+
+        report = write_report(s3, stack.client("dynamodb"), r.bucket, r.input_prefix, model,
+                              r.table, args.report)
         elapsed = time.monotonic() - started
         classified = sum(1 for rec in records.values() if rec.status == "classified")
         print(f"\n{classified} classified, {len(records) - classified} rejected, "
-              f"in {elapsed:.1f} s. The same stack runs with `imgpipe local` for the aws CLI.")
+              f"in {elapsed:.1f} s. The same stack runs with `imgpipe local` for the aws CLI"
+              + "".join(f" (`{line}` first: it has imgpipe and aws)"
+                        for line in activate_lines()) + ".")
+        print(f"report: {report.index.resolve()} (open it in a browser; `imgpipe report` "
+              "writes one for any prefix)")
     return 0
 
 

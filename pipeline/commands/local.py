@@ -28,6 +28,19 @@ def register(sub: Any) -> None:
     p.set_defaults(run=run)
 
 
+def activate_lines() -> list[str]:
+    """`source .../bin/activate` when imgpipe runs from a venv: the other terminal needs its
+    `imgpipe` and `aws` (`make demo` and `make local` install both)."""
+    import os
+    import sys
+
+    if sys.prefix == sys.base_prefix:
+        return []
+    venv = os.path.relpath(sys.prefix) if sys.prefix.startswith(os.getcwd() + os.sep) \
+        else sys.prefix
+    return [f"source {venv}/bin/activate"]
+
+
 def add_stack_options(p: argparse.ArgumentParser, default_port: int = 4566) -> None:
     p.add_argument("--port", type=int, default=default_port,
                    help=f"emulator port on 127.0.0.1 (default {default_port})")
@@ -156,11 +169,12 @@ imgpipe local stack is up: {stack.endpoint_url}
                  not checked locally: requests need no signature)
   upload page    {stack.api_url}/
 
-Point the aws CLI at it:
-""" + "\n".join("  " + line for line in stack.export_lines()) + f"""
+Point the aws CLI (and imgpipe) at it, in another terminal:
+""" + "\n".join("  " + line for line in [*activate_lines(), *stack.export_lines()]) + f"""
 
 Then, for example:
-  aws s3 cp samples/ s3://{r.bucket}/{r.input_prefix} --recursive
+  aws s3 cp samples/ s3://{r.bucket}/{r.input_prefix} --recursive --exclude '*' \\
+      --include '*.jpg'
   aws dynamodb get-item --table-name {r.table} \\
       --key '{key_json}'
   imgpipe results query --label espresso

@@ -70,8 +70,12 @@ def run(args: argparse.Namespace) -> int:
     statuses = ", ".join(f"{n} {s}" for s, n in sorted(report.statuses.items())) or "none"
     print(f"s3://{report.bucket}/{report.input_prefix} with {report.model} "
           f"(table {settings.table_name}):")
-    print(f"  {report.objects} object(s), {report.records} record(s) ({statuses}), "
-          f"{report.outputs} output document(s)")
+    print(f"  {report.objects} object(s) under {report.input_prefix}, {report.records} "
+          f"record(s) of them ({statuses}), {report.outputs} output document(s) of them")
+    if report.other_records or report.other_outputs:
+        print(f"  elsewhere in the bucket: {report.other_records} record(s) and "
+              f"{report.other_outputs} output document(s) of {report.model} (other prefixes, "
+              "e.g. backfills; checked against documents, not against objects)")
     if report.queue_depth is not None:
         print(f"  queue: {report.queue_depth} message(s); DLQ: {report.dlq_depth} message(s)")
     if report.deleted_objects:

@@ -23,6 +23,9 @@ The adjustments, each applied to this process's moto only:
   one, so an overwrite would look already processed; `pipeline.local.s3_events`).
 - moto routes each request by listing its own package directory (a listdir and ~150 stat
   calls per request); the directory does not change, so it is listed once.
+- The Step Functions engine logs a failed state as one line of several thousand characters
+  (its parse tree); it is cut to one short line (`shorten_engine_logs`): the failure's
+  cause is what describe-execution and `imgpipe backfill` report.
 - With `--state-dir DIR`, writes are journaled and replayed on request
   (`pipeline.local.state`), so the stack's data survives a restart.
 
@@ -57,7 +60,10 @@ from werkzeug.serving import make_server
 from pipeline.local.functions import invoke_url
 from pipeline.local.s3_events import stamp_eventbridge_sequencers
 
-__all__ = ["main", "KeepAliveHandler"]
+__all__ = ["main", "KeepAliveHandler", "EngineLogFormatter", "shorten_engine_logs"]
+
+ENGINE_LOGGER = "moto.stepfunctions"
+ENGINE_LINE_LIMIT = 200
 
 # A forwarded invocation that cannot reach the function host is reported as Lambda reports
 # its own service faults, so the state machine's Retry on Lambda.ServiceException applies.
@@ -85,6 +91,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     _exit_with_parent(args.parent_pid or os.getppid())
     # The per-request access log would drown the stack's one line per batch.
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    shorten_engine_logs()
 
     _cache_service_directory()
     stamp_eventbridge_sequencers()
@@ -144,6 +151,30 @@ class KeepAliveHandler(MotoRequestHandler):
         if self._reuse and keyword.lower() == "connection" and value.lower() == "close":
             return
         super().send_header(keyword, value)
+
+
+class EngineLogFormatter(logging.Formatter):
+    """One short line per engine message: its error name when it has one, else its start."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        import re
+
+        text = " ".join(record.getMessage().split())
+        error = re.search(r"\bError=([A-Za-z0-9_.]+)", text)
+        if error:
+            text = (f"a state failed with {error.group(1)} (describe-execution or `imgpipe "
+                    "backfill` show the cause)")
+        if len(text) > ENGINE_LINE_LIMIT:
+            text = text[:ENGINE_LINE_LIMIT - 3] + "..."
+        return f"emulator (Step Functions): {text}"
+
+
+def shorten_engine_logs() -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(EngineLogFormatter())
+    engine = logging.getLogger(ENGINE_LOGGER)
+    engine.addHandler(handler)
+    engine.propagate = False
 
 
 def _exit_with_parent(parent: int) -> None:

@@ -114,7 +114,8 @@ class Harness:
         return sum(self.forward_calls)
 
 
-def s3_event(*objects: dict[str, Any], bucket: str = BUCKET) -> str:
+def s3_event(*objects: dict[str, Any], bucket: str = BUCKET,
+             event_time: str = "2026-11-22T00:00:00.000Z") -> str:
     """An S3 notification body as S3 sends it (keys quote_plus-encoded)."""
     records = []
     for obj in objects:
@@ -124,7 +125,7 @@ def s3_event(*objects: dict[str, Any], bucket: str = BUCKET) -> str:
             o["sequencer"] = obj["sequencer"]
         records.append({
             "eventVersion": "2.1", "eventSource": "aws:s3", "awsRegion": "us-east-1",
-            "eventTime": "2026-11-22T00:00:00.000Z", "eventName": "ObjectCreated:Put",
+            "eventTime": event_time, "eventName": "ObjectCreated:Put",
             "s3": {"s3SchemaVersion": "1.0", "configurationId": "imgpipe",
                    "bucket": {"name": bucket, "arn": f"arn:aws:s3:::{bucket}"},
                    "object": o},

@@ -49,6 +49,37 @@ def test_a_photo_gets_one_record_and_one_output_document(harness: Harness) -> No
     assert doc["label"] == "espresso" and doc["model"] == MODEL
 
 
+def test_each_record_and_document_says_where_the_images_time_went(harness: Harness) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from pipeline.records import utc_now_iso
+
+    sent = datetime.fromisoformat(utc_now_iso(datetime.now(UTC) - timedelta(seconds=3))
+                                  .replace("Z", "+00:00"))  # to the millisecond, as S3 says
+    objs = [harness.upload(f"incoming/{n}", sample(n)) for n in ("coffee.jpg", "chelsea.jpg")]
+    text = harness.upload("incoming/notes.txt", b"not a photo")
+    response, _ = invoke(s3_event(*objs, text, event_time=utc_now_iso(sent)))
+    assert response == {"batchItemFailures": []}
+    recs = [harness.record(f"incoming/{n}") for n in ("coffee.jpg", "chelsea.jpg")]
+    for rec in recs:
+        assert rec is not None and rec["status"] == "classified"
+        for name in ("fetch_ms", "decode_ms", "inference_ms"):
+            assert rec[name] > 0, name
+        written = datetime.fromisoformat(rec["processed_at"].replace("Z", "+00:00"))
+        expected = (written - sent).total_seconds() * 1000
+        latency = int(rec["event_to_record_ms"])
+        assert latency >= 3000 and abs(latency - expected) <= 1.5  # processed_at: whole ms
+        doc = json.loads(harness.s3.get_object(Bucket=BUCKET,
+                                               Key=rec["output_key"])["Body"].read())
+        for name in ("fetch_ms", "decode_ms", "inference_ms", "event_to_record_ms"):
+            assert doc[name] == float(rec[name]), name
+    # One batch: each image carries the same share of its model run.
+    assert recs[0]["inference_ms"] == recs[1]["inference_ms"]  # type: ignore[index]
+    rejected = harness.record("incoming/notes.txt")
+    assert rejected is not None and rejected["status"] == "rejected"
+    assert rejected["event_to_record_ms"] >= 3000 and "inference_ms" not in rejected
+
+
 def test_the_same_event_twice_in_one_batch_and_redelivered_later(harness: Harness) -> None:
     obj = harness.upload("incoming/cat.jpg", sample("chelsea.jpg"))
     body = s3_event(obj)

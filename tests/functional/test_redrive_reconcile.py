@@ -294,7 +294,24 @@ def test_deleted_objects_and_other_models_are_no_problem(env: Env) -> None:
     report = env.check()
     assert report.ok, report.problems()
     assert report.deleted_objects == (f"s3://{BUCKET}/incoming/a.jpg",)
-    assert report.records == 4 and report.outputs == 3
+    # Like with like: the 3 objects' records and documents, the one elsewhere apart.
+    assert (report.records, report.outputs) == (3, 2)
+    assert (report.other_records, report.other_outputs) == (1, 1)
+
+
+def test_the_command_counts_objects_records_and_documents_of_one_prefix(
+        env: Env, capsys: pytest.CaptureFixture[str]) -> None:
+    """A backfill elsewhere in the bucket used to be added to the records next to the
+    objects of the input prefix ("3 object(s), 5 record(s)")."""
+    consistent(env)
+    env.classified(env.upload("old/x.jpg"))
+    env.classified(env.upload("old/y.jpg"))
+    assert main(["reconcile", "--model", MODEL]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1].strip() == ("3 object(s) under incoming/, 3 record(s) of them "
+                                "(2 classified, 1 rejected), 2 output document(s) of them")
+    assert lines[2].strip().startswith("elsewhere in the bucket: 2 record(s) and 2 output "
+                                       "document(s) of ")
 
 
 def test_without_queues_the_dlq_is_not_asked(env: Env) -> None:

@@ -56,6 +56,19 @@ def test_quick_run_writes_a_complete_report(tmp_path: Path) -> None:
     assert doc["machine"]["cpus_available"] >= 1
     assert len(list((tmp_path / "out" / "images").rglob("*.jpg"))) == 4
 
+    # `imgpipe cost` reads the per-image CPU time a run measured (a quick run beside its
+    # results; a full one into bench/cost-inputs.json).
+    from pipeline.cost import load_cost_inputs
+
+    inputs = load_cost_inputs(tmp_path / "out" / "cost-inputs.json")
+    values = {r.key: r.value for r in result.rows}
+    cpus = result.machine.cpus_available
+    for size in ("12mp", "web"):
+        photo = inputs.photo("efficientnet-lite0@1", size)
+        assert photo.cpu_ms_per_image == round(cpus * 1000 / values[f"core.{size}.ips"], 2)
+        assert photo.decode_ms == round(values[f"decode.{size}.draft.ms"], 2)
+    assert inputs.photo("efficientnet-lite0@1", "12mp").width == 320
+
 
 def test_int8_and_short_run_sections_add_their_rows_and_target(tmp_path: Path) -> None:
     from pipeline.bench_int8 import section_int8, section_short_runs

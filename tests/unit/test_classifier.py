@@ -425,3 +425,45 @@ def test_a_stalled_call_does_not_hold_up_the_fetches_of_another(
     assert [r.error for r in other] == [None] * 3
     assert len(stalled) == 20
     assert all(isinstance(r.error, PermanentError) for r in stalled)
+
+
+# ---- timings ----------------------------------------------------------------------------
+
+
+def test_each_result_carries_its_fetch_decode_and_inference_share(
+    fake_session: FakeSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The loader's time is the fetch, the preprocess's the decode, and the batch's model
+    run is shared out equally among its images (the clock is made to step, so the numbers
+    are exact)."""
+    import time
+
+    ticks = iter(range(0, 10_000_000, 1))
+    lock = threading.Lock()
+
+    def clock() -> float:  # every reading 1 ms after the last: durations count readings
+        with lock:
+            return next(ticks) / 1000
+
+    monkeypatch.setattr(time, "perf_counter", clock)
+    colours = [(i * 30, 0, 0) for i in range(5)]
+    with Classifier(manifest(), fake_session, batch_size=4, decode_workers=1,
+                    fetch_workers=1) as clf:
+        results = list(clf.classify_many(items([png(c) for c in colours])))
+    assert fake_session.batches == [4, 1]
+    timings = [r.timings for r in results]
+    assert all(t is not None for t in timings)
+    for t in timings:
+        assert t is not None and t.fetch_ms > 0 and t.decode_ms > 0
+    first = [t.inference_ms for t in timings[:4] if t is not None]
+    assert len(set(first)) == 1  # one batch, one share each
+    assert first[0] >= 0.25  # at least one clock step shared by four
+    last = timings[4]  # a batch of one, run when nothing else reads the clock: one step
+    assert last is not None and last.inference_ms == pytest.approx(1.0)
+
+
+def test_a_failed_item_has_no_timings(fake_session: FakeSession) -> None:
+    with Classifier(manifest(), fake_session, batch_size=2) as clf:
+        (bad, good) = list(clf.classify_many(items([b"not an image", png((1, 2, 3))])))
+    assert bad.error is not None and bad.timings is None
+    assert good.timings is not None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable
@@ -33,9 +34,7 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
 def bad_files(tmp_path: Path) -> dict[str, str]:
     text = tmp_path / "notes.txt"
     text.write_text("shopping list: coffee, milk\n", encoding="utf-8")
-    folder = tmp_path / "album"
-    folder.mkdir()
-    return {"text": str(text), "missing": str(tmp_path / "nope.jpg"), "folder": str(folder)}
+    return {"text": str(text), "missing": str(tmp_path / "nope.jpg")}
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
@@ -89,7 +88,7 @@ def test_json_lines_have_the_documented_fields(capsys: pytest.CaptureFixture[str
 def test_rejected_files_exit_1_and_every_file_is_printed(
     capsys: pytest.CaptureFixture[str], bad_files: dict[str, str]
 ) -> None:
-    files = [COFFEE, bad_files["text"], bad_files["missing"], bad_files["folder"], CHELSEA]
+    files = [COFFEE, bad_files["text"], bad_files["missing"], CHELSEA]
     code, out, err = run(capsys, *files)
     assert code == 1
     lines = out.splitlines()
@@ -98,10 +97,45 @@ def test_rejected_files_exit_1_and_every_file_is_printed(
     assert rows[COFFEE].split()[1] == "espresso"
     assert "not an image: the data is plain text" in rows[bad_files["text"]]
     assert "no such file" in rows[bad_files["missing"]]
-    assert "it is a directory" in rows[bad_files["folder"]]
-    for f in (bad_files["text"], bad_files["missing"], bad_files["folder"]):
+    for f in (bad_files["text"], bad_files["missing"]):
         assert rows[f].split()[1:3] == ["-", "-"]
-    assert err.strip() == "imgpipe classify: 3 of 5 file(s) rejected"
+    assert err.strip() == "imgpipe classify: 2 of 4 file(s) rejected"
+
+
+def test_a_directory_is_classified_recursively_images_only(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    album = tmp_path / "album"
+    (album / "2024" / "summer").mkdir(parents=True)
+    (album / ".thumbs").mkdir()
+    shutil.copy(COFFEE, album / "coffee.JPG")
+    shutil.copy(CHELSEA, album / "2024" / "summer" / "cat.jpeg")
+    shutil.copy(COFFEE, album / ".thumbs" / "hidden.jpg")
+    (album / "notes.txt").write_text("not a photo\n", encoding="utf-8")
+    (album / "make_samples.py").write_text("print('hi')\n", encoding="utf-8")
+    code, out, err = run(capsys, "--json", str(album))
+    assert code == 0, err  # the text and script files are not picked up, so nothing rejected
+    docs = json_lines(out)
+    assert [d["file"] for d in docs] == [str(album / "2024" / "summer" / "cat.jpeg"),
+                                         str(album / "coffee.JPG")]
+    assert [d["label"] for d in docs] == ["tiger cat", "espresso"]
+
+
+def test_a_directory_without_images_says_so(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    (tmp_path / "notes.txt").write_text("x", encoding="utf-8")
+    code, _, err = run(capsys, str(tmp_path))
+    assert code == 1
+    assert "no images (.jpg, .jpeg, .png" in err and str(tmp_path) in err
+
+
+@pytest.mark.parametrize("url", ["https://example.com/cat.jpg", "s3://bucket/cat.jpg"])
+def test_urls_are_refused_with_what_to_do(capsys: pytest.CaptureFixture[str], url: str) -> None:
+    code, out, err = run(capsys, COFFEE, url)
+    assert code == 2 and out == ""
+    assert f"{url} is a URL" in err and "download it first" in err
+    assert "imgpipe backfill" in err
 
 
 def test_rejected_files_in_json(

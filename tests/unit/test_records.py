@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pipeline.classifier import LabelScore, Prediction
+from pipeline.classifier import ImageTimings, LabelScore, Prediction
 from pipeline.events import ObjectRef
 from pipeline.records import (
     PredictionRecord,
@@ -222,7 +222,7 @@ def test_document_is_json_with_stable_key_order() -> None:
     assert list(doc) == [
         "image", "model", "status", "processed_at", "etag", "version_id", "sequencer",
         "bytes", "width", "height", "format", "label", "score", "top_k", "output_key",
-        "error",
+        "error", "fetch_ms", "decode_ms", "inference_ms", "event_to_record_ms", "output_line",
     ]
     text = json.dumps(doc)
     assert json.loads(text) == doc
@@ -285,3 +285,42 @@ def test_round_score_is_idempotent_and_close(score: float) -> None:
     once = round_score(score)
     assert round_score(once) == once
     assert abs(once - score) <= 5e-7 + 1e-9 * abs(score)
+
+
+# ---- timings -----------------------------------------------------------------------------
+
+
+def test_timings_go_into_the_item_and_the_document_and_come_back() -> None:
+    ref = ObjectRef(bucket="b", key="k.jpg", etag="e", event_time="2026-11-22T01:02:01.000Z")
+    rec = classified_record(ref, MODEL, PREDICTION, OUT_KEY, now=NOW,
+                            timings=ImageTimings(fetch_ms=12.345, decode_ms=28.96,
+                                                 inference_ms=4.04))
+    assert (rec.fetch_ms, rec.decode_ms, rec.inference_ms) == (12.3, 29.0, 4.0)
+    assert rec.event_to_record_ms == 2457  # 01:02:01.000 -> 01:02:03.456789, rounded
+    item = rec.to_item()
+    assert item["fetch_ms"] == Decimal("12.3") and item["event_to_record_ms"] == Decimal(2457)
+    assert PredictionRecord.from_item(item) == rec
+    doc = rec.to_document()
+    assert (doc["fetch_ms"], doc["decode_ms"], doc["inference_ms"],
+            doc["event_to_record_ms"]) == (12.3, 29.0, 4.0, 2457)
+
+
+def test_items_written_before_the_timings_existed_stay_readable() -> None:
+    old = classified().to_item()
+    for name in ("fetch_ms", "decode_ms", "inference_ms", "event_to_record_ms"):
+        old.pop(name, None)
+    rec = PredictionRecord.from_item(old)
+    assert (rec.fetch_ms, rec.decode_ms, rec.inference_ms, rec.event_to_record_ms) == (
+        None, None, None, None)
+    assert rec.label == "seashore"
+
+
+def test_event_to_record_needs_an_event_time_and_never_goes_negative() -> None:
+    from pipeline.records import event_to_record_ms
+
+    assert classified().event_to_record_ms is None  # REF has no event time (a backfill)
+    assert event_to_record_ms(None, NOW) is None
+    assert event_to_record_ms("not a time", NOW) is None
+    assert event_to_record_ms("2026-11-22T01:02:04.000Z", NOW) == 0  # S3's clock ahead
+    late = ObjectRef(bucket="b", key="k", event_time="2026-11-22T01:01:03.456789Z")
+    assert rejected_record(late, MODEL, "not an image", now=NOW).event_to_record_ms == 60000

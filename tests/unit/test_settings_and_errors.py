@@ -94,3 +94,31 @@ def test_a_timeout_without_working_time_is_refused_at_start_up(
 
 def test_a_short_timeout_with_the_default_margin_is_accepted() -> None:
     assert Settings.from_env({"AWS_LAMBDA_FUNCTION_TIMEOUT": "10"}).margin_ms(10_000) == 2_500
+
+
+def test_every_region_option_names_both_variables_and_both_work(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The README exports AWS_DEFAULT_REGION (the aws CLI's variable); --help said only
+    AWS_REGION. Both are read, and every command's --help says so."""
+    import argparse
+
+    from pipeline.cli import build_parser
+    from pipeline.commands import settings_from
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    with_region = 0
+    for name, command in sub.choices.items():
+        for action in command._actions:
+            if "--region" in action.option_strings:
+                with_region += 1
+                assert action.help and "AWS_REGION" in action.help, name
+                assert "AWS_DEFAULT_REGION" in action.help, name
+    assert with_region >= 3  # backfill, redrive, reconcile at least
+    args = argparse.Namespace(endpoint_url=None, region=None)
+    monkeypatch.delenv("AWS_REGION", raising=False)
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-north-1")
+    assert settings_from(args).region == "eu-north-1"
+    monkeypatch.setenv("AWS_REGION", "sa-east-1")
+    assert settings_from(args).region == "sa-east-1"

@@ -1,0 +1,81 @@
+"""`imgpipe report` against moto: the records of a prefix, thumbnails from S3, the files of
+an offline page; a second report reuses the thumbnails."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import handlers.ingest
+from pipeline.cli import main
+from tests.functional.conftest import BUCKET, MODEL, Context, Harness, s3_event, sample, sqs_event
+
+
+def report_data(out: Path) -> dict[str, Any]:
+    text = (out / "data.js").read_text(encoding="utf-8")
+    assert text.startswith("window.IMGPIPE_REPORT = ") and text.rstrip().endswith(";")
+    doc: dict[str, Any] = json.loads(text[len("window.IMGPIPE_REPORT = "):].rstrip()
+                                     .rstrip(";"))
+    return doc
+
+
+def test_report_of_a_prefix(harness: Harness, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                            capsys: pytest.CaptureFixture[str]) -> None:
+    objs = [harness.upload(f"incoming/{n}", sample(n)) for n in ("coffee.jpg", "chelsea.jpg")]
+    objs.append(harness.upload("incoming/notes.txt", b"a shopping list"))
+    other = harness.upload("elsewhere/coffee.jpg", sample("coffee.jpg"))
+    event, _ = sqs_event(s3_event(*objs), s3_event(other))
+    handlers.ingest.handler(event, Context())
+
+    out = tmp_path / "report"
+    assert main(["report", f"s3://{BUCKET}/incoming/", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "3 image(s) (2 classified, 1 rejected), 2 thumbnail(s) (2 new)" in printed
+    assert f"open {(out / 'index.html').resolve()}" in printed
+
+    data = report_data(out)
+    assert data["source"] == f"s3://{BUCKET}/incoming/" and data["model"] == MODEL
+    assert data["counts"] == {"classified": 2, "rejected": 1}
+    assert data["first"] <= data["last"]
+    assert set(data["timings"]) == {"fetch_ms", "decode_ms", "inference_ms",
+                                    "event_to_record_ms"}
+    rows = {row[0]: row for row in data["items"]}
+    assert set(rows) == {"coffee.jpg", "chelsea.jpg", "notes.txt"}  # not elsewhere/
+    key, status, thumb, top, error = rows["coffee.jpg"]
+    assert status == "classified" and error == "" and len(top) == 3
+    assert data["labels"][top[0][0]] == "espresso" and top[0][1] > 0.9
+    assert (out / thumb).stat().st_size < 10_000
+    assert rows["notes.txt"][1:] == ["rejected", "", [], "not an image: the data is plain text"]
+    for name in ("index.html", "report.css", "report.js"):
+        assert (out / name).exists()
+
+    # A second report into the same folder reads no image again.
+    reads: list[str] = []
+    real_get = harness.s3.get_object
+
+    def counting_get(**kwargs: Any) -> Any:
+        reads.append(kwargs["Key"])
+        return real_get(**kwargs)
+
+    import pipeline.aws
+
+    monkeypatch.setattr(harness.s3, "get_object", counting_get)
+    monkeypatch.setattr(pipeline.aws, "create_clients", lambda settings: harness.clients)
+    assert main(["report", f"s3://{BUCKET}/incoming/", "--out", str(out)]) == 0
+    assert "2 thumbnail(s) (0 new)" in capsys.readouterr().out
+    assert reads == []
+
+
+def test_a_missing_table_is_one_sentence(harness: Harness, tmp_path: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["report", f"s3://{BUCKET}/incoming/", "--out", str(tmp_path),
+                 "--table", "no-such-table"])
+    assert code == 1
+    assert "table 'no-such-table' does not exist" in capsys.readouterr().err
+
+
+def test_a_uri_that_is_not_s3_is_a_usage_error(tmp_path: Path) -> None:
+    assert main(["report", "/photos", "--out", str(tmp_path)]) == 2

@@ -1,0 +1,117 @@
+"""`imgpipe cost`: the bill's arithmetic, the output-document modes, overrides, and the
+command on a fresh clone's committed figures."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from pipeline.cli import main
+from pipeline.cost import PhotoCost, Scenario, bill_for, load_cost_inputs, load_prices
+from pipeline.cost.model import PRICES_PATH
+from pipeline.errors import ConfigError
+
+PHOTO = PhotoCost(name="test", cpu_ms_per_image=100.0, decode_ms=60.0, inference_ms=15.0,
+                  width=4000, height=3000, mean_bytes=3_000_000)
+
+
+def line(bill: object, start: str) -> float:
+    return next(x.usd for x in bill.lines if x.name.startswith(start))  # type: ignore[attr-defined]
+
+
+def test_the_bill_line_by_line() -> None:
+    prices = load_prices()
+    bill = bill_for(Scenario(photo=PHOTO, memory_mb=1769, images=1000, batch_size=10), prices)
+    # 1 vCPU at 1,769 MB: 0.1 s an image, 1769/1024 GB -> 172.75 GB-s.
+    assert line(bill, "Lambda compute") == pytest.approx(1000 * 0.1 * 1769 / 1024
+                                                          * 0.0000166667)
+    assert line(bill, "Lambda requests") == pytest.approx(100 * 0.20 / 1e6)
+    assert line(bill, "SQS") == pytest.approx((1000 + 2 * 100) * 0.40 / 1e6)
+    assert line(bill, "DynamoDB writes") == pytest.approx(2000 * 0.625 / 1e6)
+    assert line(bill, "S3 GET") == pytest.approx(2000 * 0.0004 / 1000)
+    assert line(bill, "S3 PUT") == pytest.approx(1000 * 0.005 / 1000)
+    assert bill.total == pytest.approx(sum(x.usd for x in bill.lines))
+
+
+def test_memory_buys_speed_and_arm64_is_cheaper_per_gb_second() -> None:
+    prices = load_prices()
+    small = bill_for(Scenario(photo=PHOTO, memory_mb=1024), prices)
+    large = bill_for(Scenario(photo=PHOTO, memory_mb=4096), prices)
+    assert line(small, "Lambda compute") == pytest.approx(line(large, "Lambda compute"))
+    assert Scenario(photo=PHOTO, memory_mb=4096).batch_seconds == pytest.approx(
+        Scenario(photo=PHOTO, memory_mb=1024).batch_seconds / 4)
+    arm = bill_for(Scenario(photo=PHOTO, arch="arm64"), prices)
+    x86 = bill_for(Scenario(photo=PHOTO, arch="x86_64"), prices)
+    assert line(arm, "Lambda compute") / line(x86, "Lambda compute") == pytest.approx(
+        0.0000133334 / 0.0000166667)
+    with pytest.raises(ConfigError, match="128 to 10240 MB"):
+        bill_for(Scenario(photo=PHOTO, memory_mb=20000), prices)
+
+
+def test_the_per_image_document_dominates_and_batching_removes_it() -> None:
+    prices = load_prices()
+    per_image = bill_for(Scenario(photo=PHOTO), prices)
+    assert per_image.dominant.name == "S3 PUT (output documents, per-image)"
+    batch = bill_for(Scenario(photo=PHOTO, output_documents="batch", batch_size=16), prices)
+    assert line(batch, "S3 PUT") == pytest.approx(62_500 * 0.005 / 1000)  # one per invocation
+    none = bill_for(Scenario(photo=PHOTO, output_documents="none"), prices)
+    assert not any(x.name.startswith("S3 PUT") for x in none.lines)
+    assert none.total < batch.total < per_image.total
+    assert per_image.total - none.total == pytest.approx(5.0 + 0.4)  # PUT + the HEAD before
+
+
+def test_a_backfill_has_step_functions_and_a_listing_instead_of_sqs() -> None:
+    bill = bill_for(Scenario(photo=PHOTO, route="backfill", images=64_000), load_prices())
+    names = [x.name for x in bill.lines]
+    assert not any(n.startswith("SQS") for n in names)
+    assert line(bill, "Step Functions") == pytest.approx((2 * 1000 + 8) * 0.025 / 1000)
+    assert line(bill, "S3 LIST") == pytest.approx(64 * 0.005 / 1000)
+
+
+def test_price_overrides_and_unknown_names() -> None:
+    prices = load_prices().with_overrides({"s3_put": 0.0})
+    assert prices.origin["s3_put"] == "you"
+    assert bill_for(Scenario(photo=PHOTO), prices).dominant.name.startswith("Lambda compute")
+    with pytest.raises(ConfigError, match="unknown price 's3_puts'.*s3_put"):
+        load_prices().with_overrides({"s3_puts": 1.0})
+
+
+def test_every_price_has_a_date_a_source_and_a_quote() -> None:
+    doc = json.loads(PRICES_PATH.read_text())
+    assert doc["as_listed_on"] and doc["region"] == "us-east-1"
+    for name, entry in doc["prices"].items():
+        assert entry["usd"] > 0 and entry["quoted"] and entry["unit"], name
+        assert entry["source"] in ("issue 12", "recalled"), name
+
+
+def test_the_command_on_a_fresh_clone(capsys: pytest.CaptureFixture[str]) -> None:
+    committed = load_cost_inputs()  # bench/cost-inputs.json, in the repository
+    assert committed.photo("efficientnet-lite0@1", "12mp").cpu_ms_per_image > 0
+    assert main(["cost"]) == 0
+    out = capsys.readouterr().out
+    assert "as listed on 2026-11-28" in out and "not re-checked online" in out
+    largest = [x for x in out.splitlines() if x.endswith("<- largest")]
+    assert len(largest) == 1 and "S3 PUT (output documents, per-image)" in largest[0]
+    for word in ("per-image", "batch", "none", "arm64", "x86_64", "1024 MB", "4096 MB",
+                 "always-on instance", "managed label-detection API", "assumptions:",
+                 "prices written from memory, check them first"):
+        assert word in out, word
+
+
+def test_the_command_takes_the_users_figures(capsys: pytest.CaptureFixture[str],
+                                             tmp_path: Path) -> None:
+    assert main(["cost", "--json", "--memory", "3008", "--photo", "web", "--cpu-ms", "40",
+                 "--price", "s3_put=0.00001", "--output-documents", "batch",
+                 "--images", "2000000"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["scenario"] == {"photo": "web", "arch": "x86_64", "memory_mb": 3008,
+                               "output_documents": "batch", "route": "ingest",
+                               "batch_size": 16, "cpu_ms_per_image": 40.0}
+    put = next(x for x in doc["bill"]["lines"] if x["name"].startswith("S3 PUT"))
+    assert put["quantity"] == 125_000 and put["usd"] == pytest.approx(1.25)
+    assert doc["prices"]["origin"]["s3_put"] == "you"
+    assert main(["cost", "--price", "cheap"]) == 2
+    assert main(["cost", "--inputs", str(tmp_path / "none.json")]) == 1
+    assert "run `imgpipe bench`" in capsys.readouterr().err
