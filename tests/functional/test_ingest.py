@@ -73,8 +73,6 @@ def test_each_record_and_document_says_where_the_images_time_went(harness: Harne
                                                Key=rec["output_key"])["Body"].read())
         for name in ("fetch_ms", "decode_ms", "inference_ms", "event_to_record_ms"):
             assert doc[name] == float(rec[name]), name
-    # One batch: each image carries the same share of its model run.
-    assert recs[0]["inference_ms"] == recs[1]["inference_ms"]  # type: ignore[index]
     rejected = harness.record("incoming/notes.txt")
     assert rejected is not None and rejected["status"] == "rejected"
     assert rejected["event_to_record_ms"] >= 3000 and "inference_ms" not in rejected

@@ -127,7 +127,8 @@ def test_spans_hang_under_the_invocation_from_every_thread(
     # context_missing=RUNTIME_ERROR: a span in a thread without the invocation's context
     # would have raised and failed the images.
     assert found.count("## fetch") == 3 and found.count("## decode") == 3
-    assert found.count("## inference") == 2  # batches of 2: 2 + 1
+    # The model runs on whatever is decoded (at most 2 at a time): 2 or 3 runs for 3 photos.
+    assert 2 <= found.count("## inference") <= 3
     assert found.count("## write") == 3
     assert all(sub.end_time >= sub.start_time for sub in segment.subsegments)
 

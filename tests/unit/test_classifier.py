@@ -434,8 +434,8 @@ def test_each_result_carries_its_fetch_decode_and_inference_share(
     fake_session: FakeSession, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The loader's time is the fetch, the preprocess's the decode, and the batch's model
-    run is shared out equally among its images (the clock is made to step, so the numbers
-    are exact)."""
+    run is shared out equally among its images (the clock is made to step, so every duration
+    is at least one step)."""
     import time
 
     ticks = iter(range(0, 10_000_000, 1))
@@ -450,16 +450,18 @@ def test_each_result_carries_its_fetch_decode_and_inference_share(
     with Classifier(manifest(), fake_session, batch_size=4, decode_workers=1,
                     fetch_workers=1) as clf:
         results = list(clf.classify_many(items([png(c) for c in colours])))
-    assert fake_session.batches == [4, 1]
+    # The model runs on whatever is decoded, so the batches' sizes vary from run to run;
+    # with one fetch and one decode worker they are consecutive slices of the input.
+    assert sum(fake_session.batches) == 5 and max(fake_session.batches) <= 4
     timings = [r.timings for r in results]
-    assert all(t is not None for t in timings)
     for t in timings:
-        assert t is not None and t.fetch_ms > 0 and t.decode_ms > 0
-    first = [t.inference_ms for t in timings[:4] if t is not None]
-    assert len(set(first)) == 1  # one batch, one share each
-    assert first[0] >= 0.25  # at least one clock step shared by four
-    last = timings[4]  # a batch of one, run when nothing else reads the clock: one step
-    assert last is not None and last.inference_ms == pytest.approx(1.0)
+        assert t is not None and t.fetch_ms > 0 and t.decode_ms > 0 and t.inference_ms > 0
+    start = 0
+    for size in fake_session.batches:
+        shares = {t.inference_ms for t in timings[start:start + size] if t is not None}
+        assert len(shares) == 1, (fake_session.batches, timings)  # one batch, one share each
+        assert shares.pop() * size >= 1.0 - 1e-9  # the run took at least one clock step
+        start += size
 
 
 def test_a_failed_item_has_no_timings(fake_session: FakeSession) -> None:
