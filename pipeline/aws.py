@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from pipeline.documents import RECORD_TOKEN_META, DocumentState
+from pipeline.documents import RECORD_TOKEN_META, DocumentState, token_of
 from pipeline.errors import (
     GoneError,
     ImgpipeError,
@@ -287,32 +287,54 @@ class DynamoResultSink:
         self, keys: Iterable[tuple[str, str]]
     ) -> dict[tuple[str, str], PredictionRecord]:
         """Existing records for (image, model) pairs: BatchGetItem, 100 keys a call."""
+        records = (PredictionRecord.from_item(self._deserialize(raw))
+                   for raw in self._batch_get(keys))
+        return {(r.image, r.model): r for r in records}
+
+    def present(self, keys: Iterable[tuple[str, str]]) -> set[tuple[str, str]]:
+        """Which (image, model) pairs have an item, reading only the keys (a watcher's
+        probe: the items themselves are not read or sent)."""
+        return {(raw["image"]["S"], raw["model"]["S"])
+                for raw in self._batch_get(keys, fields=("image", "model"))}
+
+    def token(self, image: str, model: str) -> str | None:
+        """`record_token` of the stored record (None: no record), reading only the two
+        attributes it is made of: what a writer checks to know whether the record it holds
+        is still the one stored."""
+        for raw in self._batch_get([(image, model)], fields=("etag", "processed_at")):
+            return token_of(raw["etag"]["S"] if "etag" in raw else None,
+                            raw["processed_at"]["S"])
+        return None
+
+    def _batch_get(self, keys: Iterable[tuple[str, str]],
+                   fields: Sequence[str] = ()) -> list[dict[str, Any]]:
+        """BatchGetItem (consistent), 100 keys a call; only `fields` when given."""
         wanted = list(dict.fromkeys(keys))
-        found: dict[tuple[str, str], PredictionRecord] = {}
+        items: list[dict[str, Any]] = []
         for start in range(0, len(wanted), 100):
-            request: dict[str, Any] = {
-                self.table: {
-                    "Keys": [
-                        {"image": {"S": image}, "model": {"S": model}}
-                        for image, model in wanted[start:start + 100]
-                    ],
-                    "ConsistentRead": True,
-                }
+            table: dict[str, Any] = {
+                "Keys": [
+                    {"image": {"S": image}, "model": {"S": model}}
+                    for image, model in wanted[start:start + 100]
+                ],
+                "ConsistentRead": True,
             }
+            if fields:
+                table["ProjectionExpression"] = ", ".join(f"#f{i}" for i in range(len(fields)))
+                table["ExpressionAttributeNames"] = {f"#f{i}": f for i, f in enumerate(fields)}
+            request: dict[str, Any] = {self.table: table}
             for _ in range(8):
                 try:
                     resp = self.client.batch_get_item(RequestItems=request)
                 except Exception as e:
                     raise translate_client_error(e, f"reading table {self.table}") from e
-                for raw in resp.get("Responses", {}).get(self.table, []):
-                    record = PredictionRecord.from_item(self._deserialize(raw))
-                    found[(record.image, record.model)] = record
+                items.extend(resp.get("Responses", {}).get(self.table, []))
                 request = resp.get("UnprocessedKeys") or {}
                 if not request:
                     break
             else:
                 raise TransientError(f"reading table {self.table}: keys left unprocessed")
-        return found
+        return items
 
     def get(self, image: str, model: str) -> PredictionRecord | None:
         return self.get_many([(image, model)]).get((image, model))

@@ -52,7 +52,7 @@ def section_local_stack(ctx: BenchContext) -> list[Row]:
             core_cpu = time.process_time() - core_cpu
             _upload(s3, r.bucket, zip(keys, photos, strict=True))
             started, cpu_before = time.perf_counter(), _stack_cpu(stack)
-            stack.wait_for_records([f"s3://{r.bucket}/{k}" for k in keys],
+            stack.wait_for_items([f"s3://{r.bucket}/{k}" for k in keys],
                                    ctx.manifest.model_id, timeout_s=600)
             ingest_ips = len(keys) / (time.perf_counter() - started)
             # CPU seconds per photo, which other load on the machine does not change: the

@@ -29,7 +29,12 @@ from datetime import UTC, datetime
 from typing import Any, Literal, Protocol
 
 from pipeline.classifier import Classifier, ImageTimings, ItemResult
-from pipeline.documents import DocumentStore, document_is_current, sync_document
+from pipeline.documents import (
+    DocumentStore,
+    document_is_current,
+    record_token,
+    sync_document,
+)
 from pipeline.errors import (
     GoneError,
     ImgpipeError,
@@ -91,6 +96,8 @@ class ResultSink(Protocol):
     ) -> dict[tuple[str, str], PredictionRecord]: ...
 
     def put(self, record: PredictionRecord, expected: PredictionRecord | None) -> bool: ...
+
+    def token(self, image: str, model: str) -> str | None: ...
 
 
 @dataclass(frozen=True)
@@ -386,7 +393,7 @@ class ClassificationService:
             for _attempt in range(3):
                 if self.sink.put(record, expected):
                     if self.settings.output_documents == "per-image":
-                        self._sync_document(ref, record.model)
+                        self._sync_document(ref, record, just_written=True)
                     return Outcome(ref, record.status, record.error or "", record)
                 expected = self._read_record(record.image, record.model)
                 reason = None if overwrite else _already_done(ref, expected)
@@ -422,9 +429,22 @@ class ClassificationService:
         bucket = self.settings.output_bucket or ref.bucket
         return bucket, output_key_for(ref.key, model, self.settings.output_prefix)
 
-    def _sync_document(self, ref: ObjectRef, model: str) -> None:
-        bucket, key = self._document_location(ref, model)
-        sync_document(self.store, lambda: self._read_record(ref.uri, model), bucket, key)
+    def _sync_document(self, ref: ObjectRef, held: PredictionRecord,
+                       just_written: bool = False) -> None:
+        """`sync_document` for the record this writer holds (wrote or found): while it is
+        still the stored one, reading its token (two attributes) stands for reading it."""
+        bucket, key = self._document_location(ref, held.model)
+
+        def read_record() -> PredictionRecord | None:
+            token = self.sink.token(ref.uri, held.model)
+            if token is None:
+                return None
+            if token == record_token(held):
+                return held
+            return self._read_record(ref.uri, held.model)
+
+        sync_document(self.store, read_record, bucket, key,
+                      just_written=held if just_written else None)
 
     def _skip_done(self, ref: ObjectRef, reason: str, existing: PredictionRecord) -> Outcome:
         """Already done for this object: no inference, but make sure its document is there
@@ -434,7 +454,7 @@ class ClassificationService:
         bucket, key = self._document_location(ref, existing.model)
         try:
             if not document_is_current(self.store, bucket, key, existing):
-                self._sync_document(ref, existing.model)
+                self._sync_document(ref, existing)
         except ImgpipeError as e:
             return Outcome(ref, "failed", str(e))
         return Outcome(ref, "skipped", reason, existing)

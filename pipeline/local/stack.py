@@ -311,26 +311,39 @@ class LocalStack:
         self, images: Iterable[str], model: str, timeout_s: float = 60.0,
         progress: Callable[[int, int], None] | None = None,
     ) -> dict[str, PredictionRecord]:
+        """Wait until every `s3://...` image has an item for `model` (`wait_for_items`),
+        then read the records."""
+        from pipeline.aws import DynamoResultSink
+
+        assert self.resources is not None
+        wanted = self.wait_for_items(images, model, timeout_s, progress)
+        sink = DynamoResultSink(self.client("dynamodb"), self.resources.table)
+        return {image: record for (image, _), record in
+                sink.get_many((i, model) for i in wanted).items()}
+
+    def wait_for_items(
+        self, images: Iterable[str], model: str, timeout_s: float = 60.0,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> list[str]:
         """Poll the table until every `s3://...` image has an item for `model`.
 
-        One BatchGetItem per 100 missing images every half second: the emulator shares
-        the CPUs with the pipeline it is watching.
+        One keys-only BatchGetItem per 100 missing images every half second: the emulator
+        shares the CPUs with the pipeline it is watching.
         """
         from pipeline.aws import DynamoResultSink
 
         assert self.resources is not None
         sink = DynamoResultSink(self.client("dynamodb"), self.resources.table)
         wanted = list(dict.fromkeys(images))
-        found: dict[str, PredictionRecord] = {}
+        found: set[str] = set()
         deadline = time.monotonic() + timeout_s
         while True:
             missing = [image for image in wanted if image not in found]
-            for (image, _), record in sink.get_many((i, model) for i in missing).items():
-                found[image] = record
+            found.update(image for image, _ in sink.present((i, model) for i in missing))
             if progress:
                 progress(len(found), len(wanted))
             if len(found) == len(wanted):
-                return found
+                return wanted
             if time.monotonic() > deadline:
                 missing = [w for w in wanted if w not in found]
                 raise ImgpipeError(

@@ -266,3 +266,28 @@ def test_an_invocation_that_read_the_old_object_does_not_overwrite_the_new_one(
     for thread in race.threads:
         thread.join(STEP_TIMEOUT_S)
     race.check()
+
+
+def test_a_document_written_from_a_record_read_too_early_is_taken_back(
+    aws: Clients, tiny: tuple[ModelManifest, Any],
+) -> None:
+    """A classified object's invocation is about to write its document when the object is
+    overwritten by one that is rejected. The rejected one's invocation writes its record and
+    finds no document to remove; then the first writes its document, from a record that is
+    no longer stored. It must notice and take the document back."""
+    manifest, session = tiny
+    race = Race(aws, manifest, session, "incoming/", with_sequencers=False)
+    key = "incoming/replaced.png"
+    race.upload(key, _image(3), copies=1)
+    race.deliver(race.pending.pop(), 0)
+    while race.scheduler.settle() != [0] or race.scheduler.waiting[0] != "put_json":
+        race.scheduler.grant(0)
+    race.upload(key, b"this is not an image\n", copies=1)
+    race.deliver(race.pending.pop(), 1)
+    while 1 in race.scheduler.settle():
+        race.scheduler.grant(1)
+    while race.scheduler.settle():
+        race.scheduler.grant(0)
+    for thread in race.threads:
+        thread.join(STEP_TIMEOUT_S)
+    race.check()
