@@ -28,6 +28,7 @@ def _fmt(value: float, unit: str) -> str:
 
 
 def render_table(rows: Sequence[Row]) -> str:
+    """The measurements as a markdown table, one line per row."""
     lines = ["| measurement | value | reference (same run) | ratio |",
              "|---|---:|---|---|"]
     for r in rows:
@@ -36,6 +37,7 @@ def render_table(rows: Sequence[Row]) -> str:
 
 
 def render_targets(targets: Sequence[Target]) -> str:
+    """The targets as a markdown table: measured, goal, PASS/FAIL."""
     lines = ["| target | measured | target | result |", "|---|---:|---:|---|"]
     for t in targets:
         op = ">=" if t.higher_is_better else "<="
@@ -49,6 +51,8 @@ def render_targets(targets: Sequence[Target]) -> str:
 
 
 def render_report(result: BenchResult, sets: dict[str, ImageSet], ctx: BenchContext) -> str:
+    """REPORT.md: the machine, the image sets, the targets with their definitions, and
+    every row."""
     m = result.machine
     set_lines = "\n".join(f"- `{s.name}`: {len(s.paths)} JPEGs, {s.title}" for s in sets.values())
     target_defs = "\n".join(f"- **{t.name}**: {t.definition}." for t in result.targets)
@@ -101,6 +105,7 @@ used more than {100 * QUIET_OTHER_LOAD:.0f} % of the CPUs are left out when at l
 
 
 def results_doc(result: BenchResult, sets: dict[str, ImageSet], ctx: BenchContext) -> Any:
+    """results.json: what the report shows, plus every repeat's raw figures (`details`)."""
     def plain(x: Any) -> Any:
         if dataclasses.is_dataclass(x) and not isinstance(x, type):
             return dataclasses.asdict(x)
