@@ -48,11 +48,11 @@ def run(args: argparse.Namespace) -> int:
     def progress(msg: str) -> None:
         print(f"[{time.perf_counter() - started:6.1f}s] {msg}", flush=True)
 
-    from pipeline.bench_int8 import INT8_SECTIONS
+    from pipeline.bench.int8 import INT8_SECTIONS
 
     extra: list[Any] = list(INT8_SECTIONS)
     if not args.no_stack:
-        from pipeline.bench_stack import STACK_SECTIONS
+        from pipeline.bench.stack import STACK_SECTIONS
 
         extra += STACK_SECTIONS
     result = run_benchmark(args.out, quick=args.quick, images=args.images,

@@ -56,7 +56,7 @@ def test_first_party_code_is_what_the_handlers_import(package: Callable[[str], P
     assert {"pipeline.factory", "pipeline.service", "pipeline.classifier", "pipeline.aws",
             "pipeline.backfill", "handlers.ingest", "handlers.backfill"} <= modules
     for tooling in ("pipeline.local", "pipeline.commands", "pipeline.bench", "pipeline.cli",
-                    "pipeline.bench_stack", "pipeline.reconcile", "pipeline.redrive"):
+                    "pipeline.reconcile", "pipeline.redrive"):
         assert not any(m == tooling or m.startswith(tooling + ".") for m in modules), tooling
     assert {"model/manifest.json", "model/labels.txt", "model/efficientnet_lite0.onnx"} <= shipped
     assert not any(p.startswith("model/reference/") or p.endswith(".md") or p == "model/export.py"

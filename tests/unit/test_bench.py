@@ -71,7 +71,7 @@ def test_quick_run_writes_a_complete_report(tmp_path: Path) -> None:
 
 
 def test_int8_and_short_run_sections_add_their_rows_and_target(tmp_path: Path) -> None:
-    from pipeline.bench_int8 import section_int8, section_short_runs
+    from pipeline.bench.int8 import section_int8, section_short_runs
 
     result = run_benchmark(
         tmp_path / "out", quick=True, images=2, big_size=(320, 240), web_size=(160, 120),

@@ -17,25 +17,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from pipeline.bench import (
-    CORE_BATCH,
-    TARGET_INT8_VS_FP32_WEB,
-    BenchContext,
-    ImageSet,
-    Row,
-    _core_runner,
-    _cpu_snapshot,
-    _file_loader,
-    _other_load,
-    _read_all,
-    _time_repeats,
-    measure_cold_start,
-    measure_model,
-    measure_peak_rss,
-    select_rounds,
-)
+from pipeline.bench.context import CORE_BATCH, BenchContext, ImageSet, Row
+from pipeline.bench.images import file_loader
+from pipeline.bench.measure import core_runner, draft_decoder, measure_model, one_thread_inference
+from pipeline.bench.processes import measure_cold_start, measure_peak_rss
+from pipeline.bench.targets import TARGET_INT8_VS_FP32_WEB
+from pipeline.bench.timing import cpu_snapshot, other_load_between, select_rounds, time_once
 from pipeline.classifier import Classifier, _Pending
 
 __all__ = ["INT8_MODEL", "INT8_SECTIONS", "TARGET_INT8_VS_FP32_WEB", "FullBatchClassifier",
@@ -71,51 +58,25 @@ class ShortRun:
     samples_ips: tuple[float, ...]
 
 
-def _one_thread_infer(manifest: Any) -> Any:
-    from pipeline.classifier import create_session
-
-    session = create_session(manifest, 1)
-    h, w = manifest.input_size
-    x = np.random.default_rng(0).standard_normal((CORE_BATCH, 3, h, w), dtype=np.float32)
-
-    def infer() -> int:
-        for _ in range(2):
-            session.run([manifest.output_name], {manifest.input_name: x})
-        return 2 * CORE_BATCH
-
-    return infer
-
-
 def measure_model_rounds(fp32: Any, int8: Any, image_set: ImageSet, rounds: int,
                          draft_limit: int | None) -> list[ModelRound]:
-    from pipeline.decode import decode_image
-
-    blobs = _read_all(image_set.paths[:draft_limit] if draft_limit else image_set.paths)
-
-    def draft() -> int:
-        for data in blobs:
-            decode_image(data, fp32)
-        return len(blobs)
-
-    infer_f, infer_q = _one_thread_infer(fp32), _one_thread_infer(int8)
-    core_f, close_f = _core_runner(fp32, image_set.paths, CORE_BATCH)
-    core_q, close_q = _core_runner(int8, image_set.paths, CORE_BATCH)
+    draft = draft_decoder(fp32, image_set, draft_limit)
+    infer_f, infer_q = one_thread_inference(fp32), one_thread_inference(int8)
+    core_f, close_f = core_runner(fp32, image_set.paths, CORE_BATCH)
+    core_q, close_q = core_runner(int8, image_set.paths, CORE_BATCH)
     out = []
     try:
         for fn in (draft, infer_f, infer_q, core_f, core_q):  # warm-up
             fn()
         for i in range(rounds):
-            before = _cpu_snapshot()
-            (d,) = _time_repeats(draft, 1, warmup=0)
-            (i_f,) = _time_repeats(infer_f, 1, warmup=0)
-            (i_q,) = _time_repeats(infer_q, 1, warmup=0)
+            before = cpu_snapshot()
+            d, i_f, i_q = time_once(draft), time_once(infer_f), time_once(infer_q)
             # alternate which model goes first, so a drift in load favours neither
             cores = (core_f, core_q) if i % 2 == 0 else (core_q, core_f)
-            (a,) = _time_repeats(cores[0], 1, warmup=0)
-            (b,) = _time_repeats(cores[1], 1, warmup=0)
+            a, b = time_once(cores[0]), time_once(cores[1])
             c_f, c_q = (a, b) if i % 2 == 0 else (b, a)
             out.append(ModelRound(1000.0 / d, 1000.0 / i_f, 1000.0 / i_q, c_f, c_q,
-                                  _other_load(before, _cpu_snapshot())))
+                                  other_load_between(before, cpu_snapshot())))
     finally:
         close_f()
         close_q()
@@ -203,7 +164,7 @@ class FullBatchClassifier(Classifier):
 def _short_run(clf: Classifier, paths: list[Path]) -> tuple[float, float]:
     t0 = time.perf_counter()
     first = 0.0
-    for n, result in enumerate(clf.classify_many((p, _file_loader(p)) for p in paths)):
+    for n, result in enumerate(clf.classify_many((p, file_loader(p)) for p in paths)):
         if result.prediction is None:
             raise RuntimeError(f"core failed on {result.key}: {result.error}")
         if n == 0:
