@@ -39,10 +39,7 @@ def section_local_stack(ctx: BenchContext) -> list[Row]:
             # Enough photos that the fixed costs (the last batching window, starting the
             # execution) do not dominate: 128 of each set in a full run.
             copies = 1 if ctx.quick else max(1, 128 // len(datas))
-            ctx.progress(f"local stack, {name}: uploading {len(datas) * copies} photos to "
-                         f"s3://{r.bucket}/{r.input_prefix} and waiting for every record")
-            keys = [f"{r.input_prefix}bench/{name}/{c}-{i}.jpg"
-                    for c in range(copies) for i in range(len(datas))]
+            keys = _keys(f"{r.input_prefix}bench/{name}/", copies, len(datas))
             photos = datas * copies
             # The core on the same photos right before and after each stack measurement,
             # averaged: this VM's speed drifts by +-15 % over minutes, so the ratio is taken
@@ -50,16 +47,27 @@ def section_local_stack(ctx: BenchContext) -> list[Row]:
             core_cpu = time.process_time()
             core_before = _core_ips(ctx, photos)
             core_cpu = time.process_time() - core_cpu
-            _upload(s3, r.bucket, zip(keys, photos, strict=True))
-            started, cpu_before = time.perf_counter(), _stack_cpu(stack)
-            stack.wait_for_items([f"s3://{r.bucket}/{k}" for k in keys],
-                                   ctx.manifest.model_id, timeout_s=600)
-            ingest_ips = len(keys) / (time.perf_counter() - started)
-            # CPU seconds per photo, which other load on the machine does not change: the
-            # stack's processes (emulator, workers, poller) against the core's.
-            stack_cpu = _cpu_delta(cpu_before, _stack_cpu(stack))
-            ctx.values[f"stack_ingest.{name}.cpu_ms"] = 1000 * stack_cpu / len(keys)
             ctx.values[f"core.{name}.cpu_ms"] = 1000 * core_cpu / len(photos)
+            ingest_pool = stack.pools[r.ingest_function]
+            if not any(w.proc is not None for w in ingest_pool.workers):
+                # A fresh stack: the first upload also starts the workers (their init:
+                # imports, the model's verification and session), as a first burst on
+                # AWS starts cold execution environments. Reported beside the steady state.
+                ctx.progress(f"local stack, {name}: uploading {len(keys)} photos to "
+                             f"s3://{r.bucket}/{r.input_prefix} (workers start cold)")
+                cold = _keys(f"{r.input_prefix}bench-cold/{name}/", copies, len(datas))
+                cold_ips, _ = _ingest(stack, s3, cold, photos, ctx)
+                core_after = _core_ips(ctx, photos)
+                rows.append(_vs_core(ctx, f"stack_ingest_cold.{name}.ips",
+                                     f"local stack, first upload, workers start cold, {name} "
+                                     f"({len(keys)} photos)", cold_ips,
+                                     (core_before + core_after) / 2,
+                                     "measured just before and after"))
+                core_before = core_after
+            ctx.progress(f"local stack, {name}: uploading {len(keys)} photos to "
+                         f"s3://{r.bucket}/{r.input_prefix} and waiting for every record")
+            ingest_ips, stack_cpu = _ingest(stack, s3, keys, photos, ctx)
+            ctx.values[f"stack_ingest.{name}.cpu_ms"] = 1000 * stack_cpu / len(keys)
 
             # Paired rounds, as for the core rows: core, backfill, core, backfill, core...;
             # each backfill is compared with the core on the same photos right before and
@@ -99,7 +107,7 @@ def section_local_stack(ctx: BenchContext) -> list[Row]:
             rows.append(_vs_core(ctx, f"stack_ingest.{name}.ips",
                                  f"local stack, end of upload -> last DynamoDB item, {name} "
                                  f"({len(keys)} photos, {_workers(stack, r.ingest_function)} "
-                                 f"ingest worker(s))", ingest_ips,
+                                 f"ingest worker(s), warm)", ingest_ips,
                                  ingest_core, "measured just before and after"))
             stack_ms = ctx.values[f"stack_ingest.{name}.cpu_ms"]
             core_ms = ctx.values[f"core.{name}.cpu_ms"]
@@ -116,6 +124,24 @@ def section_local_stack(ctx: BenchContext) -> list[Row]:
                                  ratio=ratio))
         rows.append(_worker_starts(ctx, stack))
     return rows
+
+
+def _ingest(stack: Any, s3: Any, keys: Sequence[str], photos: Sequence[bytes],
+            ctx: BenchContext) -> tuple[float, float]:
+    """Upload the photos under `keys`, wait for every record: images/s from the end of the
+    upload to the last record, and the stack's CPU seconds meanwhile (emulator, workers,
+    poller: other load on the machine does not change them)."""
+    r = stack.resources
+    _upload(s3, r.bucket, zip(keys, photos, strict=True))
+    started, cpu_before = time.perf_counter(), _stack_cpu(stack)
+    stack.wait_for_items([f"s3://{r.bucket}/{k}" for k in keys], ctx.manifest.model_id,
+                         timeout_s=600)
+    ips = len(keys) / (time.perf_counter() - started)
+    return ips, _cpu_delta(cpu_before, _stack_cpu(stack))
+
+
+def _keys(prefix: str, copies: int, photos: int) -> list[str]:
+    return [f"{prefix}{c}-{i}.jpg" for c in range(copies) for i in range(photos)]
 
 
 def _stack_cpu(stack: Any) -> dict[int, float]:

@@ -39,8 +39,9 @@ def targets_from(values: dict[str, float], cpus: int) -> list[Target]:
         ("stack_ingest.12mp.vs_core", "ingest", TARGET_INGEST_VS_CORE,
          "photos / seconds from the end of the upload to the last DynamoDB item on the local "
          "stack (S3 notification, SQS, the poller, the ingest function's Runtime API "
-         "workers), template defaults / the core's images/s on the same photos, measured "
-         "right before and after and averaged"),
+         "workers), template defaults, workers warm from a first upload (that upload's cold "
+         "start has its own row) / the core's images/s on the same photos (its session "
+         "made before the clock starts), measured right before and after and averaged"),
         ("stack_backfill.12mp.vs_core", "backfill", TARGET_BACKFILL_VS_CORE,
          "median over paired rounds of backfill images/s on the local stack "
          "(StartExecution to SUCCEEDED, the emulator sharing the CPUs) / the core's "
