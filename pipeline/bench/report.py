@@ -129,11 +129,14 @@ def results_doc(result: BenchResult, sets: dict[str, ImageSet], ctx: BenchContex
 
 def write_cost_inputs(ctx: BenchContext, sets: dict[str, ImageSet], path: Path) -> None:
     """`imgpipe cost`'s figures (pipeline/cost/inputs.py): a full run replaces the
-    committed bench/cost-inputs.json, a quick one writes beside results.json."""
+    committed bench/cost-inputs.json, a quick one writes beside results.json. A run of
+    some sections only, without the core's figures, leaves the file alone."""
     from pipeline.cost import cost_inputs_doc
 
     doc = cost_inputs_doc(ctx.values, ctx.machine.cpus_available, sets,
                           ctx.manifest.model_id, ctx.machine.cpu_model,
                           time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()))
+    if not doc["models"][ctx.manifest.model_id]:
+        return
     path.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
 

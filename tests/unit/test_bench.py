@@ -86,3 +86,21 @@ def test_int8_and_short_run_sections_add_their_rows_and_target(tmp_path: Path) -
     assert all(r.value > 0 for r in result.rows)
     (target,) = result.targets
     assert target.name.startswith("core with int8 >= 1.6x") and target.measured > 0
+
+
+def test_a_run_of_some_sections_leaves_the_cost_inputs_alone(tmp_path: Path) -> None:
+    """bench/cost-inputs.json holds a full run's core figures: a run of other sections only
+    (no core rows) must not replace it with an empty one."""
+    from pipeline.bench.run import default_bench_dir
+
+    committed = default_bench_dir() / "cost-inputs.json"
+    before = committed.read_bytes()
+
+    def only(ctx: BenchContext) -> list[Row]:
+        return [Row("only.ips", "a section of its own", 1.0, "img/s")]
+
+    result = run_benchmark(tmp_path / "out", images=2, big_size=(320, 240),
+                           web_size=(160, 120), report_path=tmp_path / "REPORT.md",
+                           sections=[only], repeats=1)
+    assert [r.key for r in result.rows] == ["only.ips"]
+    assert committed.read_bytes() == before

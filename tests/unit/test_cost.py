@@ -30,7 +30,9 @@ def test_the_bill_line_by_line() -> None:
     assert line(bill, "Lambda requests") == pytest.approx(100 * 0.20 / 1e6)
     assert line(bill, "SQS") == pytest.approx((1000 + 2 * 100) * 0.40 / 1e6)
     assert line(bill, "DynamoDB writes") == pytest.approx(2000 * 0.625 / 1e6)
-    assert line(bill, "S3 GET") == pytest.approx(2000 * 0.0004 / 1000)
+    assert line(bill, "S3 GET") == pytest.approx(1000 * 0.0004 / 1000)
+    # the done-already check, and the record check after each document
+    assert line(bill, "DynamoDB reads") == pytest.approx(2000 * 0.125 / 1e6)
     assert line(bill, "S3 PUT") == pytest.approx(1000 * 0.005 / 1000)
     assert bill.total == pytest.approx(sum(x.usd for x in bill.lines))
 
@@ -59,7 +61,8 @@ def test_the_per_image_document_dominates_and_batching_removes_it() -> None:
     none = bill_for(Scenario(photo=PHOTO, output_documents="none"), prices)
     assert not any(x.name.startswith("S3 PUT") for x in none.lines)
     assert none.total < batch.total < per_image.total
-    assert per_image.total - none.total == pytest.approx(5.0 + 0.4)  # PUT + the HEAD before
+    # the PUT, and the record check after it
+    assert per_image.total - none.total == pytest.approx(5.0 + 0.125)
 
 
 def test_a_backfill_has_step_functions_and_a_listing_instead_of_sqs() -> None:
