@@ -107,7 +107,8 @@ def run(args: argparse.Namespace) -> int:
         "cost hardly depends on memory; memory buys speed per invocation",
         "arm64 takes the same CPU time per image as the x86_64 machine measured (unmeasured)",
         "every image is classified (records under 1 KB: one write unit for the table, one "
-        "for the index); one strongly consistent read each; S3 requests and SQS messages "
+        "for the index); one strongly consistent read each, two with per-image documents (the "
+        "record check after the document); S3 requests and SQS messages "
         "under 64 KB; no cold starts, retries or idle polling counted; the uploads "
         "themselves, storage and data transfer are not in the bill",
         f"the always-on instance: 2 vCPUs at the same CPU time per image "

@@ -168,8 +168,8 @@ def bill_for(s: Scenario, prices: Prices) -> Bill:
     # Consistent reads: the done-already check, and with per-image documents the check of
     # the record after the document is written (a projection, billed on the item's size).
     reads = n * (2 if s.output_documents == "per-image" else 1)
-    lines.append(Line("DynamoDB reads (done-already check" + (", record check after the "
-                      "document)" if s.output_documents == "per-image" else ")"), reads,
+    lines.append(Line("DynamoDB reads (done-already" + (" + record checks)" if
+                      s.output_documents == "per-image" else " check)"), reads,
                       "read units", reads * prices["dynamodb_read_unit"],
                       "dynamodb_read_unit"))
     lines.append(Line("S3 GET (the photo)", n, "requests", n * prices["s3_get"], "s3_get"))
