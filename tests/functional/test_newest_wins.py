@@ -183,6 +183,19 @@ class Race:
             thread.join(STEP_TIMEOUT_S)
         assert not self.errors, self.errors
 
+    def overtake(self, key: str, data: bytes) -> None:
+        """While invocation 0 waits: upload a new version of `key`, run its invocation (1)
+        to the end, then let 0 finish; then check."""
+        self.upload(key, data, copies=1)
+        self.deliver(self.pending.pop(), 1)
+        while 1 in self.scheduler.settle():
+            self.scheduler.grant(1)
+        while self.scheduler.settle():
+            self.scheduler.grant(0)
+        for thread in self.threads:
+            thread.join(STEP_TIMEOUT_S)
+        self.check()
+
     def check(self) -> None:
         from boto3.dynamodb.types import TypeDeserializer
 
@@ -257,15 +270,7 @@ def test_an_invocation_that_read_the_old_object_does_not_overwrite_the_new_one(
         race.scheduler.settle()
         race.scheduler.grant(0)
     assert race.scheduler.settle() == [0]
-    race.upload(key, _image(2), copies=1)
-    race.deliver(race.pending.pop(), 1)
-    while 1 in race.scheduler.settle():
-        race.scheduler.grant(1)
-    while race.scheduler.settle():
-        race.scheduler.grant(0)
-    for thread in race.threads:
-        thread.join(STEP_TIMEOUT_S)
-    race.check()
+    race.overtake(key, _image(2))
 
 
 def test_a_document_written_from_a_record_read_too_early_is_taken_back(
@@ -282,12 +287,4 @@ def test_a_document_written_from_a_record_read_too_early_is_taken_back(
     race.deliver(race.pending.pop(), 0)
     while race.scheduler.settle() != [0] or race.scheduler.waiting[0] != "put_json":
         race.scheduler.grant(0)
-    race.upload(key, b"this is not an image\n", copies=1)
-    race.deliver(race.pending.pop(), 1)
-    while 1 in race.scheduler.settle():
-        race.scheduler.grant(1)
-    while race.scheduler.settle():
-        race.scheduler.grant(0)
-    for thread in race.threads:
-        thread.join(STEP_TIMEOUT_S)
-    race.check()
+    race.overtake(key, b"this is not an image\n")
