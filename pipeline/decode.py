@@ -20,6 +20,7 @@ Every refusal is a `PermanentError` whose message a person understands.
 
 from __future__ import annotations
 
+import functools
 import io
 import math
 import warnings
@@ -260,15 +261,29 @@ def _prepare_opened(
 
 
 def normalize_pixels(pixels: np.ndarray, manifest: ModelManifest) -> np.ndarray:
-    """uint8 HxWx3 -> float32 tensor in the manifest's layout and normalisation."""
+    """uint8 HxWx3 -> float32 tensor in the manifest's layout and normalisation.
+
+    A lookup in a table of the 256 values per channel: the same float32 arithmetic as
+    `pixels * gain + offset` (so the same bits), done 768 times instead of once a pixel."""
     n = manifest.normalize
-    std = np.asarray(n.std, dtype=np.float32)
-    gain = np.float32(n.scale) / std
-    offset = -np.asarray(n.mean, dtype=np.float32) / std
-    x = pixels.astype(np.float32) * gain + offset
+    table = _normalize_table(float(n.scale), tuple(n.mean), tuple(n.std))
     if manifest.layout == "NCHW":
-        x = x.transpose(2, 0, 1)
-    return np.ascontiguousarray(x, dtype=np.float32)
+        out = np.empty((3, *pixels.shape[:2]), dtype=np.float32)
+        for c in range(3):
+            np.take(table[c], pixels[:, :, c], out=out[c], mode="clip")
+        return out
+    return np.ascontiguousarray(table.T[pixels, np.arange(3)], dtype=np.float32)
+
+
+@functools.lru_cache(maxsize=8)
+def _normalize_table(scale: float, mean: tuple[float, ...], std: tuple[float, ...]
+                     ) -> np.ndarray:
+    """3 x 256 float32: channel c's value v normalised, as `normalize_pixels` defines."""
+    std32 = np.asarray(std, dtype=np.float32)
+    gain = np.float32(scale) / std32
+    offset = -np.asarray(mean, dtype=np.float32) / std32
+    values = np.arange(256, dtype=np.float32)[:, None]
+    return np.ascontiguousarray((values * gain + offset).T)
 
 
 # ---- helpers ---------------------------------------------------------------------------

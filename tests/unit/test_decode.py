@@ -644,3 +644,30 @@ def test_large_images_go_through_strips_with_the_same_result(
     assert strips[1:] == whole[1:]  # width, height (upright), format
     diff = np.abs(strips[0].astype(np.int16) - whole[0].astype(np.int16))
     assert diff.mean() < 1.0 and np.percentile(diff, 99) <= 4, (diff.mean(), diff.max())
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+def test_normalising_by_table_gives_the_arithmetics_bits(layout: str) -> None:
+    """The table lookup must equal `pixels * scale / std - mean / std` in float32 exactly:
+    the int8 model's calibration (model/quantize.py) is reproduced from these tensors."""
+    import dataclasses
+
+    from pipeline.decode import normalize_pixels
+    from pipeline.manifest import Normalize, load_manifest
+
+    base = load_manifest(Path(__file__).resolve().parents[2] / "model")
+    for norm in (base.normalize, Normalize(scale=1 / 255, mean=(0.485, 0.456, 0.406),
+                                           std=(0.229, 0.224, 0.225))):
+        manifest = dataclasses.replace(base, layout=layout, normalize=norm)
+        # every value in every channel, and a photo-like array
+        pixels = np.stack([np.arange(256, dtype=np.uint8).reshape(16, 16)] * 3, axis=-1)
+        photo = np.random.default_rng(7).integers(0, 256, (224, 224, 3), dtype=np.uint8)
+        for p in (pixels, photo):
+            std = np.asarray(norm.std, dtype=np.float32)
+            want = p.astype(np.float32) * (np.float32(norm.scale) / std) - (
+                np.asarray(norm.mean, dtype=np.float32) / std)
+            if layout == "NCHW":
+                want = want.transpose(2, 0, 1)
+            got = normalize_pixels(p, manifest)
+            assert got.dtype == np.float32 and got.flags.c_contiguous
+            assert got.shape == want.shape and np.array_equal(got, want)
