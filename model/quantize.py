@@ -17,13 +17,13 @@ model/README.md has the figures):
    network the int8 model computes. (Data-fitted rounding, GPTQ, fitted the calibration
    photos and did worse on the others.)
 3. `quantize_static`: QDQ, int8 per-channel symmetric weights, uint8 per-tensor
-   activations, ranges from the 0.001st to the 99.999th percentile of each tensor over the
+   activations, ranges from percentile 0.001 to percentile 99.999 of each tensor over the
    calibration crops (the extremes of a few crops no longer stretch a whole tensor's
-   scale). Kept in float32: the stem convolution and block 0's depthwise convolution (the
-   two layers at 112x112 whose int8 rounding cost most: the stem sees 3 channels, the
-   depthwise filter 9 weights a channel, and the 32-channel tensor between them is the
-   most sensitive activation), and the head (1x1 conv to 1280 channels, pooling and the
-   classifier): about 9 % of the multiply-adds.
+   scale). Kept in float32: the stem convolution (3 input channels), block 0's depthwise
+   convolution (the sensitivity scan's worst layer: 9 weights a channel, and its input,
+   the stem's output, was the most sensitive activation; keeping it float means that
+   tensor is never quantized), and the head (1x1 conv to 1280 channels, pooling and the
+   classifier): about 9 % of the multiply-adds. Held-out photos: 95.3 % top-1 agreement.
 
 Deterministic: the photo set, its order and the crops are fixed (`model/photos.py`), and
 nothing is random. Whether ONNX Runtime reproduces the file byte for byte on another CPU is
