@@ -4,21 +4,26 @@
     python model/quantize.py --check   # re-quantizes in a temp dir, compares with the
                                        # committed file, prints the fidelity figures
 
-Recipe (each step chosen because it measurably kept top-1 agreement with fp32; see
-model/README.md for the figures):
+Recipe (each choice made by 3-fold cross-validation over the CALIBRATION photos: calibrate
+on two thirds of them, judge the other third, so the held-out set never chose anything;
+model/README.md has the figures):
 
 1. `quant_pre_process`: shape inference and graph folding (the TF-style "same" padding
    becomes plain Conv pads).
-2. Weight rounding that sees the data (GPTQ): each layer's int8 weights are rounded column
-   by column, and the rounding error of a column is pushed onto the columns not yet
-   rounded through the inverse of the layer's input Hessian (X Xᵀ over the calibration
-   photos). Plain round-to-nearest on this model costs several points of agreement.
-3. Bias correction: the mean shift each layer's weight rounding causes (ΔW · E[x]) is
-   subtracted from its bias.
-4. `quantize_static`: QDQ, int8 per-channel symmetric weights, uint8 per-tensor
-   activations, MinMax calibration on the calibration crops. The stem convolution (3 input
-   channels: its rounding hurts most) and the head (1x1 conv to 1280 channels, pooling and
-   the classifier) stay in float32: about 8 % of the multiply-adds.
+2. Rounding and bias correction: each layer's weights are rounded to nearest on their
+   int8 grid (per output channel, symmetric ±127, as `quantize_static` rounds them) and
+   the mean shift that rounding causes (ΔW · E[x], E[x] over the calibration crops) is
+   subtracted from the layer's bias; step 3 then calibrates the activations on the
+   network the int8 model computes. (Data-fitted rounding, GPTQ, fitted the calibration
+   photos and did worse on the others.)
+3. `quantize_static`: QDQ, int8 per-channel symmetric weights, uint8 per-tensor
+   activations, ranges from percentile 0.001 to percentile 99.999 of each tensor over the
+   calibration crops (the extremes of a few crops no longer stretch a whole tensor's
+   scale). Kept in float32: the stem convolution (3 input channels), block 0's depthwise
+   convolution (the sensitivity scan's worst layer: 9 weights a channel, and its input,
+   the stem's output, was the most sensitive activation; keeping it float means that
+   tensor is never quantized), and the head (1x1 conv to 1280 channels, pooling and the
+   classifier): about 9 % of the multiply-adds. Held-out photos: 95.3 % top-1 agreement.
 
 Deterministic: the photo set, its order and the crops are fixed (`model/photos.py`), and
 nothing is random. Whether ONNX Runtime reproduces the file byte for byte on another CPU is
@@ -53,18 +58,15 @@ NAME = "efficientnet-lite0-int8"
 VERSION = "1"
 ONNX_FILE = "efficientnet_lite0_int8.onnx"
 OUT_DIR = ROOT / "model" / NAME
-KEEP_FLOAT = ("/_conv_stem/Conv", "/_conv_head/Conv", "/_avg_pooling/GlobalAveragePool",
-              "/Reshape", "/_fc/Gemm")
-HESSIAN_IMAGES = 64  # calibration crops used for the Hessians (every k-th, fixed)
+KEEP_FLOAT = ("/_conv_stem/Conv", "/_blocks.0/_depthwise_conv/Conv", "/_conv_head/Conv",
+              "/_avg_pooling/GlobalAveragePool", "/Reshape", "/_fc/Gemm")
+PERCENTILE = 99.999  # activation ranges: this percentile of each tensor (and 100 - it)
 BATCH = 17
 # Item 2 of the issue: what `--check` requires of the held-out set.
 MIN_HELD_OUT = 500
 MIN_AGREE = 0.95
 MIN_AGREE_CONFIDENT = 0.99
 MIN_TOP5 = 0.995
-# What `--check` enforces of the overall agreement: the issue asks for 95 %, which this
-# recipe does not reach (model/README.md); a fresh build below this floor is a regression.
-AGREE_FLOOR = 0.92
 
 
 @dataclass(frozen=True)
@@ -95,8 +97,8 @@ class Fidelity:
 
     @property
     def acceptable(self) -> bool:
-        """The targets this recipe meets, and the floor for the one it does not."""
-        return (self.images >= MIN_HELD_OUT and self.agree >= AGREE_FLOOR
+        """Every target of item 2 is met."""
+        return (self.images >= MIN_HELD_OUT and self.agree >= MIN_AGREE
                 and self.agree_confident >= MIN_AGREE_CONFIDENT and self.top5 >= MIN_TOP5)
 
 
@@ -130,22 +132,8 @@ def _attrs(node: Any) -> dict[str, Any]:
     return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
 
 
-def _patches(a: np.ndarray, attrs: dict[str, Any]) -> np.ndarray:
-    """Conv input [N, C, H, W] -> the values each output sees: [N, C, kh*kw, Ho, Wo]."""
-    kh, kw = attrs.get("kernel_shape", [1, 1])
-    sh, sw = attrs.get("strides", [1, 1])
-    top, left, bottom, right = attrs.get("pads", [0, 0, 0, 0])
-    a = np.pad(a, ((0, 0), (0, 0), (top, bottom), (left, right)))
-    ho = (a.shape[2] - kh) // sh + 1
-    wo = (a.shape[3] - kw) // sw + 1
-    return np.stack([a[:, :, i:i + sh * ho:sh, j:j + sw * wo:sw]
-                     for i in range(kh) for j in range(kw)], 2)
-
-
-def layer_statistics(model: Any, calib: np.ndarray) -> tuple[dict[str, np.ndarray],
-                                                              dict[str, np.ndarray]]:
-    """Per Conv/Gemm: the mean of each input channel over all calibration crops, and the
-    input Hessian (X Xᵀ, per channel for depthwise convs) over every k-th crop."""
+def input_means(model: Any, calib: np.ndarray) -> dict[str, np.ndarray]:
+    """Per Conv/Gemm: the mean of each input channel over all calibration crops."""
     import onnx
 
     probe = onnx.ModelProto()
@@ -159,55 +147,22 @@ def layer_statistics(model: Any, calib: np.ndarray) -> tuple[dict[str, np.ndarra
             outputs.add(node.input[0])
     sess = _session(probe.SerializeToString())
     names = [o.name for o in sess.get_outputs()]
-    every = max(1, len(calib) // HESSIAN_IMAGES)
     sums: dict[str, np.ndarray] = {}
-    hessians: dict[str, np.ndarray] = {}
     for start in range(0, len(calib), BATCH):
         xb = calib[start:start + BATCH]
         acts = dict(zip(names, sess.run(None, {"input": xb}), strict=True))
         acts["input"] = xb
-        pick = [i for i in range(len(xb)) if (start + i) % every == 0]
         for node in layers:
             a = acts[node.input[0]]
             mean = a.mean(axis=(0, 2, 3)) if a.ndim == 4 else a.mean(axis=0)
             sums[node.name] = sums.get(node.name, 0) + mean.astype(np.float64) * len(xb)
-            if not pick:
-                continue
-            sample = a[pick].astype(np.float64)
-            if node.op_type == "Gemm":
-                h = sample.T @ sample
-            else:
-                p = _patches(sample, _attrs(node))
-                if _attrs(node).get("group", 1) > 1:
-                    h = np.einsum("ncaxy,ncbxy->cab", p, p)
-                else:
-                    flat = p.transpose(1, 2, 0, 3, 4).reshape(p.shape[1] * p.shape[2], -1)
-                    h = flat @ flat.T
-            hessians[node.name] = hessians.get(node.name, 0) + h
-    means = {k: v / len(calib) for k, v in sums.items()}
-    return means, hessians
+    return {k: v / len(calib) for k, v in sums.items()}
 
 
-def _round_rows(w: np.ndarray, hessian: np.ndarray, scale: np.ndarray) -> np.ndarray:
-    """GPTQ on a [rows, columns] weight matrix with a per-row int8 scale (symmetric ±127)."""
-    w = w.copy()
-    h = hessian.copy()
-    dead = np.diag(h) == 0
-    h[dead, dead] = 1.0
-    w[:, dead] = 0.0
-    h += 0.01 * np.mean(np.diag(h)) * np.eye(len(h))
-    upper = np.linalg.cholesky(np.linalg.inv(h)).T
-    q = np.zeros_like(w)
-    for i in range(w.shape[1]):
-        q[:, i] = np.clip(np.round(w[:, i] / scale), -127, 127) * scale
-        err = (w[:, i] - q[:, i]) / upper[i, i]
-        w[:, i + 1:] -= np.outer(err, upper[i, i + 1:])
-    return q
-
-
-def round_and_correct(model: Any, means: dict[str, np.ndarray],
-                      hessians: dict[str, np.ndarray]) -> None:
-    """Steps 2 and 3, in place: data-aware int8 rounding of the weights, bias correction."""
+def round_weights(model: Any, means: dict[str, np.ndarray]) -> None:
+    """Step 2, in place: round each layer's weights onto its int8 grid (the values
+    `quantize_static` then keeps as they are) and take the mean shift the rounding causes
+    out of its bias, so step 3 calibrates on the network the int8 model computes."""
     from onnx import numpy_helper
 
     inits = {i.name: i for i in model.graph.initializer}
@@ -216,26 +171,23 @@ def round_and_correct(model: Any, means: dict[str, np.ndarray],
             continue
         attrs = _attrs(node)
         w_init, b_init = inits[node.input[1]], inits[node.input[2]]
+        transposed = node.op_type == "Gemm" and not attrs.get("transB", 0)
         w = numpy_helper.to_array(w_init).astype(np.float64)
-        if node.op_type == "Gemm" and not attrs.get("transB", 0):
-            w = w.T
+        w = w.T if transposed else w
         flat = w.reshape(w.shape[0], -1)
-        scale = np.abs(flat).max(axis=1) / 127.0
+        scale = np.abs(flat).max(axis=1, keepdims=True) / 127.0
         scale[scale == 0] = 1.0
-        h = hessians[node.name]
-        if node.op_type == "Conv" and attrs.get("group", 1) > 1:
-            q = np.stack([_round_rows(flat[c:c + 1], h[c], scale[c:c + 1])[0]
-                          for c in range(len(flat))])
-            shift = (q - flat).sum(axis=1) * means[node.name]
+        rounded = np.clip(np.round(flat / scale), -127, 127) * scale
+        delta = rounded - flat
+        cin = means[node.name]
+        if node.op_type == "Conv" and attrs.get("group", 1) > 1:  # depthwise
+            shift = delta.sum(axis=1) * cin
         else:
-            q = _round_rows(flat, h, scale)
-            cin = means[node.name]
-            shift = ((q - flat).reshape(len(flat), len(cin), -1).sum(axis=2) @ cin)
-        q = q.reshape(w.shape)
-        if node.op_type == "Gemm" and not attrs.get("transB", 0):
-            q = q.T
-        bias = numpy_helper.to_array(b_init).astype(np.float64) - shift
+            shift = delta.reshape(len(flat), len(cin), -1).sum(axis=2) @ cin
+        q = rounded.reshape(w.shape)
+        q = q.T if transposed else q
         w_init.CopyFrom(numpy_helper.from_array(q.astype(np.float32), w_init.name))
+        bias = numpy_helper.to_array(b_init).astype(np.float64) - shift
         b_init.CopyFrom(numpy_helper.from_array(bias.astype(np.float32), b_init.name))
 
 
@@ -265,18 +217,18 @@ def quantize(fp32: ModelManifest, calib: np.ndarray, out_dir: Path) -> ModelMani
         pre, rounded = Path(tmp) / "pre.onnx", Path(tmp) / "rounded.onnx"
         quant_pre_process(str(fp32.onnx_path), str(pre), skip_symbolic_shape=False)
         model = onnx.load(str(pre))
-        print("collecting layer statistics on the calibration crops", flush=True)
-        means, hessians = layer_statistics(model, calib)
-        print("rounding the weights (GPTQ) and correcting the biases", flush=True)
-        round_and_correct(model, means, hessians)
+        print("rounding the weights, correcting the biases (input means over the "
+              "calibration crops)", flush=True)
+        round_weights(model, input_means(model, calib))
         onnx.save(model, str(rounded))
-        print("quantize_static: QDQ, per-channel int8 weights, uint8 activations, MinMax",
-              flush=True)
+        print(f"quantize_static: QDQ, per-channel int8 weights, uint8 activations, "
+              f"percentile {PERCENTILE} ranges", flush=True)
         quantize_static(
             str(rounded), str(out_dir / ONNX_FILE), _Reader(calib),
             quant_format=QuantFormat.QDQ, per_channel=True,
             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-            calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=list(KEEP_FLOAT),
+            calibrate_method=CalibrationMethod.Percentile, nodes_to_exclude=list(KEEP_FLOAT),
+            extra_options={"CalibPercentile": PERCENTILE},
         )
     shutil.copy(fp32.onnx_path.parent / str(fp32.labels_file), out_dir / str(fp32.labels_file))
     manifest = dataclasses.replace(fp32, name=NAME, version=VERSION, file=ONNX_FILE,
@@ -355,8 +307,8 @@ def check(committed_dir: Path) -> int:
     for line in fid.lines():
         print("  " + line)
     ok = reproduced and fid.acceptable
-    print("int8 check: " + ("OK" if ok else "FAILED") + f" (requires: reproduced, the "
-          f"confident and top-5 targets, overall agreement >= {100 * AGREE_FLOOR:.0f} %)")
+    print("int8 check: " + ("OK" if ok else "FAILED") + " (requires: reproduced, and every "
+          "target of issue 11 item 2 met)")
     return 0 if ok else 1
 
 
