@@ -499,16 +499,25 @@ class FunctionPool:
             with self._cond:
                 if self._closed:
                     return
-                now = time.monotonic()
-                for slot in list(self._idle):
-                    worker = self._slots[slot]
-                    if worker is not None and now - worker.last_used > self.keep_warm_s:
-                        self._idle.remove(slot)
-                        self._slots[slot] = None
-                        log.info("%s: worker %s idle for %.0f s, stopped", self.spec.name,
-                                 worker.proc.pid if worker.proc else "?", self.keep_warm_s)
-                        worker.stop()
+                self._stop_idle(self.keep_warm_s)
                 self._cond.wait(min(1.0, self.keep_warm_s))
+
+    def stop_idle(self) -> None:
+        """Stop every idle worker now (the next invocations start cold), as Lambda may
+        retire an idle execution environment at any time."""
+        with self._cond:
+            self._stop_idle(0.0)
+
+    def _stop_idle(self, idle_s: float) -> None:
+        now = time.monotonic()
+        for slot in list(self._idle):
+            worker = self._slots[slot]
+            if worker is not None and now - worker.last_used >= idle_s:
+                self._idle.remove(slot)
+                self._slots[slot] = None
+                log.info("%s: worker %s idle for %.0f s, stopped", self.spec.name,
+                         worker.proc.pid if worker.proc else "?", now - worker.last_used)
+                worker.stop()
 
     def stop(self) -> None:
         with self._cond:

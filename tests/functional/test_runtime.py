@@ -123,6 +123,18 @@ def test_idle_workers_are_stopped_after_the_keep_warm_time(
     assert again.pid != pid and again.init_s is not None  # a new cold start
 
 
+def test_stop_idle_retires_idle_workers_at_once(
+    pools: Callable[..., FunctionPool],
+) -> None:
+    pool = pools(_spec("probe.echo"))  # the default keep-warm time: minutes
+    first = pool.invoke(b"{}")
+    assert pool.invoke(b"{}").init_s is None  # warm
+    pool.stop_idle()
+    _wait(lambda: not pool.workers and _dead(first.pid), "the idle worker to stop")
+    again = pool.invoke(b"{}")
+    assert again.pid != first.pid and again.init_s is not None  # a new cold start
+
+
 def test_a_function_error_is_lambdas_error_json_and_the_worker_stays_warm(
     pools: Callable[..., FunctionPool],
 ) -> None:
