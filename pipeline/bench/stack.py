@@ -48,26 +48,10 @@ def section_local_stack(ctx: BenchContext) -> list[Row]:
             core_before = _core_ips(ctx, photos)
             core_cpu = time.process_time() - core_cpu
             ctx.values[f"core.{name}.cpu_ms"] = 1000 * core_cpu / len(photos)
-            ingest_pool = stack.pools[r.ingest_function]
             if name == next(iter(ctx.sets)):
-                # The first upload with every worker stopped: it also starts them (their
-                # init: imports, the model's verification and session), as a first burst
-                # on AWS starts cold execution environments. Reported beside the steady
-                # state. The stack's s3:TestEvent is consumed first: sharing the upload's
-                # batches, it would leave a partial last batch waiting out the 5 s window.
-                _drain(stack.client("sqs"), r.queue_url)
-                ingest_pool.stop_idle()
-                ctx.progress(f"local stack, {name}: uploading {len(keys)} photos to "
-                             f"s3://{r.bucket}/{r.input_prefix} (workers start cold)")
-                cold = _keys(f"{r.input_prefix}bench-cold/{name}/", copies, len(datas))
-                cold_ips, _ = _ingest(stack, s3, cold, photos, ctx)
-                core_after = _core_ips(ctx, photos)
-                rows.append(_vs_core(ctx, f"stack_ingest_cold.{name}.ips",
-                                     f"local stack, first upload, workers start cold, {name} "
-                                     f"({len(keys)} photos)", cold_ips,
-                                     (core_before + core_after) / 2,
-                                     "measured just before and after"))
-                core_before = core_after
+                cold_row, core_before = _cold_first_upload(ctx, stack, name, keys, photos,
+                                                           core_before)
+                rows.append(cold_row)
             ctx.progress(f"local stack, {name}: uploading {len(keys)} photos to "
                          f"s3://{r.bucket}/{r.input_prefix} and waiting for every record")
             ingest_ips, stack_cpu = _ingest(stack, s3, keys, photos, ctx)
@@ -128,6 +112,28 @@ def section_local_stack(ctx: BenchContext) -> list[Row]:
                                  ratio=ratio))
         rows.append(_worker_starts(ctx, stack))
     return rows
+
+
+def _cold_first_upload(ctx: BenchContext, stack: Any, name: str, keys: Sequence[str],
+                       photos: Sequence[bytes], core_before: float) -> tuple[Row, float]:
+    """The first upload with every ingest worker stopped: it also starts them (their init:
+    imports, the model's verification and session), as a first burst on AWS starts cold
+    execution environments; reported beside the steady state. The stack's s3:TestEvent is
+    consumed first: sharing the upload's batches, it would leave a partial last batch
+    waiting out the 5 s window. Returns the row and the core's images/s measured after."""
+    r = stack.resources
+    _drain(stack.client("sqs"), r.queue_url)
+    stack.pools[r.ingest_function].stop_idle()
+    ctx.progress(f"local stack, {name}: uploading {len(keys)} photos to "
+                 f"s3://{r.bucket}/{r.input_prefix} (workers start cold)")
+    cold = [k.replace("/bench/", "/bench-cold/", 1) for k in keys]
+    ips, _ = _ingest(stack, stack.client("s3"), cold, photos, ctx)
+    core_after = _core_ips(ctx, photos)
+    row = _vs_core(ctx, f"stack_ingest_cold.{name}.ips",
+                   f"local stack, first upload, workers start cold, {name} "
+                   f"({len(keys)} photos)", ips, (core_before + core_after) / 2,
+                   "measured just before and after")
+    return row, core_after
 
 
 def _ingest(stack: Any, s3: Any, keys: Sequence[str], photos: Sequence[bytes],
