@@ -19,6 +19,7 @@ workers and the emulator; the emulator also exits by itself if this process dies
 from __future__ import annotations
 
 import os
+import shlex
 import socket
 import subprocess
 import sys
@@ -298,10 +299,16 @@ class LocalStack:
         return local_session(REGION).client(service, endpoint_url=self.endpoint_url)
 
     def export_lines(self) -> list[str]:
+        """What another terminal pastes to point the aws CLI and imgpipe at the stack. The
+        config file loads the plugin without which aws CLI v1 sends `aws sqs` to AWS
+        whatever AWS_ENDPOINT_URL says (`pipeline.local.awscli_endpoints`)."""
+        from pipeline.local.awscli_endpoints import CONFIG_FILE
+
         lines = [
             f"export AWS_ENDPOINT_URL={self.endpoint_url}",
             "export AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test",
             f"export AWS_DEFAULT_REGION={REGION}",
+            f"export AWS_CONFIG_FILE={shlex.quote(str(CONFIG_FILE))}",
         ]
         if self.api_url:
             lines.append(f"export IMGPIPE_API_URL={self.api_url}")

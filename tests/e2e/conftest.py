@@ -65,6 +65,16 @@ class LocalProcess:
         raise AssertionError(f"no item for {image} after {timeout_s} s; stack output:\n"
                              + "".join(self.output[-40:]))
 
+    def wait_for_output(self, condition: Callable[[], bool], timeout_s: float = 90) -> None:
+        """Until `condition()` holds for the stack's output (read by a thread)."""
+        deadline = time.monotonic() + timeout_s
+        while not condition():
+            if time.monotonic() > deadline:
+                raise AssertionError("the stack's output did not show it after "
+                                     f"{timeout_s} s:\n" + "".join(self.output[-40:]))
+            self.assert_alive()
+            time.sleep(0.2)
+
     def assert_alive(self) -> None:
         if self.proc.poll() is not None:
             raise AssertionError("imgpipe local exited:\n" + "".join(self.output))
@@ -83,6 +93,8 @@ def start_local(home: Path, *args: str, port: int | None = None) -> LocalProcess
         "AWS_PAGER": "",
         "PYTHONUNBUFFERED": "1",
     }
+    if os.environ.get("PYTHONPATH"):  # a worktree tested with another tree's venv
+        env["PYTHONPATH"] = os.environ["PYTHONPATH"]
     if "--api-port" not in args:  # any free port, not the emulator's + 1
         args = (*args, "--api-port", "0")
     proc = subprocess.Popen(

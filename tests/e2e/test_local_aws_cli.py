@@ -1,0 +1,70 @@
+"""The export lines the banner prints point every aws CLI command of the README at the stack,
+`aws sqs` included (aws CLI v1 sends it to queue.amazonaws.com unless its config loads
+pipeline.local.awscli_endpoints), and the README's dead-letter runbook runs as written."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+
+import pytest
+
+from tests.e2e.conftest import BIN, ROOT, LocalProcess
+
+pytestmark = pytest.mark.e2e
+
+README = (ROOT / "README.md").read_text(encoding="utf-8")
+
+
+def _block_after(heading: str, first: str) -> str:
+    """The first fenced block after `heading` whose text starts with `first`."""
+    section = README[README.index(heading):]
+    for block in re.findall(r"^```[a-z]*\n(.*?)^```", section, flags=re.S | re.M):
+        if block.startswith(first):
+            return str(block)
+    raise AssertionError(f"no block starting {first!r} after {heading!r}")
+
+
+def _bash(stack: LocalProcess, script: str) -> subprocess.CompletedProcess[str]:
+    """`script` after the banner's export lines, in a shell with nothing else configured.
+    A request that would leave this machine goes to a closed local proxy port instead."""
+    exports = [line.strip() for line in stack.output if line.strip().startswith("export ")]
+    assert any(line.startswith("export AWS_ENDPOINT_URL=") for line in exports), exports
+    env = {"PATH": stack.env["PATH"], "HOME": stack.env["HOME"], "AWS_PAGER": "",
+           "HTTPS_PROXY": "http://127.0.0.1:9", "HTTP_PROXY": "http://127.0.0.1:9",
+           "NO_PROXY": "127.0.0.1,localhost", "AWS_MAX_ATTEMPTS": "1",
+           **{k: v for k, v in stack.env.items() if k == "PYTHONPATH"}}
+    return subprocess.run(["bash", "-euo", "pipefail", "-c", "\n".join([*exports, script])],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_the_banner_exports_reach_the_stack_with_aws_sqs(local_stack: LocalProcess) -> None:
+    done = _bash(local_stack, "aws sqs list-queues --output text")
+    assert done.returncode == 0, done.stderr
+    assert f"{local_stack.endpoint}/123456789012/imgpipe-ingest-dlq" in done.stdout
+    assert (BIN / "aws").exists()
+
+
+def test_the_readme_dead_letter_runbook_runs_against_the_stack(
+        local_stack: LocalProcess) -> None:
+    out = _block_after("### Build and deploy", "out() {").split("\nBUCKET=")[0]
+    runbook = _block_after("### When messages land in the dead-letter queue", "aws sqs ")
+    batches = sum(line.startswith("batch: ") for line in local_stack.output)
+    done = _bash(local_stack, "\n".join([
+        out,
+        "aws sqs send-message --queue-url \"$(out DlqUrl)\" --message-body "
+        "'{\"Records\": []}' > /dev/null",
+        runbook,
+        "aws sqs get-queue-attributes --queue-url \"$(out DlqUrl)\" "
+        "--attribute-names ApproximateNumberOfMessages --output text",
+    ]))
+    assert done.returncode == 0, done.stderr
+    assert '"Body": "{\\"Records\\": []}"' in done.stdout  # looked at without taking it
+    assert '"TaskHandle"' in done.stdout
+    assert '"Status": "COMPLETED"' in done.stdout
+    assert '"ApproximateNumberOfMessagesMoved": 1' in done.stdout
+    assert done.stdout.rstrip().endswith("ATTRIBUTES\t0")  # the DLQ is empty again
+    # ... and the message is back in the ingest queue, whose poller takes it
+    local_stack.wait_for_output(lambda: sum(
+        line.startswith("batch: ") for line in local_stack.output) > batches)
+    assert "Traceback" not in "".join(local_stack.output)
