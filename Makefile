@@ -8,12 +8,22 @@ CHECKOV_VENV := .venv-checkov
 # The Lambda runtime's Python builds the package (tools/lambda_package.py) and runs it in
 # tests (.venv-runtime). A pyenv shim answers to `python3.12` even when that version is not
 # selected, so each candidate is asked for its real path; evaluated once, when first used.
+PYTHON312_MISSING := python3.12 not found (nor in pyenv's versions). The Lambda runtime is \
+    python3.12, so building and testing its package needs that exact version. Ways to get \
+    it: `pyenv install 3.12` (any Linux or macOS; the Makefile finds pyenv's versions); the \
+    python3.12 package of a distribution that ships it (Ubuntu 24.04, Fedora, Homebrew's \
+    python@3.12; not Debian 12, whose python is 3.11, nor Debian 13, whose is 3.13). To \
+    deploy without it, `sam build --use-container` builds in AWS's python3.12 image (needs \
+    Docker). `make demo` and `make lint` do not need it
 PYTHON312 = $(eval PYTHON312 := $(or $(shell for p in python3.12 \
     $$(pyenv root 2>/dev/null)/versions/3.12*/bin/python3.12; do "$$p" -c 'import sys; \
     assert sys.version_info[:2] == (3, 12); print(sys.executable)' 2>/dev/null && break; \
-    done),$(error python3.12 not found: the Lambda runtime is python3.12, so building and \
-    testing its package needs it on PATH (e.g. `pyenv install 3.12`, or your system's \
-    python3.12 package))))$(PYTHON312)
+    done),$(error $(PYTHON312_MISSING))))$(PYTHON312)
+
+# `make test` runs the package tests last, after minutes of other tests: say it first.
+ifneq ($(filter test,$(MAKECMDGOALS)),)
+$(if $(PYTHON312),)
+endif
 RUNTIME_VENV := .venv-runtime
 ARCH ?= x86_64
 HOST_ARCH := $(if $(filter aarch64 arm64,$(shell uname -m)),arm64,x86_64)
