@@ -178,8 +178,10 @@ Then, for example:
   aws dynamodb get-item --table-name {r.table} \\
       --key '{key_json}'
   imgpipe results query --label espresso
+  sed "s/2026-11-28T12:00:00.000Z/$(date -u +%FT%T.000Z)/" \\
+      tests/events/sqs_local_coffee.json > /tmp/sqs_local_coffee.json
   aws lambda invoke --function-name {r.ingest_function} \\
-      --payload fileb://tests/events/sqs_local_coffee.json out.json
+      --payload fileb:///tmp/sqs_local_coffee.json /tmp/out.json
   curl --data-binary @samples/coffee.jpg -H 'Content-Type: image/jpeg' \\
       $IMGPIPE_API_URL/classify
 

@@ -68,3 +68,25 @@ def test_the_readme_dead_letter_runbook_runs_against_the_stack(
     local_stack.wait_for_output(lambda: sum(
         line.startswith("batch: ") for line in local_stack.output) > batches)
     assert "Traceback" not in "".join(local_stack.output)
+
+
+def test_the_readme_invoke_lines_leave_nothing_in_the_repo_and_time_the_event_now(
+        local_stack: LocalProcess) -> None:
+    """`aws lambda invoke ... out.json` left out.json in the repository, and the fixture's
+    fixed eventTime gave the record an event_to_record_ms of days."""
+    block = _block_after("### Run a function by hand", "aws lambda list-functions")
+    ingest_part = block.split("\nBACKFILL=")[0]
+    before = {p.name for p in ROOT.iterdir()}
+    done = _bash(local_stack, ingest_part)
+    assert done.returncode == 0, done.stderr
+    assert '"StatusCode": 200' in done.stdout
+    assert '{"batchItemFailures": []}' in done.stdout
+    assert {p.name for p in ROOT.iterdir()} == before
+    item = local_stack.wait_for_item("imgpipe-predictions",
+                                     "s3://imgpipe-local/incoming/coffee.jpg",
+                                     "efficientnet-lite0@1")
+    one_hour_ms = 3_600_000  # the fixture's date is days old: any fresh time is far below
+    assert int(item["event_to_record_ms"]["N"]) < one_hour_ms, item["event_to_record_ms"]
+    fixture = (ROOT / "tests" / "events" / "sqs_local_coffee.json").read_text()
+    stamp = re.search(r'sed "s/([^/]+)/', block)
+    assert stamp and stamp.group(1) in fixture  # the sed still matches the fixture's time

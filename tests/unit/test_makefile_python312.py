@@ -15,8 +15,8 @@ pytestmark = pytest.mark.skipif(MAKE is None, reason="make is not installed")
 
 
 def _make(tmp_path: Path, *goals: str) -> subprocess.CompletedProcess[str]:
-    """The Makefile (and pyproject.toml) in an empty folder, with a PATH and a HOME that hold no python3.12
-    and no pyenv; `-n` prints what would run instead of running it."""
+    """The Makefile (and pyproject.toml) in an empty folder, with a PATH and a HOME that
+    hold no python3.12 and no pyenv; `-n` prints what would run instead of running it."""
     for name in ("Makefile", "pyproject.toml"):
         shutil.copy(ROOT / name, tmp_path / name)
     bin_dir = tmp_path / "bin"
