@@ -73,6 +73,9 @@ class Row:
     section: str = ""
 
 
+NOT_JUDGED = "not judged (quick)"
+
+
 @dataclass(frozen=True)
 class Target:
     """One of the issue's targets (`targets.targets_from`): a figure of the run and its goal."""
@@ -83,6 +86,8 @@ class Target:
     unit: str
     higher_is_better: bool
     definition: str
+    # False in a quick run: a few tiny batches say nothing about the goals
+    judged: bool = True
 
     @property
     def passed(self) -> bool:
@@ -92,6 +97,8 @@ class Target:
 
     @property
     def verdict(self) -> str:
+        if not self.judged:
+            return NOT_JUDGED
         return "PASS" if self.passed else "FAIL"
 
 

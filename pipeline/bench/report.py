@@ -122,7 +122,8 @@ def results_doc(result: BenchResult, sets: dict[str, ImageSet], ctx: BenchContex
         "image_sets": {k: {"count": len(s.paths), "width": s.width, "height": s.height,
                            "mean_bytes": s.mean_bytes} for k, s in sets.items()},
         "rows": [dataclasses.asdict(r) for r in result.rows],
-        "targets": [dict(dataclasses.asdict(t), passed=t.passed) for t in result.targets],
+        "targets": [dict(dataclasses.asdict(t), passed=t.passed if t.judged else None)
+                    for t in result.targets],
         "details": {k: plain(v) for k, v in ctx.details.items()},
     }
 

@@ -7,6 +7,7 @@ the cost inputs.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections.abc import Sequence
@@ -96,7 +97,8 @@ def run_benchmark(
         for row in section(ctx):
             ctx.values.setdefault(row.key, row.value)
             rows.append(row)
-    targets = targets_from(ctx.values, machine.cpus_available)
+    targets = [dataclasses.replace(t, judged=not quick)
+               for t in targets_from(ctx.values, machine.cpus_available)]
     elapsed = time.perf_counter() - started
     result = BenchResult(machine, tuple(rows), tuple(targets), report, out / "results.json",
                          elapsed, loadavg())

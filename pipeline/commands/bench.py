@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Sequence
 from typing import Any
 
 HELP = "measure throughput, cold start and memory on this machine; write bench/REPORT.md"
@@ -63,7 +64,17 @@ def run(args: argparse.Namespace) -> int:
     print()
     print(render_targets(result.targets))
     print()
-    for t in result.targets:
-        print(f"{t.verdict}  {t.name}")
+    print("\n".join(verdict_lines(result.targets, args.quick)))
     print(f"\nreport: {result.report_path}\nresults: {result.results_path}")
     return 0
+
+
+QUICK_NOTE = ("quick run: a smoke test of the harness (a few images, one round each); its "
+              "numbers are not meaningful, so the targets are not judged. Run `imgpipe bench` "
+              "(or `make bench`) on an idle machine to judge them.")
+
+
+def verdict_lines(targets: Sequence[Any], quick: bool) -> list[str]:
+    """One line per target, and in a quick run the sentence that says why none is judged."""
+    lines = [f"{t.verdict}  {t.name}" for t in targets]
+    return [*lines, "", QUICK_NOTE] if quick else lines

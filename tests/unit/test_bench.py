@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -49,7 +50,7 @@ def test_quick_run_writes_a_complete_report(tmp_path: Path) -> None:
     assert len(result.targets) == 4
     for t in result.targets:
         assert t.measured > 0
-        assert t.name in text and t.verdict in ("PASS", "FAIL")
+        assert t.name in text and t.verdict == "not judged (quick)"  # nor PASS nor FAIL
 
     doc = json.loads((tmp_path / "out" / "results.json").read_text())
     assert [r["key"] for r in doc["rows"]] == keys
@@ -104,3 +105,17 @@ def test_a_run_of_some_sections_leaves_the_cost_inputs_alone(tmp_path: Path) -> 
                            sections=[only], repeats=1)
     assert [r.key for r in result.rows] == ["only.ips"]
     assert committed.read_bytes() == before
+
+
+def test_a_quick_run_says_its_numbers_are_not_meaningful_and_judges_nothing() -> None:
+    """`imgpipe bench --quick` printed four FAIL lines and no word about quick numbers
+    (run_benchmark marks a quick run's targets `judged=False`, as the test above checks)."""
+    from pipeline.bench.context import Target
+    from pipeline.commands.bench import verdict_lines
+
+    slow = Target("cold start <= 0.5 s", 2.0, 0.5, "s", False, "how")
+    quick = verdict_lines([dataclasses.replace(slow, judged=False)], quick=True)
+    assert not any("FAIL" in line or "PASS" in line for line in quick)
+    assert quick[0] == "not judged (quick)  cold start <= 0.5 s"
+    assert "not meaningful" in quick[-1] and "imgpipe bench" in quick[-1]
+    assert verdict_lines([slow], quick=False) == ["FAIL  cold start <= 0.5 s"]
