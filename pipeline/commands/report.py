@@ -53,6 +53,12 @@ def run(args: argparse.Namespace) -> int:
     settings = settings_from(args, table_name=args.table)
     clients = create_clients(settings)
     model = args.model or model_id_of()
+    from pipeline.reconcile import reading
+
+    # A bucket that does not exist would give an empty report and exit 0.
+    with reading(f"bucket {bucket!r}", "check its name (`aws s3 ls` lists your buckets), "
+                 "--endpoint-url and --region; no report written"):
+        clients.s3.head_bucket(Bucket=bucket)
     result = write_report(clients.s3, clients.dynamodb, bucket, prefix, model,
                           settings.table_name, args.out, args.workers)
     counts = ", ".join(f"{n} {s}" for s, n in sorted(result.counts.items())) or "no records"

@@ -77,5 +77,16 @@ def test_a_missing_table_is_one_sentence(harness: Harness, tmp_path: Path,
     assert "table 'no-such-table' does not exist" in capsys.readouterr().err
 
 
+def test_a_missing_bucket_is_one_sentence_and_no_report(
+        harness: Harness, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """It wrote an empty report and exited 0 (backfill and reconcile said it)."""
+    out = tmp_path / "report"
+    assert main(["report", "s3://missing-bucket/x/", "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("imgpipe report: bucket 'missing-bucket' does not exist: check its")
+    assert len(err.strip().splitlines()) == 1
+    assert not out.exists()
+
+
 def test_a_uri_that_is_not_s3_is_a_usage_error(tmp_path: Path) -> None:
     assert main(["report", "/photos", "--out", str(tmp_path)]) == 2
