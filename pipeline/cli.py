@@ -14,6 +14,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
+from pipeline.commands import setup_hint
 from pipeline.errors import ImgpipeError
 
 __all__ = ["main", "build_parser"]
@@ -43,11 +44,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         code: int = args.run(args)
         return code
     except ImgpipeError as e:
-        print(f"imgpipe {args.command}: {e}", file=sys.stderr)
+        hint = setup_hint(e)
+        print(f"imgpipe {args.command}: {hint or e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"imgpipe {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Exception as e:  # botocore's "no endpoint" and "no credentials": one sentence
+        hint = setup_hint(e)
+        if not hint:
+            raise
+        print(f"imgpipe {args.command}: {hint}", file=sys.stderr)
+        return 1
 
 
 def _version() -> str:

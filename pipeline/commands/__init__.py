@@ -23,3 +23,32 @@ def settings_from(args: argparse.Namespace, **overrides: Any) -> Any:
 
     return Settings.from_env(os.environ, endpoint_url=args.endpoint_url, region=args.region,
                              **overrides)
+
+
+LOCAL_HOSTS = ("127.0.0.1", "localhost", "[::1]")
+
+
+def setup_hint(error: BaseException | None) -> str:
+    """A sentence for the two faults that mean "AWS is not set up in this terminal" (no
+    endpoint answers, no credentials), found anywhere in `error`'s chain; "" for others.
+    Without it a person saw `EndpointConnectionError ... 4566` or `NoCredentialsError`."""
+    from botocore.exceptions import EndpointConnectionError, NoCredentialsError
+
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, NoCredentialsError):
+            return ("no AWS credentials in this terminal: for the local stack paste the export "
+                    "lines `imgpipe local` prints (AWS_ACCESS_KEY_ID=test ...); for AWS, "
+                    "configure credentials (`aws configure`, or AWS_PROFILE)")
+        if isinstance(error, EndpointConnectionError):
+            url = str(error.kwargs.get("endpoint_url", ""))
+            if any(f"//{host}" in url for host in LOCAL_HOSTS):
+                return (f"nothing answers at {url}: is `imgpipe local` running (and on that "
+                        "port)? Start it in another terminal, then paste the export lines "
+                        "it prints here")
+            return (f"cannot reach {url}: for the local stack, paste the export lines "
+                    "`imgpipe local` prints (AWS_ENDPOINT_URL=...); for AWS, check the "
+                    "network and --region")
+        error = error.__cause__ or error.__context__
+    return ""
