@@ -4,7 +4,8 @@
     POST /classify?store=true the same, and an accepted image is put into the input prefix
     POST /uploads             {"filename", "content_type"} -> a presigned POST into the input
                               prefix (the upload page's route to the real event path)
-    GET  /results?image=URI   the record of an image, once the event path has written it
+    GET  /results?image=URI   the record of an image once the event path has written it,
+                              else {"status": "pending"} (200 both)
     GET  /, /app.js, /app.css the upload page (web/)
 
 The classification is the core's (`Classifier.classify_bytes`: the same decode, limits and
@@ -240,14 +241,16 @@ class HttpApi:
     # ---- GET /results -----------------------------------------------------------------
 
     def result(self, request: Request) -> Response:
-        """The image's record (the event path's), or 404 with status pending."""
+        """The image's record (the event path's), or 200 with status pending until it is
+        written: a poller (the upload page) asks many times before it is there, and a 404
+        for each ask was a console error in the browser."""
         ref = self._s3_ref(request.query.get("image"))
         model = self.classifier.model_id
         item = self.dynamodb.get_item(
             TableName=self.table, ConsistentRead=True,
             Key={"image": {"S": ref.uri}, "model": {"S": model}}).get("Item")
         if not item:
-            return json_response(404, {"image": ref.uri, "model": model, "status": "pending"})
+            return json_response(200, {"image": ref.uri, "model": model, "status": "pending"})
         from boto3.dynamodb.types import TypeDeserializer
 
         de = TypeDeserializer()

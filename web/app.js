@@ -1,6 +1,7 @@
 // The upload page: for each photo, ask the API for a presigned POST into the pipeline's
 // input prefix, upload straight to S3, then poll the API for the record the event path
-// writes. No build step, no libraries.
+// writes. No build step, no libraries. A photo never goes to POST /classify: its body is
+// limited to 4 MiB, and Lambda refuses a request over 6 MB before the function sees it.
 "use strict";
 
 const POLL_MS = 700;
@@ -88,12 +89,9 @@ async function api(path, options) {
 async function record(image) {
   const deadline = Date.now() + WAIT_MS;
   while (Date.now() < deadline) {
-    const response = await fetch(`results?image=${encodeURIComponent(image)}`);
-    if (response.status === 200) return response.json();
-    if (response.status !== 404) {
-      const doc = await response.json().catch(() => ({}));
-      throw new Error(doc.error || `the API answered HTTP ${response.status}`);
-    }
+    // 200 with status "pending" until the record is written (no 404s in the console)
+    const doc = await api(`results?image=${encodeURIComponent(image)}`);
+    if (doc.status !== "pending") return doc;
     await new Promise((resolve) => setTimeout(resolve, POLL_MS));
   }
   throw new Error(`no record after ${WAIT_MS / 1000} s: is the pipeline running?`);

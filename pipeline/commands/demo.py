@@ -71,8 +71,6 @@ def run(args: argparse.Namespace) -> int:
         model = model_id_of(args.model)
         print(f"stack ready in {time.monotonic() - started:.1f} s; uploading to "
               f"s3://{r.bucket}/{r.input_prefix}", flush=True)
-        print(f"upload page: {stack.api_url}/ (while the demo runs; `imgpipe local` keeps "
-              f"it up)", flush=True)
         s3 = stack.client("s3")
         uploads = demo_uploads(args.samples, r.input_prefix)
         for key, data in uploads:
@@ -101,7 +99,8 @@ def run(args: argparse.Namespace) -> int:
         elapsed = time.monotonic() - started
         classified = sum(1 for rec in records.values() if rec.status == "classified")
         print(f"\n{classified} classified, {len(records) - classified} rejected, "
-              f"in {elapsed:.1f} s. The same stack runs with `imgpipe local` for the aws CLI"
+              f"in {elapsed:.1f} s. The same stack runs with `imgpipe local` for the aws CLI "
+              "and the upload page (the demo's stack has stopped)"
               + "".join(f" (`{line}` first: it has imgpipe and aws)"
                         for line in activate_lines()) + ".")
         print(f"report: {report.index.resolve()} (open it in a browser; `imgpipe report` "

@@ -27,6 +27,18 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LocalProce
     stop_local(lp)
 
 
+def _phone_photo(path: Path) -> Path:
+    """A JPEG of 4.7-6 MB, as phones take: over the 4 MiB /classify body and over what
+    Lambda takes in one request once base64 adds its third (AWS answers its own 413)."""
+    import numpy as np
+    from PIL import Image
+
+    noise = np.random.default_rng(7).integers(0, 256, (1300, 1600, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(path, "JPEG", quality=95, subsampling=0)
+    assert 4_700_000 < path.stat().st_size < 6_000_000, path.stat().st_size
+    return path
+
+
 def test_two_photos_and_a_text_file(stack: tuple[LocalProcess, str], tmp_path: Path) -> None:
     lp, url = stack
     photos = [ROOT / "samples" / "coffee.jpg", ROOT / "samples" / "chelsea.jpg"]
@@ -34,21 +46,29 @@ def test_two_photos_and_a_text_file(stack: tuple[LocalProcess, str], tmp_path: P
     # takes it, and the pipeline rejects it; its record's sentence is what the page shows.
     fake = tmp_path / "holiday-notes.jpg"
     fake.write_bytes(TEXT)
-    files = [*(shutil.copy(p, tmp_path / p.name) for p in photos), fake]
+    big = _phone_photo(tmp_path / "phone.jpg")
+    files = [*(shutil.copy(p, tmp_path / p.name) for p in photos), fake, big]
 
     with open_page() as page:
         errors: list[str] = []
         page.on("pageerror", lambda e: errors.append(str(e)))
+        # The console too: each poll answered 404 until the record was there, and the
+        # browser logged every one as "Failed to load resource".
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        api_paths: list[str] = []
+        page.on("request", lambda r: api_paths.append(r.url.split("?")[0]))
+        page.on("response", lambda r: errors.append(f"{r.status} {r.url}")
+                if r.status >= 400 else None)
         page.goto(url + "/")
         page.set_input_files("#files", [str(f) for f in files])
         page.wait_for_function(
-            "document.querySelectorAll('.item.classified, .item.rejected').length === 3",
-            timeout=120_000)
+            "document.querySelectorAll('.item.classified, .item.rejected').length === 4",
+            timeout=180_000)
         classified = page.locator(".item.classified")
-        assert classified.count() == 2
+        assert classified.count() == 3
         by_name = {classified.nth(i).get_attribute("data-name"):
-                   classified.nth(i).locator(".labels li") for i in range(2)}
-        assert set(by_name) == {"coffee.jpg", "chelsea.jpg"}
+                   classified.nth(i).locator(".labels li") for i in range(3)}
+        assert set(by_name) == {"coffee.jpg", "chelsea.jpg", "phone.jpg"}
         for labels in by_name.values():
             assert labels.count() == 3  # top-3, each with a bar
             for i in range(3):
@@ -64,11 +84,13 @@ def test_two_photos_and_a_text_file(stack: tuple[LocalProcess, str], tmp_path: P
             "rejected: not an image: the data is plain text")
         page.screenshot(path=artifact_path("upload-page.png"), full_page=True)
         assert not errors, errors
+        assert not [p for p in api_paths if p.endswith("/classify")]  # photos go via S3
+        assert sum(p.endswith("/results") for p in api_paths) >= 4  # it did poll
 
     # The real event path wrote the records the page showed.
     images = [i for i in lp.aws("dynamodb", "scan", "--table-name", "imgpipe-predictions",
                                 "--query", "Items[].image.S")]
-    assert len(images) == 3 and all("/incoming/uploads/" in i for i in images)
+    assert len(images) == 4 and all("/incoming/uploads/" in i for i in images)
 
 
 def test_a_file_the_api_will_not_take_is_an_error_before_any_upload(

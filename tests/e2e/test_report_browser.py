@@ -50,6 +50,8 @@ def demo_report(tmp_path_factory: pytest.TempPathFactory) -> Path:
                           env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
     assert f"report: {(out / 'index.html').resolve()}" in done.stdout
+    # no address of the demo's stack, which is gone when the command returns
+    assert "http://127.0.0.1" not in done.stdout, done.stdout
     return out / "index.html"
 
 
