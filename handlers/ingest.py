@@ -10,17 +10,17 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools import Logger, Tracer
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.data_classes import SQSEvent
 
 from pipeline.factory import build_service
-from pipeline.observe import XRaySpans, add_outcome_metrics
+from pipeline.observe import XRaySpans, add_outcome_metrics, create_metrics
 from pipeline.service import ClassificationService, deadline_from
 from pipeline.settings import Settings
 
 logger = Logger(service="imgpipe")
-metrics = Metrics(namespace="imgpipe", service="imgpipe")
+metrics = create_metrics()
 tracer = Tracer(service="imgpipe")
 spans = XRaySpans(tracer.provider)
 _service: ClassificationService | None = None

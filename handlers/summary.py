@@ -10,15 +10,16 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from aws_lambda_powertools import Logger, Metrics
+from aws_lambda_powertools import Logger
 from aws_lambda_powertools.metrics import MetricUnit
 
 from pipeline.aws import client_for
 from pipeline.backfill import summarize
+from pipeline.observe import create_metrics
 from pipeline.settings import Settings
 
 logger = Logger(service="imgpipe")
-metrics = Metrics(namespace="imgpipe", service="imgpipe")
+metrics = create_metrics()
 
 
 @logger.inject_lambda_context(clear_state=True)

@@ -5,6 +5,7 @@
   Powertools' X-Ray recorder. Fetch, decode and writes run in pool threads, which have no
   X-Ray context of their own: each span there hangs under the invocation's segment, taken
   in the handler's thread by `bind()` at the start of every invocation.
+- `create_metrics`: the handlers' Powertools `Metrics`, silent when metrics are disabled.
 - `add_outcome_metrics`: the invocation's EMF metrics from its outcomes (images per
   status, batch size, each image's fetch, decode and inference time and event-to-record
   latency), for any object with Powertools' `add_metric(name=, unit=, value=)`.
@@ -17,7 +18,8 @@ from collections.abc import Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any, Protocol
 
-__all__ = ["Spans", "NO_SPANS", "XRaySpans", "add_outcome_metrics", "TIMING_METRICS"]
+__all__ = ["Spans", "NO_SPANS", "XRaySpans", "add_outcome_metrics", "TIMING_METRICS",
+           "create_metrics"]
 
 # record field -> metric name (unit: milliseconds)
 TIMING_METRICS = {"fetch_ms": "FetchMs", "decode_ms": "DecodeMs",
@@ -83,3 +85,29 @@ def add_outcome_metrics(metrics: Any, outcomes: Iterable[Any], batch_size: int,
     for status, count in counts.items():
         metrics.add_metric(name=f"{prefix or 'Images'}{status.capitalize()}", unit="Count",
                            value=count)
+
+
+def create_metrics(namespace: str = "imgpipe", service: str = "imgpipe") -> Any:
+    """Powertools' `Metrics`, with nothing kept, printed or warned about while
+    POWERTOOLS_METRICS_DISABLED is true (the local stack sets it: no CloudWatch there).
+    Powertools honours the setting when an invocation ends, but keeps the values it did not
+    print, and its flush at a metric's 100th value prints regardless: a warm backfill worker
+    wrote a 2 KB EMF line into the stack's output every other batch."""
+    from aws_lambda_powertools import Metrics
+    from aws_lambda_powertools.metrics.functions import is_metrics_disabled
+    from aws_lambda_powertools.metrics.provider.cloudwatch_emf.cloudwatch import (
+        AmazonCloudWatchEMFProvider,
+    )
+
+    class QuietWhenDisabled(AmazonCloudWatchEMFProvider):
+        def add_metric(self, *args: Any, **kwargs: Any) -> None:
+            if not is_metrics_disabled():
+                super().add_metric(*args, **kwargs)
+
+        def flush_metrics(self, raise_on_empty_metrics: bool = False) -> None:
+            if is_metrics_disabled():
+                self.clear_metrics()
+                return
+            super().flush_metrics(raise_on_empty_metrics=raise_on_empty_metrics)
+
+    return Metrics(provider=QuietWhenDisabled(namespace=namespace, service=service))

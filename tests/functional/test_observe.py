@@ -142,3 +142,30 @@ def test_without_a_segment_spans_do_nothing(xray_on: None) -> None:
     spans.bind()  # no segment: tracing off (local stack, tests)
     with spans.span("fetch"):
         pass
+
+
+def test_no_metric_is_printed_while_metrics_are_disabled(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The local stack disables metrics; a warm backfill worker still printed EMF lines:
+    Powertools kept the unprinted values and flushed at a metric's 100th, regardless."""
+    import handlers.backfill
+    import handlers.summary
+
+    monkeypatch.setenv("POWERTOOLS_METRICS_DISABLED", "true")
+    for module in (handlers.ingest, handlers.backfill, handlers.summary):
+        metrics = module.metrics
+
+        @metrics.log_metrics  # type: ignore[misc]
+        def invocation(event: Any, context: Any, metrics: Any = metrics) -> None:
+            for _ in range(64):  # one backfill batch's FetchMs values
+                metrics.add_metric(name="FetchMs", unit="Milliseconds", value=1.0)
+
+        for _ in range(3):  # a warm worker's batches
+            invocation({}, Context())
+    assert emf_documents(capsys.readouterr().out) == []
+
+    monkeypatch.delenv("POWERTOOLS_METRICS_DISABLED")  # on AWS: printed as before
+    handlers.summary.metrics.add_metric(name="FetchMs", unit="Milliseconds", value=1.0)
+    handlers.summary.metrics.flush_metrics()
+    assert len(emf_documents(capsys.readouterr().out)) == 1
