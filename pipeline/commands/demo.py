@@ -99,8 +99,8 @@ def run(args: argparse.Namespace) -> int:
         elapsed = time.monotonic() - started
         classified = sum(1 for rec in records.values() if rec.status == "classified")
         print(f"\n{classified} classified, {len(records) - classified} rejected, "
-              f"in {elapsed:.1f} s. The same stack runs with `imgpipe local` for the aws CLI "
-              "and the upload page (the demo's stack has stopped)"
+              f"in {elapsed:.1f} s. The demo's stack has stopped; `imgpipe local` runs the same "
+              "stack for the aws CLI and the upload page"
               + "".join(f" (`{line}` first: it has imgpipe and aws)"
                         for line in activate_lines()) + ".")
         print(f"report: {report.index.resolve()} (open it in a browser; `imgpipe report` "
