@@ -99,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
         elapsed = time.monotonic() - started
         classified = sum(1 for rec in records.values() if rec.status == "classified")
         print(f"\n{classified} classified, {len(records) - classified} rejected, "
-              f"in {elapsed:.1f} s. The demo's stack has stopped; `imgpipe local` runs the same "
+              f"in {elapsed:.1f} s. The demo's stack stops now; `imgpipe local` runs the same "
               "stack for the aws CLI and the upload page"
               + "".join(f" (`{line}` first: it has imgpipe and aws)"
                         for line in activate_lines()) + ".")
