@@ -396,8 +396,19 @@ class ClassificationService:
                         self._sync_document(ref, record, just_written=True)
                     return Outcome(ref, record.status, record.error or "", record)
                 expected = self._read_record(record.image, record.model)
+                if expected is not None and record_token(expected) == record_token(record):
+                    # Our own put, applied although its reply was lost (a 5xx or a read
+                    # timeout, then botocore's retry lost to it): this writer won, so it
+                    # finishes the document as any winner does.
+                    if self.settings.output_documents == "per-image":
+                        self._sync_document(ref, expected)
+                    return Outcome(ref, expected.status, expected.error or "", expected)
                 reason = None if overwrite else _already_done(ref, expected)
                 if reason:
+                    if expected is not None and ref.etag and expected.etag == ref.etag:
+                        # Another writer stored this object's record first and may stop
+                        # before its document: make sure the document is there.
+                        return self._skip_done(ref, reason, expected)
                     return Outcome(ref, "skipped", reason, expected)
                 newer = self._newer_stands(ref, expected)
                 if newer:
