@@ -30,6 +30,7 @@ from pipeline.errors import PermanentError
 __all__ = ["ObjectRef", "ParsedMessage", "parse_message_body"]
 
 _PREVIEW_CHARS = 80
+_MAX_DIGITS = 20  # an object size has at most 14 (5 TB); more is no size
 
 
 @dataclass(frozen=True)
@@ -69,7 +70,23 @@ _FOLDER_MARKER = "folder marker (zero-byte key ending in /)"
 
 
 def parse_message_body(body: str) -> ParsedMessage:
-    """Parse one SQS message body; raise `PermanentError` if it is no known shape."""
+    """Parse one SQS message body; raise `PermanentError` if it is no known shape.
+
+    Whatever goes wrong while reading one body stays that body's `PermanentError`: a
+    message must never fail the batch it arrived in.
+    """
+    try:
+        return _parse_body(body)
+    except PermanentError:
+        raise
+    except Exception as e:  # noqa: BLE001 - any surprise in one body is that body's problem
+        raise PermanentError(
+            f"the message body could not be read as an S3 event ({type(e).__name__}: "
+            f"{_shorten(str(e))}; {_describe(body)})"
+        ) from None
+
+
+def _parse_body(body: str) -> ParsedMessage:
     doc = _load_json(body, "the message body")
     if _is_sns_envelope(doc):
         message = doc.get("Message")
@@ -84,9 +101,19 @@ def parse_message_body(body: str) -> ParsedMessage:
 def _load_json(text: str, what: str) -> Mapping[str, Any]:
     try:
         doc = json.loads(text)
-    except (TypeError, ValueError):
+    except RecursionError:
+        raise PermanentError(
+            f"{what} is JSON nested too deeply to read, so it cannot be an S3 event "
+            f"({_describe(text)})"
+        ) from None
+    except (TypeError, json.JSONDecodeError):
         raise PermanentError(
             f"{what} is not JSON, so it cannot be an S3 event ({_describe(text)})"
+        ) from None
+    except ValueError as e:  # e.g. an integer longer than Python reads (4,300 digits)
+        raise PermanentError(
+            f"{what} is JSON that cannot be read ({_shorten(str(e))}), so it cannot be an "
+            f"S3 event ({_describe(text)})"
         ) from None
     if not isinstance(doc, dict):
         raise PermanentError(
@@ -226,10 +253,16 @@ def _optional_int(value: Any, what: str, position: int | None) -> int | None:
         number = int(value) if value.is_integer() else None
     elif isinstance(value, str):
         digits = value.strip()
-        number = int(digits) if digits.isascii() and digits.isdigit() else None
+        readable = digits.isascii() and digits.isdigit() and len(digits) <= _MAX_DIGITS
+        number = int(digits) if readable else None
     if number is None or number < 0:
-        raise PermanentError(f"{where} has an {what} that is not a whole number: {value!r}")
+        raise PermanentError(
+            f"{where} has an {what} that is not a whole number: {_shorten(repr(value))}")
     return number
+
+
+def _shorten(text: str) -> str:
+    return text if len(text) <= _PREVIEW_CHARS else text[:_PREVIEW_CHARS] + "..."
 
 
 def _describe(text: Any) -> str:

@@ -487,3 +487,16 @@ def test_a_writer_that_loses_to_an_equal_record_without_its_document_writes_it(
     document = json.loads(harness.s3.get_object(
         Bucket=BUCKET, Key=record["output_key"])["Body"].read())
     assert document["processed_at"] == record["processed_at"]
+
+
+@pytest.mark.parametrize("poison", [
+    '{"Records":' + "[" * 50_000,  # RecursionError in the JSON reader
+    '{"Records": [{"s3": {"bucket": {"name": "b"}, "object": {"key": "k", "size": "'
+    + "9" * 5_000 + '"}}, "eventName": "ObjectCreated:Put"}]}',  # an int past 4,300 digits
+], ids=["deep-nesting", "huge-int"])
+def test_a_body_that_breaks_the_reader_fails_only_its_own_message(
+        harness: Harness, poison: str) -> None:
+    obj = harness.upload("incoming/neighbour.jpg", sample("coffee.jpg"))
+    response, ids = invoke(s3_event(obj), poison)
+    assert failed_ids(response) == [ids[1]]
+    assert harness.record("incoming/neighbour.jpg")["status"] == "classified"
