@@ -56,6 +56,9 @@ CONTENT_TYPES: dict[str, str] = {
 }
 _EXTENSIONS = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp", "GIF": ".gif", "BMP": ".bmp",
                "TIFF": ".tif"}
+# What ?store=true stores as ContentType: the decoded format's, not the request's claim.
+_FORMAT_TYPES = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp",
+                 "GIF": "image/gif", "BMP": "image/bmp", "TIFF": "image/tiff"}
 _ACCEPTED = "JPEG, PNG, WebP, GIF, BMP or TIFF"
 WEB_ROOT = Path(__file__).resolve().parents[1] / "web"
 _STATIC = {"/": "index.html", "/index.html": "index.html", "/app.js": "app.js",
@@ -158,8 +161,9 @@ class HttpApi:
         if ref is None:
             ref = ObjectRef(self.bucket, self._key_for(data, prediction.format), size=len(data))
             if request.query.get("store", "").lower() in ("true", "1", "yes"):
+                ctype = _FORMAT_TYPES.get(prediction.format, request.content_type)
                 self.s3.put_object(Bucket=self.bucket, Key=ref.key, Body=data,
-                                   ContentType=request.content_type)
+                                   ContentType=ctype)
                 stored = True
         record = classified_record(ref, self.classifier.model_id, prediction, output_key="")
         answer = {k: v for k, v in record.to_document().items() if k not in _OBJECT_FIELDS}
@@ -241,6 +245,9 @@ class HttpApi:
 
     def result(self, request: Request) -> Response:
         """The image's record (the event path's), or 404 with status pending."""
+        if not request.query.get("image"):
+            raise ApiError(400, "GET /results needs the image whose record you want: "
+                                f"?image=s3://{self.bucket}/{self.input_prefix}...")
         ref = self._s3_ref(request.query.get("image"))
         model = self.classifier.model_id
         item = self.dynamodb.get_item(
@@ -290,6 +297,12 @@ def _json_body(request: Request) -> dict[str, Any]:
         doc = json.loads(request.body)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ApiError(400, f"the body is not valid JSON: {e}") from None
+    except RecursionError:
+        raise ApiError(400, "the body is JSON nested too deeply to read: expected a JSON "
+                            "object") from None
+    except ValueError as e:  # e.g. an integer past Python's 4,300-digit limit
+        raise ApiError(400, f"the body is JSON that cannot be read ({e}): expected a JSON "
+                            "object") from None
     if not isinstance(doc, dict):
         raise ApiError(400, "expected a JSON object")
     return doc
