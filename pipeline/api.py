@@ -133,7 +133,7 @@ class HttpApi:
                 return self.presign(request)
             if route == ("GET", "/results"):
                 return self.result(request)
-            if request.method == "GET" and request.path in _STATIC:
+            if request.method in ("GET", "HEAD") and request.path in _STATIC:
                 return self.static(_STATIC[request.path])
             known = {"/classify", "/uploads", "/results", *_STATIC}
             if request.path in known:

@@ -72,3 +72,10 @@ def test_store_true_names_and_types_the_object_by_its_decoded_format(
     assert key.endswith(".png")
     head = aws.s3.head_object(Bucket=BUCKET, Key=key)
     assert head["ContentType"] == "image/png"
+
+
+def test_head_of_the_page_is_answered_like_get(api: HttpApi) -> None:
+    event = url_event("HEAD", "/", {}, b"", "127.0.0.1", "abc.lambda-url.local")
+    response = api.handle(event)
+    assert response["statusCode"] == 200
+    assert response["headers"]["content-type"].startswith("text/html")
