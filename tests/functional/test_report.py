@@ -79,3 +79,23 @@ def test_a_missing_table_is_one_sentence(harness: Harness, tmp_path: Path,
 
 def test_a_uri_that_is_not_s3_is_a_usage_error(tmp_path: Path) -> None:
     assert main(["report", "/photos", "--out", str(tmp_path)]) == 2
+
+
+def test_out_naming_a_file_is_one_line_and_a_usage_error(
+        harness: Harness, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    a_file = tmp_path / "report.html"
+    a_file.write_text("mine")
+    assert main(["report", f"s3://{BUCKET}/incoming/", "--out", str(a_file)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"imgpipe report: --out {a_file} is a file; give a folder")
+    assert len(err.strip().splitlines()) == 1 and a_file.read_text() == "mine"
+
+
+def test_out_under_a_file_is_one_line_and_a_failure(
+        harness: Harness, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("mine")
+    assert main(["report", f"s3://{BUCKET}/incoming/", "--out", str(a_file / "report")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"imgpipe report: cannot write the report into {a_file / 'report'}")
+    assert len(err.strip().splitlines()) == 1
