@@ -99,3 +99,21 @@ def test_out_under_a_file_is_one_line_and_a_failure(
     err = capsys.readouterr().err
     assert err.startswith(f"imgpipe report: cannot write the report into {a_file / 'report'}")
     assert len(err.strip().splitlines()) == 1
+
+
+def test_bidi_controls_in_keys_are_shown_not_obeyed() -> None:
+    """"photo<U+202E>gpj.exe" would display as "photoexe.jpg": the report shows the code
+    point instead of letting it reorder the name."""
+    from pipeline.events import ObjectRef
+    from pipeline.records import rejected_record
+    from pipeline.report.collect import report_document
+
+    controls = [chr(c) for c in (*range(0x202A, 0x202F), *range(0x2066, 0x206A))]
+    keys = ["photo\u202egpj.exe", *(f"a{c}b.jpg" for c in controls)]
+    rows = [rejected_record(ObjectRef(BUCKET, f"incoming/{k}"), MODEL, "not an image")
+            for k in keys]
+    data = report_document(rows, {}, source=f"s3://{BUCKET}/incoming/", model=MODEL)
+    shown = [item[0] for item in data["items"]]
+    assert shown[0] == "photo<U+202E>gpj.exe"
+    assert shown[1:] == [f"a<U+{ord(c):04X}>b.jpg" for c in controls]
+    assert not any(c in json.dumps(data, ensure_ascii=False) for c in controls)
