@@ -500,3 +500,30 @@ def test_a_body_that_breaks_the_reader_fails_only_its_own_message(
     response, ids = invoke(s3_event(obj), poison)
     assert failed_ids(response) == [ids[1]]
     assert harness.record("incoming/neighbour.jpg")["status"] == "classified"
+
+
+def test_an_event_for_another_bucket_is_refused_and_records_nothing(
+        harness: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A notification misrouted from another bucket: no `gone` record for an object this
+    pipeline does not own (reconcile would never see it); the message fails, so it rests in
+    the DLQ with its sentence in the log, and its neighbours are processed."""
+    settings = harness.service.settings.with_(bucket=BUCKET)
+    monkeypatch.setattr(harness.service, "settings", settings)
+    logged: list[dict[str, Any]] = []
+    real_error = harness.service.log.error
+
+    def error(msg: str, *args: Any, **kwargs: Any) -> None:
+        logged.append({"msg": msg, **kwargs.get("extra", {})})
+        real_error(msg, *args, **kwargs)
+
+    monkeypatch.setattr(harness.service.log, "error", error)
+    mine = harness.upload("incoming/mine.jpg", sample("coffee.jpg"))
+    foreign = {"key": "incoming/theirs.jpg", "etag": "1" * 32, "size": 10}
+    response, ids = invoke(s3_event(foreign, bucket="someone-elses"), s3_event(mine))
+    assert failed_ids(response) == [ids[0]]
+    assert harness.record("incoming/mine.jpg")["status"] == "classified"
+    images = {item["image"]["S"] for item in harness.all_records()}
+    assert images == {f"s3://{BUCKET}/incoming/mine.jpg"}
+    assert [entry["error"] for entry in logged] == [
+        "the event names bucket someone-elses, but this pipeline reads only imgpipe-local "
+        "(IMGPIPE_BUCKET): check which notifications target its queue"]
