@@ -25,9 +25,9 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote_plus
 
-from pipeline.errors import PermanentError
+from pipeline.errors import EventShapeError, PermanentError
 
-__all__ = ["ObjectRef", "ParsedMessage", "parse_message_body"]
+__all__ = ["ObjectRef", "ParsedMessage", "parse_message_body", "sqs_messages"]
 
 _PREVIEW_CHARS = 80
 _MAX_DIGITS = 20  # an object size has at most 14 (5 TB); more is no size
@@ -67,6 +67,31 @@ class ParsedMessage:
 
 
 _FOLDER_MARKER = "folder marker (zero-byte key ending in /)"
+
+
+_SQS_SHAPE = ('an SQS event as the ingest queue sends it: {"Records": [{"messageId": ..., '
+              '"body": ...}, ...]}')
+
+
+def sqs_messages(event: Any) -> list[tuple[str, str]]:
+    """(message id, body) of each record of the SQS event a function was invoked with;
+    `EventShapeError` with a sentence for anything else (an invoke by hand with `{}`)."""
+    records = event.get("Records") if isinstance(event, dict) else None
+    if not isinstance(records, list):
+        got = (f"an object with keys {', '.join(sorted(map(str, event)))}"
+               if isinstance(event, dict) and event else
+               "an empty object" if isinstance(event, dict) else
+               f"a JSON {type(event).__name__}")
+        raise EventShapeError(f"this function takes {_SQS_SHAPE}; it was invoked with {got}")
+    messages: list[tuple[str, str]] = []
+    for position, record in enumerate(records):
+        message_id = record.get("messageId") if isinstance(record, dict) else None
+        body = record.get("body") if isinstance(record, dict) else None
+        if not isinstance(message_id, str) or not message_id or not isinstance(body, str):
+            raise EventShapeError(f"record {position} of the event has no messageId and "
+                                  f"body: this function takes {_SQS_SHAPE}")
+        messages.append((message_id, body))
+    return messages
 
 
 def parse_message_body(body: str) -> ParsedMessage:

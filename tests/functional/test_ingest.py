@@ -527,3 +527,20 @@ def test_an_event_for_another_bucket_is_refused_and_records_nothing(
     assert [entry["error"] for entry in logged] == [
         "the event names bucket someone-elses, but this pipeline reads only imgpipe-local "
         "(IMGPIPE_BUCKET): check which notifications target its queue"]
+
+
+@pytest.mark.parametrize(("event", "got"), [
+    ({}, "it was invoked with an empty object"),
+    ({"bucket": "b", "key": "k"}, "it was invoked with an object with keys bucket, key"),
+    ({"Records": [{"eventSource": "aws:s3"}]}, "record 0 of the event has no messageId"),
+], ids=["empty", "not-sqs", "s3-event-directly"])
+@pytest.mark.filterwarnings("ignore:No application metrics to publish")
+def test_an_invoke_with_an_event_that_is_not_sqs_says_what_it_takes(
+        harness: Harness, event: dict[str, Any], got: str) -> None:
+    from pipeline.errors import EventShapeError
+
+    with pytest.raises(EventShapeError, match=got) as info:
+        handlers.ingest.handler(event, Context())
+    assert 'an SQS event as the ingest queue sends it: {"Records": [{"messageId"' in str(
+        info.value)
+    assert harness.all_records() == []
