@@ -31,6 +31,8 @@ The adjustments, each applied to this process's moto only:
 - The Step Functions engine logs a failed state as one line of several thousand characters
   (its parse tree); it is cut to one short line (`shorten_engine_logs`): the failure's
   cause is what describe-execution and `imgpipe backfill` report.
+- For fault-injection runs only (`tools/chaos.py` sets IMGPIPE_CHAOS_*), DynamoDB
+  PutItem replies are lost after the write (`pipeline.local.chaos`).
 - With `--state-dir DIR`, writes are journaled and replayed on request
   (`pipeline.local.state`), so the stack's data survives a restart.
 
@@ -118,6 +120,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         keeper = StateKeeper(Path(args.state_dir))
         keeper.install()
         app = keeper.wrap(app)
+    from pipeline.local.chaos import chaos_from_env
+
+    app = chaos_from_env(app)  # faults for tools/chaos.py only, when its variables are set
     server = make_server(args.host, args.port, app, threaded=True,
                          request_handler=KeepAliveHandler)
     try:
