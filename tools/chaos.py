@@ -173,8 +173,10 @@ def run_chaos(photos: int = 1000, *, seed: int = 1, lost_reply_rate: float = 0.0
         os.environ.update(IMGPIPE_CHAOS_LOST_PUT_REPLIES=str(lost_reply_rate),
                           IMGPIPE_CHAOS_SEED=str(seed), IMGPIPE_CHAOS_LOG=str(chaos_log))
         try:
+            # The workers' metric lines (EMF, on stdout) would bury the counts printed.
             options = StackOptions(port=free_port(), log_level="ERROR",
-                                   retry_visibility_s=RETRY_VISIBILITY_S)
+                                   retry_visibility_s=RETRY_VISIBILITY_S,
+                                   function_env={"POWERTOOLS_METRICS_DISABLED": "true"})
             with LocalStack(options) as stack:
                 started = time.monotonic()
                 _run_with_faults(stack, rng, names, datas, fault_every_s, kinds, timeout_s,
