@@ -29,7 +29,7 @@ ARCH ?= x86_64
 HOST_ARCH := $(if $(filter aarch64 arm64,$(shell uname -m)),arm64,x86_64)
 PACKAGE_DIR := build/package
 
-.PHONY: demo test lint bench local model model-check clean help lock package runtime-venv \
+.PHONY: demo test lint bench chaos local model model-check clean help lock package runtime-venv \
     build-IngestFunction build-BackfillFunction build-SummaryFunction build-ApiFunction
 
 help:  ## list the targets
@@ -82,6 +82,9 @@ lint: $(VENV)/.installed-dev  ## ruff + mypy + cfn-lint
 bench: $(VENV)/.installed-dev runtime-venv  ## measure throughput, cold start, memory; writes bench/REPORT.md
 	$(MAKE) --no-print-directory package ARCH=$(HOST_ARCH)
 	$(BIN)/imgpipe bench
+
+chaos: $(VENV)/.installed-dev  ## fault-injection run: 1,000 photos through the local stack under random faults
+	$(BIN)/python -m tools.chaos
 
 # PyTorch is for export only, in its own venv; torch first so nothing pulls a CUDA build.
 $(EXPORT_VENV)/.installed:

@@ -12,8 +12,8 @@ from typing import Any
 
 from aws_lambda_powertools import Logger, Tracer
 from aws_lambda_powertools.metrics import MetricUnit
-from aws_lambda_powertools.utilities.data_classes import SQSEvent
 
+from pipeline.events import sqs_messages
 from pipeline.factory import build_service
 from pipeline.observe import XRaySpans, add_outcome_metrics, create_metrics
 from pipeline.service import ClassificationService, deadline_from
@@ -40,7 +40,7 @@ def get_service() -> ClassificationService:
 def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     service = get_service()
     spans.bind()
-    messages = [(r.message_id, r.body) for r in SQSEvent(event).records]
+    messages = sqs_messages(event)  # a sentence, not KeyError, for an invoke with {}
     metrics.add_metric(name="MessagesReceived", unit=MetricUnit.Count, value=len(messages))
     report = service.process_messages(messages, remaining_ms=deadline_from(context))
     add_outcome_metrics(metrics, (o for _, o in report.outcomes), len(messages))

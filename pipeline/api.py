@@ -57,6 +57,9 @@ CONTENT_TYPES: dict[str, str] = {
 }
 _EXTENSIONS = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp", "GIF": ".gif", "BMP": ".bmp",
                "TIFF": ".tif"}
+# What ?store=true stores as ContentType: the decoded format's, not the request's claim.
+_FORMAT_TYPES = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp",
+                 "GIF": "image/gif", "BMP": "image/bmp", "TIFF": "image/tiff"}
 _ACCEPTED = "JPEG, PNG, WebP, GIF, BMP or TIFF"
 WEB_ROOT = Path(__file__).resolve().parents[1] / "web"
 _STATIC = {"/": "index.html", "/index.html": "index.html", "/app.js": "app.js",
@@ -131,7 +134,7 @@ class HttpApi:
                 return self.presign(request)
             if route == ("GET", "/results"):
                 return self.result(request)
-            if request.method == "GET" and request.path in _STATIC:
+            if request.method in ("GET", "HEAD") and request.path in _STATIC:
                 return self.static(_STATIC[request.path])
             known = {"/classify", "/uploads", "/results", *_STATIC}
             if request.path in known:
@@ -159,8 +162,9 @@ class HttpApi:
         if ref is None:
             ref = ObjectRef(self.bucket, self._key_for(data, prediction.format), size=len(data))
             if request.query.get("store", "").lower() in ("true", "1", "yes"):
+                ctype = _FORMAT_TYPES.get(prediction.format, request.content_type)
                 self.s3.put_object(Bucket=self.bucket, Key=ref.key, Body=data,
-                                   ContentType=request.content_type)
+                                   ContentType=ctype)
                 stored = True
         record = classified_record(ref, self.classifier.model_id, prediction, output_key="")
         answer = {k: v for k, v in record.to_document().items() if k not in _OBJECT_FIELDS}
@@ -244,6 +248,9 @@ class HttpApi:
         """The image's record (the event path's), or 200 with status pending until it is
         written: a poller (the upload page) asks many times before it is there, and a 404
         for each ask was a console error in the browser."""
+        if not request.query.get("image"):
+            raise ApiError(400, "GET /results needs the image whose record you want: "
+                                f"?image=s3://{self.bucket}/{self.input_prefix}...")
         ref = self._s3_ref(request.query.get("image"))
         model = self.classifier.model_id
         item = self.dynamodb.get_item(
@@ -293,6 +300,12 @@ def _json_body(request: Request) -> dict[str, Any]:
         doc = json.loads(request.body)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ApiError(400, f"the body is not valid JSON: {e}") from None
+    except RecursionError:
+        raise ApiError(400, "the body is JSON nested too deeply to read: expected a JSON "
+                            "object") from None
+    except ValueError as e:  # e.g. an integer past Python's 4,300-digit limit
+        raise ApiError(400, f"the body is JSON that cannot be read ({e}): expected a JSON "
+                            "object") from None
     if not isinstance(doc, dict):
         raise ApiError(400, "expected a JSON object")
     return doc

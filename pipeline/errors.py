@@ -20,6 +20,7 @@ __all__ = [
     "SupersededError",
     "ModelError",
     "ConfigError",
+    "EventShapeError",
     "too_large_message",
 ]
 
@@ -70,6 +71,11 @@ class SupersededError(ImgpipeError):
 
 class ModelError(ImgpipeError):
     """The model is missing, corrupt or inconsistent: fail fast at start-up."""
+
+
+class EventShapeError(ImgpipeError):
+    """A function was invoked with an event that is not the kind it takes (an
+    `aws lambda invoke` by hand, a wrong trigger); the message says what it expects."""
 
 
 class ConfigError(ImgpipeError):

@@ -25,11 +25,12 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote_plus
 
-from pipeline.errors import PermanentError
+from pipeline.errors import EventShapeError, PermanentError
 
-__all__ = ["ObjectRef", "ParsedMessage", "parse_message_body"]
+__all__ = ["ObjectRef", "ParsedMessage", "parse_message_body", "sqs_messages"]
 
 _PREVIEW_CHARS = 80
+_MAX_DIGITS = 20  # an object size has at most 14 (5 TB); more is no size
 
 
 @dataclass(frozen=True)
@@ -68,8 +69,49 @@ class ParsedMessage:
 _FOLDER_MARKER = "folder marker (zero-byte key ending in /)"
 
 
+_SQS_SHAPE = ('an SQS event as the ingest queue sends it: {"Records": [{"messageId": ..., '
+              '"body": ...}, ...]}')
+
+
+def sqs_messages(event: Any) -> list[tuple[str, str]]:
+    """(message id, body) of each record of the SQS event a function was invoked with;
+    `EventShapeError` with a sentence for anything else (an invoke by hand with `{}`)."""
+    records = event.get("Records") if isinstance(event, dict) else None
+    if not isinstance(records, list):
+        got = (f"an object with keys {', '.join(sorted(map(str, event)))}"
+               if isinstance(event, dict) and event else
+               "an empty object" if isinstance(event, dict) else
+               f"a JSON {type(event).__name__}")
+        raise EventShapeError(f"this function takes {_SQS_SHAPE}; it was invoked with {got}")
+    messages: list[tuple[str, str]] = []
+    for position, record in enumerate(records):
+        message_id = record.get("messageId") if isinstance(record, dict) else None
+        body = record.get("body") if isinstance(record, dict) else None
+        if not isinstance(message_id, str) or not message_id or not isinstance(body, str):
+            raise EventShapeError(f"record {position} of the event has no messageId and "
+                                  f"body: this function takes {_SQS_SHAPE}")
+        messages.append((message_id, body))
+    return messages
+
+
 def parse_message_body(body: str) -> ParsedMessage:
-    """Parse one SQS message body; raise `PermanentError` if it is no known shape."""
+    """Parse one SQS message body; raise `PermanentError` if it is no known shape.
+
+    Whatever goes wrong while reading one body stays that body's `PermanentError`: a
+    message must never fail the batch it arrived in.
+    """
+    try:
+        return _parse_body(body)
+    except PermanentError:
+        raise
+    except Exception as e:  # noqa: BLE001 - any surprise in one body is that body's problem
+        raise PermanentError(
+            f"the message body could not be read as an S3 event ({type(e).__name__}: "
+            f"{_shorten(str(e))}; {_describe(body)})"
+        ) from None
+
+
+def _parse_body(body: str) -> ParsedMessage:
     doc = _load_json(body, "the message body")
     if _is_sns_envelope(doc):
         message = doc.get("Message")
@@ -84,9 +126,19 @@ def parse_message_body(body: str) -> ParsedMessage:
 def _load_json(text: str, what: str) -> Mapping[str, Any]:
     try:
         doc = json.loads(text)
-    except (TypeError, ValueError):
+    except RecursionError:
+        raise PermanentError(
+            f"{what} is JSON nested too deeply to read, so it cannot be an S3 event "
+            f"({_describe(text)})"
+        ) from None
+    except (TypeError, json.JSONDecodeError):
         raise PermanentError(
             f"{what} is not JSON, so it cannot be an S3 event ({_describe(text)})"
+        ) from None
+    except ValueError as e:  # e.g. an integer longer than Python reads (4,300 digits)
+        raise PermanentError(
+            f"{what} is JSON that cannot be read ({_shorten(str(e))}), so it cannot be an "
+            f"S3 event ({_describe(text)})"
         ) from None
     if not isinstance(doc, dict):
         raise PermanentError(
@@ -226,10 +278,16 @@ def _optional_int(value: Any, what: str, position: int | None) -> int | None:
         number = int(value) if value.is_integer() else None
     elif isinstance(value, str):
         digits = value.strip()
-        number = int(digits) if digits.isascii() and digits.isdigit() else None
+        readable = digits.isascii() and digits.isdigit() and len(digits) <= _MAX_DIGITS
+        number = int(digits) if readable else None
     if number is None or number < 0:
-        raise PermanentError(f"{where} has an {what} that is not a whole number: {value!r}")
+        raise PermanentError(
+            f"{where} has an {what} that is not a whole number: {_shorten(repr(value))}")
     return number
+
+
+def _shorten(text: str) -> str:
+    return text if len(text) <= _PREVIEW_CHARS else text[:_PREVIEW_CHARS] + "..."
 
 
 def _describe(text: Any) -> str:

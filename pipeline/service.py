@@ -175,6 +175,15 @@ class ClassificationService:
                                                             "error": str(e)})
                 report.failed_message_ids.append(message_id)
                 continue
+            foreign = self._foreign(parsed.refs)
+            if foreign:
+                # Another bucket's event: a misrouted notification. Refused like a body
+                # that does not parse, so it rests in the DLQ for a person to look at,
+                # and nothing is recorded for objects this pipeline does not own.
+                self.log.error("message for another bucket", extra={
+                    "message_id": message_id, "error": foreign})
+                report.failed_message_ids.append(message_id)
+                continue
             for what, why in parsed.skipped:
                 report.skipped.append((message_id, what, why))
                 self.log.info("skipped", extra={"message_id": message_id, "object": what,
@@ -195,6 +204,15 @@ class ClassificationService:
             if failed:
                 report.failed_message_ids.append(message_id)
         return report
+
+    def _foreign(self, refs: Sequence[ObjectRef]) -> str:
+        """The sentence refusing events for a bucket other than the pipeline's, or ""."""
+        mine = self.settings.bucket
+        others = sorted({r.bucket for r in refs if mine and r.bucket != mine})
+        if not others:
+            return ""
+        return (f"the event names bucket {', '.join(others)}, but this pipeline reads only "
+                f"{mine} (IMGPIPE_BUCKET): check which notifications target its queue")
 
     def _log_outcome(self, message_id: str | None, o: Outcome) -> None:
         extra: dict[str, Any] = {"object_key": o.ref.key, "bucket": o.ref.bucket,
@@ -396,8 +414,19 @@ class ClassificationService:
                         self._sync_document(ref, record, just_written=True)
                     return Outcome(ref, record.status, record.error or "", record)
                 expected = self._read_record(record.image, record.model)
+                if expected is not None and record_token(expected) == record_token(record):
+                    # Our own put, applied although its reply was lost (a 5xx or a read
+                    # timeout, then botocore's retry lost to it): this writer won, so it
+                    # finishes the document as any winner does.
+                    if self.settings.output_documents == "per-image":
+                        self._sync_document(ref, expected)
+                    return Outcome(ref, expected.status, expected.error or "", expected)
                 reason = None if overwrite else _already_done(ref, expected)
                 if reason:
+                    if expected is not None and ref.etag and expected.etag == ref.etag:
+                        # Another writer stored this object's record first and may stop
+                        # before its document: make sure the document is there.
+                        return self._skip_done(ref, reason, expected)
                     return Outcome(ref, "skipped", reason, expected)
                 newer = self._newer_stands(ref, expected)
                 if newer:

@@ -24,6 +24,7 @@ ENV_VARS: dict[str, str] = {
     "output_prefix": "IMGPIPE_OUTPUT_PREFIX",
     "output_documents": "IMGPIPE_OUTPUT_DOCUMENTS",
     "output_bucket": "IMGPIPE_OUTPUT_BUCKET",
+    "bucket": "IMGPIPE_BUCKET",
     "model_source": "IMGPIPE_MODEL",
     "model_cache_dir": "IMGPIPE_MODEL_CACHE",
     "batch_size": "IMGPIPE_BATCH_SIZE",
@@ -50,6 +51,9 @@ class Settings:
     # invocation, each record pointing at its line; none: records only (no S3 PUT per image).
     output_documents: str = "per-image"
     output_bucket: str = ""  # empty: write next to the input object, in its bucket
+    # The pipeline's bucket: S3 events naming another are refused (they would be read
+    # without permission, or recorded for objects nobody reconciles). Empty: any bucket.
+    bucket: str = ""
     model_source: str = ""  # empty: the packaged default; else a directory, manifest or s3://
     model_cache_dir: str = "/tmp/imgpipe-model"
     batch_size: int = 16

@@ -70,8 +70,15 @@ def run(args: argparse.Namespace) -> int:
     started = time.monotonic()
     if args.follow:
         execution_arn = args.follow
-        request = json.loads(sfn.describe_execution(executionArn=execution_arn)
-                             .get("input") or "{}")
+        try:
+            described = sfn.describe_execution(executionArn=execution_arn)
+        except Exception as e:
+            code, sentence = _unknown_execution(e, execution_arn)
+            if not code:
+                raise
+            print(f"imgpipe backfill: {sentence}", file=sys.stderr)
+            return code
+        request = json.loads(described.get("input") or "{}")
         bucket, prefix = str(request.get("bucket", "")), str(request.get("prefix", ""))
     else:
         s3 = client_for("s3", settings)
@@ -115,6 +122,20 @@ def run(args: argparse.Namespace) -> int:
     else:
         _print_summary(summary, elapsed, model=_model_named(summary, request))
     return 1 if summary.get("counts", {}).get("failed") else 0
+
+
+def _unknown_execution(error: Exception, arn: str) -> tuple[int, str]:
+    """(exit code, sentence) for an execution that cannot be followed; (0, "") otherwise."""
+    from pipeline.aws import error_code
+
+    code = error_code(error)
+    if code == "InvalidArn":
+        return 2, (f"--follow takes an execution ARN (arn:aws:states:REGION:ACCOUNT:"
+                   f"execution:MACHINE:NAME, printed when a backfill starts), not {arn!r}")
+    if code == "ExecutionDoesNotExist":
+        return 1, (f"no execution {arn} (check the ARN, and --region or --endpoint-url; "
+                   "`aws stepfunctions list-executions` lists them)")
+    return 0, ""
 
 
 def _missing_bucket(s3: Any, bucket: str) -> str:

@@ -14,7 +14,8 @@ HELP = "move messages from the dead-letter queue back to the ingest queue"
 def register(sub: Any) -> None:
     p = sub.add_parser(
         "redrive", help=HELP,
-        description=HELP + ". Receives from the DLQ in batches of 10, sends each body and its "
+        description=HELP + ". Receives from the DLQ in batches of 10 (sent on in batches of "
+        "at most 256 KiB), sends each body and its "
         "message attributes to the queue, and deletes from the DLQ only what was sent. This "
         "receive/send loop works everywhere, including `imgpipe local` (whose emulator has "
         "no StartMessageMoveTask); on AWS the console's or the CLI's "
@@ -35,7 +36,7 @@ def register(sub: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from pipeline.reconcile import queue_depth
-    from pipeline.redrive import RedriveError, redrive, resolve_queue_url
+    from pipeline.redrive import RedriveError, in_flight, redrive, resolve_queue_url
 
     if args.max is not None and args.max < 0:
         print("imgpipe redrive: --max must be >= 0", file=sys.stderr)
@@ -62,6 +63,15 @@ def run(args: argparse.Namespace) -> int:
         print(f"imgpipe redrive: {e}", file=sys.stderr)
         return 1
     print(f"moved {count} message(s) from {dlq_url} to {queue_url}")
+    hidden = 0 if args.max is not None and count >= args.max else in_flight(sqs, dlq_url)
+    if hidden:
+        # Received by someone (another redrive, a console's poll) and not visible until
+        # their visibility timeout passes: not moved, and not to be reported as done.
+        print(f"imgpipe redrive: {hidden} more message(s) in {dlq_url} are in flight "
+              f"(received and not yet visible again), so they were not moved: run "
+              f"imgpipe redrive again once their visibility timeout has passed",
+              file=sys.stderr)
+        return 1
     return 0
 
 

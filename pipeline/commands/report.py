@@ -48,6 +48,10 @@ def run(args: argparse.Namespace) -> int:
     if args.workers < 1:
         print("imgpipe report: --workers must be at least 1", file=sys.stderr)
         return 2
+    if args.out.exists() and not args.out.is_dir():
+        print(f"imgpipe report: --out {args.out} is a file; give a folder (it is created "
+              "if missing) to write index.html, data.js and thumbs/ into", file=sys.stderr)
+        return 2
     from pipeline.aws import create_clients
 
     settings = settings_from(args, table_name=args.table)
@@ -59,8 +63,14 @@ def run(args: argparse.Namespace) -> int:
     with reading(f"bucket {bucket!r}", "check its name (`aws s3 ls` lists your buckets), "
                  "--endpoint-url and --region; no report written"):
         clients.s3.head_bucket(Bucket=bucket)
-    result = write_report(clients.s3, clients.dynamodb, bucket, prefix, model,
-                          settings.table_name, args.out, args.workers)
+    try:
+        result = write_report(clients.s3, clients.dynamodb, bucket, prefix, model,
+                              settings.table_name, args.out, args.workers)
+    except OSError as e:  # a parent that is a file, no permission, a full disk...
+        where = e.filename or args.out
+        print(f"imgpipe report: cannot write the report into {args.out} ({where}: "
+              f"{e.strerror or e})", file=sys.stderr)
+        return 1
     counts = ", ".join(f"{n} {s}" for s, n in sorted(result.counts.items())) or "no records"
     print(f"report of s3://{bucket}/{prefix} with {model}: {result.images} image(s) "
           f"({counts}), {result.thumbnails} thumbnail(s) ({result.fetched} new)")

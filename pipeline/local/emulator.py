@@ -20,7 +20,8 @@ The adjustments, each applied to this process's moto only:
 - S3 form uploads (POST object, the upload page's presigned POSTs) answer with the
   bucket's CORS headers, as S3 does; moto leaves them out on that one request.
 - S3 events sent to EventBridge get increasing sequencers (moto gives them all the same
-  one, so an overwrite would look already processed; `pipeline.local.s3_events`).
+  one, so an overwrite would look already processed), and a multipart upload is announced
+  once, not twice (`pipeline.local.s3_events`).
 - moto checks each received message's retention period by computing all of the queue's
   attributes, approximate counts included, each a walk over every message: a receive on a
   queue of N messages took N² steps, a fifth of the emulator's CPU during an upload of 128
@@ -32,6 +33,8 @@ The adjustments, each applied to this process's moto only:
   cause is what describe-execution and `imgpipe backfill` report.
 - SQS message move tasks (the DLQ redrive API), which moto does not have, are answered by
   `pipeline.local.message_moves`.
+- For fault-injection runs only (`tools/chaos.py` sets IMGPIPE_CHAOS_*), DynamoDB
+  PutItem replies are lost after the write (`pipeline.local.chaos`).
 - With `--state-dir DIR`, writes are journaled and replayed on request
   (`pipeline.local.state`), so the stack's data survives a restart.
 
@@ -65,7 +68,10 @@ from werkzeug.serving import make_server
 
 from pipeline.local import message_moves
 from pipeline.local.functions import invoke_url
-from pipeline.local.s3_events import stamp_eventbridge_sequencers
+from pipeline.local.s3_events import (
+    one_event_per_multipart_upload,
+    stamp_eventbridge_sequencers,
+)
 
 __all__ = ["main", "KeepAliveHandler", "EngineLogFormatter", "shorten_engine_logs",
            "within_retention"]
@@ -104,6 +110,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     _cache_service_directory()
     _cheap_retention_check()
     stamp_eventbridge_sequencers()
+    one_event_per_multipart_upload()
     _name_unnamed_executions()
     _cors_on_form_uploads()
     _forward_lambda_invocations(args.functions)
@@ -117,6 +124,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         keeper = StateKeeper(Path(args.state_dir))
         keeper.install()
         app = keeper.wrap(app)
+    from pipeline.local.chaos import chaos_from_env
+
+    app = chaos_from_env(app)  # faults for tools/chaos.py only, when its variables are set
     server = make_server(args.host, args.port, app, threaded=True,
                          request_handler=KeepAliveHandler)
     try:

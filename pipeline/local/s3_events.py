@@ -12,6 +12,12 @@ the events it emits differ from S3's:
 - `detail.object.key` is the raw key, where S3 URL-encodes it as in its notifications
   ("red flower.jpg" as "red+flower.jpg"; pipeline/events.py decodes it), so a key holding
   `+` or `%` would be misread. It is encoded here the same way.
+
+And for every destination (queue notifications and EventBridge alike): a multipart upload
+is announced twice, `ObjectCreated:Put` (moto's completion stores the object through its
+ordinary put) and then `ObjectCreated:CompleteMultipartUpload`. S3 sends only the second,
+so the local stack classified such photos twice; the first is dropped here
+(`one_event_per_multipart_upload`).
 """
 
 from __future__ import annotations
@@ -21,7 +27,8 @@ import threading
 from typing import Any
 from urllib.parse import quote_plus
 
-__all__ = ["MOTO_CONSTANT_SEQUENCER", "stamp_eventbridge_sequencers"]
+__all__ = ["MOTO_CONSTANT_SEQUENCER", "one_event_per_multipart_upload",
+           "stamp_eventbridge_sequencers"]
 
 MOTO_CONSTANT_SEQUENCER = "617f08299329d189"
 
@@ -47,3 +54,19 @@ def stamp_eventbridge_sequencers() -> None:
         original(rule, event, transform_input)
 
     setattr(Rule, "send_to_targets", send_to_targets)  # noqa: B010
+
+
+def one_event_per_multipart_upload() -> None:
+    """Patch this process's moto: the object a multipart upload completes is announced once,
+    as `ObjectCreated:CompleteMultipartUpload`, as S3 does."""
+    from moto.s3 import notifications
+
+    original = notifications.send_event
+    put = notifications.S3NotificationEvent.OBJECT_CREATED_PUT_EVENT
+
+    def send_event(account_id: str, event_name: Any, bucket: Any, key: Any) -> None:
+        if event_name == put and getattr(key, "multipart", None) is not None:
+            return  # the CompleteMultipartUpload event of the same object follows
+        original(account_id, event_name, bucket, key)
+
+    setattr(notifications, "send_event", send_event)  # noqa: B010

@@ -6,7 +6,16 @@ from __future__ import annotations
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-__all__ = ["BackgroundServer"]
+__all__ = ["LISTEN_BACKLOG", "BackgroundServer"]
+
+
+# The listen backlog: the emulator's (werkzeug's LISTEN_QUEUE), not socketserver's 5, which
+# resets connections as soon as a few dozen callers arrive at once.
+LISTEN_BACKLOG = 128
+
+
+class _Server(ThreadingHTTPServer):
+    request_queue_size = LISTEN_BACKLOG
 
 
 class BackgroundServer:
@@ -14,7 +23,7 @@ class BackgroundServer:
 
     def __init__(self, handler: type[BaseHTTPRequestHandler], host: str, port: int,
                  name: str) -> None:
-        self._server = ThreadingHTTPServer((host, port), handler)
+        self._server = _Server((host, port), handler)
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, name=name,
                                         daemon=True)

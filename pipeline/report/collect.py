@@ -22,12 +22,22 @@ from typing import Any
 
 from pipeline.records import PredictionRecord
 
-__all__ = ["ReportData", "build_report", "make_thumbnail", "THUMB_SIZE"]
+__all__ = ["ReportData", "build_report", "make_thumbnail", "THUMB_SIZE", "visible"]
 
 THUMB_SIZE = 160
 THUMB_QUALITY = 70
 TOP_LABELS = 3
 STATIC = Path(__file__).resolve().parent / "static"
+# Invisible characters that reorder the text around them (the bidirectional embeddings,
+# overrides and isolates, and the marks): "photo<U+202E>gpj.exe" displays as
+# "photoexe.jpg". The report shows each as its code point instead.
+_BIDI_CONTROLS = {c: f"<U+{c:04X}>" for c in (
+    *range(0x202A, 0x202F), *range(0x2066, 0x206A), 0x200E, 0x200F, 0x061C)}
+
+
+def visible(text: str) -> str:
+    """`text` with every bidirectional control character shown as `<U+XXXX>`."""
+    return text.translate(_BIDI_CONTROLS)
 
 
 @dataclass(frozen=True)
@@ -125,10 +135,11 @@ def report_document(rows: list[PredictionRecord], thumbs: dict[str, str], *, sou
         top = [[labels.setdefault(t.label, len(labels)), t.score]
                for t in r.top_k[:TOP_LABELS]]
         key = r.image[len(prefix):] if r.image.startswith(prefix) else r.image
-        items.append([key, r.status, thumbs.get(r.image, ""), top, r.error or ""])
+        items.append([visible(key), r.status, thumbs.get(r.image, ""), top,
+                      visible(r.error or "")])
     times = sorted(r.processed_at for r in rows)
     return {
-        "source": source,
+        "source": visible(source),
         "model": model,
         "generated_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "first": times[0] if times else None,

@@ -410,3 +410,137 @@ def test_an_image_overwritten_by_a_non_image_loses_its_old_document(harness: Har
                        input_prefix="incoming/", output_prefix="predictions/", table=TABLE,
                        model=MODEL)
     assert report.ok and report.orphaned_outputs == (), report.problems()
+
+
+def lose_the_first_reply(client: Any, operation: str) -> list[str]:
+    """Botocore sends `operation` to moto, moto applies it, and its reply is lost (a read
+    timeout): botocore's own retry then sends the same request again. Returns a log of
+    what happened to each attempt."""
+    from botocore.exceptions import ReadTimeoutError
+    from moto.core.models import botocore_stubber
+
+    attempts: list[str] = []
+    service = client.meta.service_model.service_id.hyphenize()
+
+    def send(request: Any, **kwargs: Any) -> Any:
+        if attempts:
+            attempts.append("retried")
+            return None  # moto's own handler answers
+        response = botocore_stubber(request=request, **kwargs)
+        attempts.append(f"applied, {response.status_code} lost")
+        raise ReadTimeoutError(endpoint_url=request.url)
+
+    client.meta.events.register_first(f"before-send.{service}.{operation}", send)
+    return attempts
+
+
+@pytest.mark.parametrize("earlier", [False, True], ids=["first-record", "over-an-older-one"])
+def test_a_write_whose_reply_was_lost_finishes_its_document(
+        harness: Harness, earlier: bool) -> None:
+    """The conditional put is applied but its reply lost; botocore's retry then meets its
+    own first attempt (ConditionalCheckFailed). The writer still owns the record, so the
+    document must be written and the outcome be `classified`, not `skipped`."""
+    if earlier:
+        old = harness.upload("incoming/lost.jpg", sample("rocket.jpg"))
+        response, _ = invoke(s3_event(old))
+        assert failed_ids(response) == []
+    obj = harness.upload("incoming/lost.jpg", sample("coffee.jpg"))
+    attempts = lose_the_first_reply(harness.clients.dynamodb, "PutItem")
+    event, ids = sqs_event(s3_event(obj))
+    report = harness.service.process_messages(
+        [(r["messageId"], r["body"]) for r in event["Records"]])
+    assert attempts == ["applied, 200 lost", "retried"]
+    assert report.failed_message_ids == []
+    [(_, outcome)] = report.outcomes
+    assert (outcome.status, outcome.detail) == ("classified", "")
+    record = harness.record("incoming/lost.jpg")
+    assert record is not None and record["etag"] == obj["etag"]
+    assert harness.outputs() == [record["output_key"]]
+    document = json.loads(harness.s3.get_object(
+        Bucket=BUCKET, Key=record["output_key"])["Body"].read())
+    assert (document["etag"], document["processed_at"], document["label"]) == (
+        record["etag"], record["processed_at"], record["label"])
+
+
+def test_a_writer_that_loses_to_an_equal_record_without_its_document_writes_it(
+        harness: Harness) -> None:
+    """Another writer stored this object's record first and stopped before its document:
+    the writer that loses the conditional put to it still leaves the document there."""
+    from dataclasses import replace
+
+    obj = harness.upload("incoming/race.jpg", sample("chelsea.jpg"))
+    sink = harness.service.sink
+    real_put = sink.put
+
+    def other_writer_first(record: Any, expected: Any) -> bool:
+        other = replace(record, processed_at="2026-11-22T00:00:00.001Z")
+        assert real_put(other, None)  # ... and that writer dies before its document
+        sink.put = real_put  # type: ignore[method-assign]
+        return real_put(record, expected)
+
+    sink.put = other_writer_first  # type: ignore[method-assign]
+    response, _ = invoke(s3_event(obj))
+    assert failed_ids(response) == []
+    record = harness.record("incoming/race.jpg")
+    assert record is not None and record["processed_at"] == "2026-11-22T00:00:00.001Z"
+    assert harness.outputs() == [record["output_key"]]
+    document = json.loads(harness.s3.get_object(
+        Bucket=BUCKET, Key=record["output_key"])["Body"].read())
+    assert document["processed_at"] == record["processed_at"]
+
+
+@pytest.mark.parametrize("poison", [
+    '{"Records":' + "[" * 50_000,  # RecursionError in the JSON reader
+    '{"Records": [{"s3": {"bucket": {"name": "b"}, "object": {"key": "k", "size": "'
+    + "9" * 5_000 + '"}}, "eventName": "ObjectCreated:Put"}]}',  # an int past 4,300 digits
+], ids=["deep-nesting", "huge-int"])
+def test_a_body_that_breaks_the_reader_fails_only_its_own_message(
+        harness: Harness, poison: str) -> None:
+    obj = harness.upload("incoming/neighbour.jpg", sample("coffee.jpg"))
+    response, ids = invoke(s3_event(obj), poison)
+    assert failed_ids(response) == [ids[1]]
+    assert harness.record("incoming/neighbour.jpg")["status"] == "classified"
+
+
+def test_an_event_for_another_bucket_is_refused_and_records_nothing(
+        harness: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A notification misrouted from another bucket: no `gone` record for an object this
+    pipeline does not own (reconcile would never see it); the message fails, so it rests in
+    the DLQ with its sentence in the log, and its neighbours are processed."""
+    settings = harness.service.settings.with_(bucket=BUCKET)
+    monkeypatch.setattr(harness.service, "settings", settings)
+    logged: list[dict[str, Any]] = []
+    real_error = harness.service.log.error
+
+    def error(msg: str, *args: Any, **kwargs: Any) -> None:
+        logged.append({"msg": msg, **kwargs.get("extra", {})})
+        real_error(msg, *args, **kwargs)
+
+    monkeypatch.setattr(harness.service.log, "error", error)
+    mine = harness.upload("incoming/mine.jpg", sample("coffee.jpg"))
+    foreign = {"key": "incoming/theirs.jpg", "etag": "1" * 32, "size": 10}
+    response, ids = invoke(s3_event(foreign, bucket="someone-elses"), s3_event(mine))
+    assert failed_ids(response) == [ids[0]]
+    assert harness.record("incoming/mine.jpg")["status"] == "classified"
+    images = {item["image"]["S"] for item in harness.all_records()}
+    assert images == {f"s3://{BUCKET}/incoming/mine.jpg"}
+    assert [entry["error"] for entry in logged] == [
+        "the event names bucket someone-elses, but this pipeline reads only imgpipe-local "
+        "(IMGPIPE_BUCKET): check which notifications target its queue"]
+
+
+@pytest.mark.parametrize(("event", "got"), [
+    ({}, "it was invoked with an empty object"),
+    ({"bucket": "b", "key": "k"}, "it was invoked with an object with keys bucket, key"),
+    ({"Records": [{"eventSource": "aws:s3"}]}, "record 0 of the event has no messageId"),
+], ids=["empty", "not-sqs", "s3-event-directly"])
+@pytest.mark.filterwarnings("ignore:No application metrics to publish")
+def test_an_invoke_with_an_event_that_is_not_sqs_says_what_it_takes(
+        harness: Harness, event: dict[str, Any], got: str) -> None:
+    from pipeline.errors import EventShapeError
+
+    with pytest.raises(EventShapeError, match=got) as info:
+        handlers.ingest.handler(event, Context())
+    assert 'an SQS event as the ingest queue sends it: {"Records": [{"messageId"' in str(
+        info.value)
+    assert harness.all_records() == []

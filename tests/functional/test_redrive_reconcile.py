@@ -367,3 +367,40 @@ def test_reconcile_names_what_does_not_exist_in_one_line(
     [line] = captured.err.splitlines()
     assert line.startswith(sentence), line
     assert "Traceback" not in captured.out + captured.err
+
+
+def test_redrive_sends_batches_under_sqss_256_kib_limit(env: Env) -> None:
+    """Ten 60 KB bodies are 600 KB: one SendMessageBatch would be BatchRequestTooLong."""
+    bodies = [json.dumps({"Records": [], "pad": str(i) * 60_000}) for i in range(10)]
+    for b in bodies:
+        env.sqs.send_message(QueueUrl=env.dlq_url, MessageBody=b)
+    sizes: list[int] = []
+
+    class Measuring:
+        def __init__(self, inner: Any) -> None:
+            self.inner = inner
+
+        def send_message_batch(self, **kwargs: Any) -> Any:
+            sizes.append(sum(len(e["MessageBody"].encode()) for e in kwargs["Entries"]))
+            return self.inner.send_message_batch(**kwargs)
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.inner, name)
+
+    assert redrive(Measuring(env.sqs), env.dlq_url, env.queue_url, wait_s=0) == 10
+    assert sizes and max(sizes) <= 262_144 and sum(sizes) == sum(len(b) for b in bodies)
+    assert sorted(m["Body"] for m in env.drain(env.queue_url)) == sorted(bodies)
+    assert env.depth(env.dlq_url) == 0
+
+
+def test_redrive_says_when_the_dlqs_messages_are_in_flight(
+        env: Env, capsys: pytest.CaptureFixture[str]) -> None:
+    dead_letters(env, 3)
+    received = env.sqs.receive_message(QueueUrl=env.dlq_url, MaxNumberOfMessages=10,
+                                       VisibilityTimeout=600)["Messages"]
+    assert len(received) == 3  # someone else holds them now
+    assert main(["redrive"]) == 1
+    captured = capsys.readouterr()
+    assert "moved 0 message(s)" in captured.out
+    assert "3 more message(s)" in captured.err and "in flight" in captured.err
+    assert len(captured.err.strip().splitlines()) == 1

@@ -90,3 +90,41 @@ def test_a_missing_bucket_is_one_sentence_and_no_report(
 
 def test_a_uri_that_is_not_s3_is_a_usage_error(tmp_path: Path) -> None:
     assert main(["report", "/photos", "--out", str(tmp_path)]) == 2
+
+
+def test_out_naming_a_file_is_one_line_and_a_usage_error(
+        harness: Harness, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    a_file = tmp_path / "report.html"
+    a_file.write_text("mine")
+    assert main(["report", f"s3://{BUCKET}/incoming/", "--out", str(a_file)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"imgpipe report: --out {a_file} is a file; give a folder")
+    assert len(err.strip().splitlines()) == 1 and a_file.read_text() == "mine"
+
+
+def test_out_under_a_file_is_one_line_and_a_failure(
+        harness: Harness, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("mine")
+    assert main(["report", f"s3://{BUCKET}/incoming/", "--out", str(a_file / "report")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"imgpipe report: cannot write the report into {a_file / 'report'}")
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_bidi_controls_in_keys_are_shown_not_obeyed() -> None:
+    """"photo<U+202E>gpj.exe" would display as "photoexe.jpg": the report shows the code
+    point instead of letting it reorder the name."""
+    from pipeline.events import ObjectRef
+    from pipeline.records import rejected_record
+    from pipeline.report.collect import report_document
+
+    controls = [chr(c) for c in (*range(0x202A, 0x202F), *range(0x2066, 0x206A))]
+    keys = ["photo\u202egpj.exe", *(f"a{c}b.jpg" for c in controls)]
+    rows = [rejected_record(ObjectRef(BUCKET, f"incoming/{k}"), MODEL, "not an image")
+            for k in keys]
+    data = report_document(rows, {}, source=f"s3://{BUCKET}/incoming/", model=MODEL)
+    shown = [item[0] for item in data["items"]]
+    assert shown[0] == "photo<U+202E>gpj.exe"
+    assert shown[1:] == [f"a<U+{ord(c):04X}>b.jpg" for c in controls]
+    assert not any(c in json.dumps(data, ensure_ascii=False) for c in controls)

@@ -262,3 +262,25 @@ def test_the_total_comes_from_the_plan_locally_and_from_a_listing_on_aws() -> No
     assert counter._thread is not None
     counter._thread.join(timeout=10)
     assert counter.get() == 2017
+
+
+@pytest.mark.parametrize(("code", "exit_code", "says"), [
+    ("ExecutionDoesNotExist", 1, "no execution arn:aws:states:us-east-1:123456789012:"
+                                 "execution:imgpipe-backfill:gone"),
+    ("InvalidArn", 2, "--follow takes an execution ARN"),
+])
+def test_follow_of_an_execution_that_cannot_be_found_is_one_line(
+    fake_aws: Callable[..., tuple[FakeSfn, FakeS3]], capsys: pytest.CaptureFixture[str],
+    code: str, exit_code: int, says: str,
+) -> None:
+    # The errors DescribeExecution documents for an unknown and a malformed ARN.
+    class Unknown(FakeSfn):
+        def describe_execution(self, executionArn: str) -> dict[str, Any]:  # noqa: N803
+            raise ClientError({"Error": {"Code": code, "Message": f"x: {executionArn}"}},
+                              "DescribeExecution")
+
+    fake_aws(Unknown(["RUNNING"]), FakeS3())
+    arn = "arn:aws:states:us-east-1:123456789012:execution:imgpipe-backfill:gone"
+    assert main(["backfill", "--follow", arn]) == exit_code
+    err = capsys.readouterr().err
+    assert err.startswith(f"imgpipe backfill: {says}") and len(err.strip().splitlines()) == 1

@@ -279,3 +279,59 @@ def test_arbitrary_text_either_parses_or_raises_permanent(text: str) -> None:
     except PermanentError:
         return
     assert isinstance(result, ParsedMessage)
+
+
+# ---- bodies that break a reader ----------------------------------------------------------
+
+HUGE = "9" * 5_000  # past Python's 4,300-digit limit for reading an integer
+
+
+@pytest.mark.parametrize(
+    ("body", "words"),
+    [
+        ('{"Records":' + "[" * 50_000, "nested too deeply"),
+        ('{"Records": ' + "[" * 50_000 + "]" * 50_000 + "}", "nested too deeply"),
+        ('{"s3": ' + HUGE + "}", "cannot be read"),
+        (json.dumps({"Type": "Notification", "Message": "[" * 50_000}), "nested too deeply"),
+        (s3_body("a.jpg").replace('"size": 10', f'"size": "{HUGE}"'), "not a whole number"),
+        (s3_body("a.jpg").replace('"size": 10', '"size": 1e400'), "not a whole number"),
+    ],
+    ids=["deep-open", "deep-closed", "huge-int", "deep-in-sns", "huge-size-text", "inf-size"],
+)
+def test_a_body_that_breaks_the_reader_is_that_bodys_permanent_error(
+        body: str, words: str) -> None:
+    with pytest.raises(PermanentError, match=words) as info:
+        parse_message_body(body)
+    assert len(str(info.value)) < 400
+
+
+def test_any_surprise_while_reading_a_body_is_a_permanent_error(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import pipeline.events
+
+    def explode(*args: Any) -> Any:
+        raise MemoryError("no room")
+
+    monkeypatch.setattr(pipeline.events, "_parse_document", explode)
+    with pytest.raises(PermanentError, match=r"could not be read as an S3 event \(MemoryError: "
+                                             r"no room; it starts with"):
+        parse_message_body(s3_body("a.jpg"))
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=5),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(
+        st.sampled_from(["Records", "s3", "bucket", "object", "name", "key", "size", "eTag",
+                         "eventName", "eventTime", "Type", "Message", "source",
+                         "detail-type", "detail"]), inner, max_size=4),
+    max_leaves=20,
+)
+
+
+@given(doc=json_values)
+def test_any_json_either_parses_or_raises_permanent(doc: Any) -> None:
+    try:
+        result = parse_message_body(json.dumps(doc))
+    except PermanentError:
+        return
+    assert isinstance(result, ParsedMessage)

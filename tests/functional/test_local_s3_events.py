@@ -1,0 +1,57 @@
+"""The local stack's mends of moto's S3 events (`pipeline.local.s3_events`), in moto
+in-process: what a queue receives for an upload is what S3 sends."""
+
+from __future__ import annotations
+
+import json
+
+import boto3
+import pytest
+
+from tests.functional.conftest import BUCKET
+
+
+@pytest.fixture
+def mended(mocked_aws: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    from moto.s3 import notifications
+
+    from pipeline.local.s3_events import one_event_per_multipart_upload
+
+    # monkeypatch puts moto's own send_event back after the test.
+    monkeypatch.setattr(notifications, "send_event", notifications.send_event)
+    one_event_per_multipart_upload()
+
+
+def event_names(sqs: object, url: str) -> list[str]:
+    names: list[str] = []
+    while True:
+        got = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10)  # type: ignore[attr-defined]
+        if not got.get("Messages"):
+            return names
+        for m in got["Messages"]:
+            body = json.loads(m["Body"])
+            names.extend(r["eventName"] for r in body.get("Records", []))
+            sqs.delete_message(QueueUrl=url, ReceiptHandle=m["ReceiptHandle"])  # type: ignore[attr-defined]
+
+
+def test_a_multipart_upload_is_announced_once_as_s3_does(mended: None) -> None:
+    s3 = boto3.client("s3", region_name="us-east-1")
+    sqs = boto3.client("sqs", region_name="us-east-1")
+    url = sqs.create_queue(QueueName="events")["QueueUrl"]
+    arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])[
+        "Attributes"]["QueueArn"]
+    s3.create_bucket(Bucket=BUCKET)
+    s3.put_bucket_notification_configuration(Bucket=BUCKET, NotificationConfiguration={
+        "QueueConfigurations": [{"QueueArn": arn, "Events": ["s3:ObjectCreated:*"]}]})
+    event_names(sqs, url)  # the s3:TestEvent
+
+    upload = s3.create_multipart_upload(Bucket=BUCKET, Key="incoming/big.jpg")
+    part = s3.upload_part(Bucket=BUCKET, Key="incoming/big.jpg", PartNumber=1,
+                          UploadId=upload["UploadId"], Body=b"\xff\xd8" * 1000)
+    s3.complete_multipart_upload(
+        Bucket=BUCKET, Key="incoming/big.jpg", UploadId=upload["UploadId"],
+        MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": part["ETag"]}]})
+    assert event_names(sqs, url) == ["ObjectCreated:CompleteMultipartUpload"]
+
+    s3.put_object(Bucket=BUCKET, Key="incoming/small.jpg", Body=b"\xff\xd8")
+    assert event_names(sqs, url) == ["ObjectCreated:Put"]
