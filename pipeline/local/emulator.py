@@ -19,6 +19,9 @@ The adjustments, each applied to this process's moto only:
   "None", so a second unnamed backfill fails with ExecutionAlreadyExists).
 - S3 form uploads (POST object, the upload page's presigned POSTs) answer with the
   bucket's CORS headers, as S3 does; moto leaves them out on that one request.
+- A form upload not signed with Signature Version 4 is refused as S3 refuses it for every
+  bucket created since June 2020 (`sigv2_post_refusal`); moto checks no signature, so a
+  SigV2 form that AWS would refuse used to upload here.
 - S3 events sent to EventBridge get increasing sequencers (moto gives them all the same
   one, so an overwrite would look already processed; `pipeline.local.s3_events`).
 - moto checks each received message's retention period by computing all of the queue's
@@ -51,7 +54,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from moto.moto_server.werkzeug_app import (
@@ -65,7 +68,7 @@ from pipeline.local.functions import invoke_url
 from pipeline.local.s3_events import stamp_eventbridge_sequencers
 
 __all__ = ["main", "KeepAliveHandler", "EngineLogFormatter", "shorten_engine_logs",
-           "within_retention"]
+           "sigv2_post_refusal", "within_retention"]
 
 ENGINE_LOGGER = "moto.stepfunctions"
 ENGINE_LINE_LIMIT = 200
@@ -223,13 +226,39 @@ def _cors_on_form_uploads() -> None:
     original = S3Response._bucket_response_post
 
     def post(self: Any, request: Any, bucket_name: str) -> Any:
-        status, headers, body = original(self, request, bucket_name)
+        refusal = None if self.is_delete_keys() else sigv2_post_refusal(
+            {k: v[0] for k, v in self.querystring.items() if v})
+        status, headers, body = refusal or original(self, request, bucket_name)
         if not self.is_delete_keys():
             self.bucket_name = bucket_name
             headers = {**self._get_cors_headers_other(), **headers}
         return status, headers, body
 
     setattr(S3Response, "_bucket_response_post", post)  # noqa: B010
+
+
+SIGV4_ALGORITHM = "AWS4-HMAC-SHA256"
+# S3's answer to a SigV2-signed request for a bucket that accepts only SigV4 (every bucket
+# created since June 2020, every region opened since 2014): tests/events/
+# s3_error_sigv2_refused.xml holds the shape as S3 sends it.
+SIGV2_REFUSED = ("The authorization mechanism you have provided is not supported. "
+                 f"Please use {SIGV4_ALGORITHM}.")
+
+
+def sigv2_post_refusal(fields: Mapping[str, str]) -> tuple[int, dict[str, str], str] | None:
+    """S3's answer to a form upload (POST object) whose `fields` are not signed with
+    Signature Version 4 (`x-amz-algorithm` AWS4-HMAC-SHA256, with its credential, date and
+    signature), or None for a SigV4 form. Field names are case-insensitive, as in S3."""
+    names = {k.lower(): v for k, v in fields.items()}
+    signed_v4 = names.get("x-amz-algorithm") == SIGV4_ALGORITHM and all(
+        names.get(f) for f in ("x-amz-credential", "x-amz-date", "x-amz-signature"))
+    if signed_v4:
+        return None
+    request_id = uuid.uuid4().hex[:16].upper()
+    body = ('<?xml version="1.0" encoding="UTF-8"?>\n'
+            f"<Error><Code>InvalidRequest</Code><Message>{SIGV2_REFUSED}</Message>"
+            f"<RequestId>{request_id}</RequestId><HostId>{request_id}</HostId></Error>")
+    return 400, {"Content-Type": "application/xml"}, body
 
 
 def _name_unnamed_executions() -> None:
