@@ -87,6 +87,11 @@ def denial_message(error: Exception, what: str, code: str) -> str:
     detail = _DENIAL_DETAIL.search(message)
     action = detail.group("action") if detail else ""
     resource = (detail.group("resource") or "") if detail else ""
+    if code.startswith("KMS.") and code != "KMS.AccessDeniedException":
+        # The key itself is unusable (disabled, pending deletion, not found): no grant
+        # would help, the key's owner must act.
+        return (f"{what}: {code}: the bucket's KMS key cannot be used: "
+                f"{message or 'no detail given'}")
     if action.startswith("kms:") or code.startswith("KMS.") or "kms" in message.lower():
         key = resource if resource.startswith("arn:") and ":key/" in resource else \
             "the bucket's KMS key"

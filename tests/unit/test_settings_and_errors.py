@@ -98,6 +98,17 @@ def test_a_kms_denial_names_the_key_and_kms_decrypt() -> None:
         "parameter KmsKeyArn to that key (and allow the role in the key's policy)")
 
 
+def test_an_unusable_kms_key_is_a_failure_naming_the_key_state() -> None:
+    error = ClientError({"Error": {"Code": "KMS.DisabledException", "Message": (
+        "arn:aws:kms:us-east-1:123456789012:key/1234abcd is disabled.")},
+        "ResponseMetadata": {"HTTPStatusCode": 400}}, "GetObject")
+    denied = translate_client_error(error, "reading s3://b/k")
+    assert isinstance(denied, AccessDeniedError)
+    assert str(denied) == ("reading s3://b/k: KMS.DisabledException: the bucket's KMS key "
+                           "cannot be used: arn:aws:kms:us-east-1:123456789012:key/1234abcd "
+                           "is disabled.")
+
+
 def test_another_named_denial_says_which_action_on_what() -> None:
     error = ClientError({"Error": {"Code": "AccessDeniedException", "Message": (
         "User: arn:aws:sts::1:assumed-role/r/f is not authorized to perform: "
