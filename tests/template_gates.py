@@ -20,6 +20,8 @@ run them on infra/template.yaml and on deliberately broken copies of it.
   ResultWriter, a Distributed Map's child executions, Lambda tasks), from AWS's
   documentation; the service's calls are no code of ours, so `iam_violations` cannot see
   them.
+- `event_source_violations`: the role of a function fed by an SQS event source mapping
+  lets Lambda's poller receive and delete the queue's messages.
 - `wildcard_violations`: no role statement has a `*` resource.
 """
 
@@ -472,6 +474,35 @@ def state_machine_violations(sam: Mapping[str, Any],
         for action in sorted(set(needed) - granted):
             problems.append(f"{role} lacks {action}, which Step Functions calls for "
                             f"{needed[action][0]}")
+    return problems
+
+
+# What Lambda's poller calls with the function's role for an SQS event source mapping
+# (Lambda's "Using Lambda with Amazon SQS": execution role permissions), and the AWS managed
+# policy that grants them.
+SQS_POLLER_CALLS = {"sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:GetQueueAttributes"}
+SQS_POLLER_POLICY = "service-role/AWSLambdaSQSQueueExecutionRole"
+
+
+def event_source_violations(translated: Mapping[str, Any]) -> list[str]:
+    """The role of each function an SQS event source mapping feeds lets Lambda's poller
+    read and delete the queue's messages (the managed policy, or the actions inline)."""
+    problems: list[str] = []
+    resources = translated["Resources"]
+    for logical_id, resource in resources.items():
+        if resource["Type"] != "AWS::Lambda::EventSourceMapping":
+            continue
+        source = json.dumps(resource["Properties"].get("EventSourceArn"))
+        if "Queue" not in source and ":sqs:" not in source:
+            continue
+        function = resource["Properties"]["FunctionName"].get("Ref", "")
+        role = f"{function}Role"
+        managed = json.dumps(resources.get(role, {}).get("Properties", {}).get(
+            "ManagedPolicyArns", []))
+        missing = set() if SQS_POLLER_POLICY in managed else (
+            SQS_POLLER_CALLS - role_actions(translated, role))
+        problems.extend(f"{role} lacks {action}, which Lambda's poller calls for "
+                        f"{logical_id}" for action in sorted(missing))
     return problems
 
 

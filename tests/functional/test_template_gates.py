@@ -200,6 +200,20 @@ def test_a_result_writer_without_its_documented_policy_fails(
            "BackfillStateMachine needs" in problems
 
 
+def test_the_ingest_pollers_permissions_are_checked(
+    sam: dict[str, Any], translated: dict[str, Any], tmp_path: Path
+) -> None:
+    """The mapping is written out (so it can wait for the log group), so SAM no longer adds
+    the poller's policy by itself: the gate notices when it is missing."""
+    assert gates.event_source_violations(translated) == []
+    broken = copy.deepcopy(sam)
+    policies = broken["Resources"]["IngestFunction"]["Properties"]["Policies"]
+    policies[:] = [p for p in policies if p != "AWSLambdaSQSQueueExecutionRole"]
+    assert gates.event_source_violations(translate_template(_write(tmp_path, broken), {})) == [
+        f"IngestFunctionRole lacks {action}, which Lambda's poller calls for IngestEventSource"
+        for action in ("sqs:DeleteMessage", "sqs:GetQueueAttributes", "sqs:ReceiveMessage")]
+
+
 def test_a_visibility_timeout_below_the_rule_fails(sam: dict[str, Any]) -> None:
     literal = copy.deepcopy(sam)
     literal["Resources"]["IngestQueue"]["Properties"]["VisibilityTimeout"] = 300
