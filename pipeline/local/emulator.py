@@ -20,8 +20,9 @@ The adjustments, each applied to this process's moto only:
 - S3 form uploads (POST object, the upload page's presigned POSTs) answer with the
   bucket's CORS headers, as S3 does; moto leaves them out on that one request.
 - A form upload not signed with Signature Version 4 is refused as S3 refuses it for every
-  bucket created since June 2020 (`sigv2_post_refusal`); moto checks no signature, so a
-  SigV2 form that AWS would refuse used to upload here.
+  bucket created since June 2020 (`sigv2_post_refusal`), and so is an S3 request signed
+  with SigV2 in its Authorization header or query string (`refuse_sigv2_requests`); moto
+  checks no signature, so a SigV2 form or URL that AWS would refuse used to work here.
 - S3 events sent to EventBridge get increasing sequencers (moto gives them all the same
   one, so an overwrite would look already processed; `pipeline.local.s3_events`).
 - moto checks each received message's retention period by computing all of the queue's
@@ -68,7 +69,7 @@ from pipeline.local.functions import invoke_url
 from pipeline.local.s3_events import stamp_eventbridge_sequencers
 
 __all__ = ["main", "KeepAliveHandler", "EngineLogFormatter", "shorten_engine_logs",
-           "sigv2_post_refusal", "within_retention"]
+           "refuse_sigv2_requests", "sigv2_post_refusal", "within_retention"]
 
 ENGINE_LOGGER = "moto.stepfunctions"
 ENGINE_LINE_LIMIT = 200
@@ -116,6 +117,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         keeper = StateKeeper(Path(args.state_dir))
         keeper.install()
         app = keeper.wrap(app)
+    app = refuse_sigv2_requests(app)  # outermost: a refused request reaches nothing
     server = make_server(args.host, args.port, app, threaded=True,
                          request_handler=KeepAliveHandler)
     try:
@@ -245,6 +247,34 @@ SIGV2_REFUSED = ("The authorization mechanism you have provided is not supported
                  f"Please use {SIGV4_ALGORITHM}.")
 
 
+def _sigv2_refused_body() -> str:
+    request_id = uuid.uuid4().hex[:16].upper()
+    return ('<?xml version="1.0" encoding="UTF-8"?>\n'
+            f"<Error><Code>InvalidRequest</Code><Message>{SIGV2_REFUSED}</Message>"
+            f"<RequestId>{request_id}</RequestId><HostId>{request_id}</HostId></Error>")
+
+
+def refuse_sigv2_requests(app: Any) -> Any:
+    """WSGI middleware: an S3 request signed with SigV2 - `Authorization: AWS KEY:SIG`, or a
+    presigned URL's `AWSAccessKeyId` and `Signature` - is answered as S3 answers it for a
+    bucket created today, before moto sees it (both forms are S3's alone: other services'
+    SigV2 names itself `SignatureVersion=2`, and botocore signs them with SigV4)."""
+    from urllib.parse import parse_qs
+
+    def wrapped(environ: dict[str, Any], start_response: Any) -> Any:
+        authorization = str(environ.get("HTTP_AUTHORIZATION", ""))
+        query = parse_qs(str(environ.get("QUERY_STRING", "")))
+        if authorization.startswith("AWS ") or ("AWSAccessKeyId" in query
+                                                and "Signature" in query):
+            body = _sigv2_refused_body().encode()
+            start_response("400 Bad Request", [("Content-Type", "application/xml"),
+                                               ("Content-Length", str(len(body)))])
+            return [body]
+        return app(environ, start_response)
+
+    return wrapped
+
+
 def sigv2_post_refusal(fields: Mapping[str, str]) -> tuple[int, dict[str, str], str] | None:
     """S3's answer to a form upload (POST object) whose `fields` are not signed with
     Signature Version 4 (`x-amz-algorithm` AWS4-HMAC-SHA256, with its credential, date and
@@ -254,11 +284,7 @@ def sigv2_post_refusal(fields: Mapping[str, str]) -> tuple[int, dict[str, str], 
         names.get(f) for f in ("x-amz-credential", "x-amz-date", "x-amz-signature"))
     if signed_v4:
         return None
-    request_id = uuid.uuid4().hex[:16].upper()
-    body = ('<?xml version="1.0" encoding="UTF-8"?>\n'
-            f"<Error><Code>InvalidRequest</Code><Message>{SIGV2_REFUSED}</Message>"
-            f"<RequestId>{request_id}</RequestId><HostId>{request_id}</HostId></Error>")
-    return 400, {"Content-Type": "application/xml"}, body
+    return 400, {"Content-Type": "application/xml"}, _sigv2_refused_body()
 
 
 def _name_unnamed_executions() -> None:

@@ -9,9 +9,11 @@ import base64
 import json
 import xml.etree.ElementTree as ET
 from pathlib import Path
+from typing import Any
 
 import boto3
 import pytest
+from botocore.config import Config
 from botocore.credentials import Credentials
 
 from pipeline.aws import presigning_client
@@ -92,3 +94,35 @@ def test_a_form_naming_sigv4_without_its_signature_is_refused_too() -> None:
               "X-Amz-Date": "20261204T000000Z"}
     assert sigv2_post_refusal(fields) is not None
     assert sigv2_post_refusal({**fields, "X-Amz-Signature": "ab" * 32}) is None
+
+
+def _wsgi(app: Any, environ: dict[str, str]) -> tuple[str, bytes]:
+    seen: list[str] = []
+    body = b"".join(app(environ, lambda status, headers: seen.append(status)))
+    return seen[0], body
+
+
+def test_sigv2_signed_s3_requests_are_refused_before_moto() -> None:
+    """A SigV2 Authorization header or presigned URL (what botocore makes with
+    signature_version="s3" or "s3-query") is refused; SigV4 ones pass to the emulator."""
+    from pipeline.local.emulator import refuse_sigv2_requests
+
+    def moto(environ: Any, start_response: Any) -> list[bytes]:
+        start_response("200 OK", [])
+        return [b"moto"]
+
+    app = refuse_sigv2_requests(moto)
+    plain = _session("us-east-1").client("s3", config=Config(signature_version="s3"))
+    url = plain.generate_presigned_url("get_object", Params={"Bucket": "b", "Key": "k"})
+    query = url.split("?", 1)[1]
+    status, body = _wsgi(app, {"QUERY_STRING": query, "REQUEST_METHOD": "GET"})
+    assert status.startswith("400") and b"<Code>InvalidRequest</Code>" in body
+    status, _ = _wsgi(app, {"HTTP_AUTHORIZATION": "AWS AKIDEXAMPLE:c2lnbmF0dXJl",
+                            "REQUEST_METHOD": "GET", "QUERY_STRING": ""})
+    assert status.startswith("400")
+    v4 = presigning_client(Settings(region="us-east-1"), "b", _session("us-east-1"))
+    v4_query = v4.generate_presigned_url("get_object", Params={"Bucket": "b", "Key": "k"})
+    assert _wsgi(app, {"QUERY_STRING": v4_query.split("?", 1)[1], "REQUEST_METHOD": "GET"}) \
+        == ("200 OK", b"moto")
+    assert _wsgi(app, {"HTTP_AUTHORIZATION": "AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/...",
+                       "REQUEST_METHOD": "GET", "QUERY_STRING": ""}) == ("200 OK", b"moto")
