@@ -33,6 +33,7 @@ from typing import Any
 from pipeline.aws import read_object
 from pipeline.classifier import Classifier
 from pipeline.errors import (
+    AccessDeniedError,
     GoneError,
     PermanentError,
     TooLargeError,
@@ -121,6 +122,9 @@ class HttpApi:
     input_prefix: str
     table: str
     max_object_bytes: int  # for {"s3": ...} reads and presigned uploads
+    # signs POST /uploads (`pipeline.aws.presigning_client`: SigV4, regional endpoint);
+    # None: `s3`, which must then sign with SigV4 itself
+    presigner: Any = None
     clock: Callable[[], float] = time.perf_counter
     web_root: Path = WEB_ROOT
 
@@ -185,6 +189,8 @@ class HttpApi:
                 return read_object(self.s3, ref, self.max_object_bytes).data, ref
             except GoneError:
                 raise ApiError(404, f"{ref.uri} does not exist") from None
+            except AccessDeniedError as e:  # a policy or KMS key refuses; not "try again"
+                raise ApiError(403, str(e)) from None
             except PermanentError as e:
                 raise ApiError(_status_of(e), str(e)) from None
         if ctype.startswith("image/"):
@@ -232,7 +238,7 @@ class HttpApi:
             raise ApiError(415, f"{name} is {shown}, not an image this pipeline accepts: "
                                 f"choose a {_ACCEPTED} file")
         key = f"{self.input_prefix}uploads/{uuid.uuid4().hex}/{_safe_name(name)}"
-        post = self.s3.generate_presigned_post(
+        post = (self.presigner or self.s3).generate_presigned_post(
             Bucket=self.bucket, Key=key, Fields={"Content-Type": ctype},
             Conditions=[{"Content-Type": ctype},
                         ["content-length-range", 1, self.max_object_bytes]],

@@ -8,6 +8,7 @@ built by `create_clients` (the factory) or passed in, never at import time.
 from __future__ import annotations
 
 import json
+import re
 import threading
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ from typing import Any
 
 from pipeline.documents import RECORD_TOKEN_META, DocumentState, token_of
 from pipeline.errors import (
+    AccessDeniedError,
     GoneError,
     ImgpipeError,
     SupersededError,
@@ -30,6 +32,7 @@ __all__ = [
     "Clients",
     "client_for",
     "is_loopback",
+    "presigning_client",
     "read_object",
     "DynamoResultSink",
     "FetchedObject",
@@ -39,7 +42,16 @@ __all__ = [
     "translate_client_error",
 ]
 
-_GONE = {"NoSuchKey", "NoSuchBucket", "404", "NotFound", "AccessDenied", "403"}
+# A missing key is 404 only for a caller with s3:ListBucket on the bucket (the template
+# grants it); without it S3 answers 403, the same as a denial. So 403 is never "gone".
+_GONE = {"NoSuchKey", "NoSuchBucket", "404", "NotFound"}
+_DENIED = {"AccessDenied", "403", "AccessDeniedException", "AllAccessDisabled",
+           "KMS.AccessDeniedException", "KMS.DisabledException", "KMS.NotFoundException",
+           "KMS.InvalidStateException", "KMS.KMSInvalidStateException"}
+# IAM's wording in a denial's message (S3 includes it for callers of the bucket's account):
+# "User: ARN is not authorized to perform: ACTION on resource: ARN because ..."
+_DENIAL_DETAIL = re.compile(r"not authorized to perform:?\s+(?P<action>[\w:*-]+)"
+                            r"(?:\s+on resource:?\s+(?P<resource>[^\s,;]+))?")
 _SUPERSEDED = {"PreconditionFailed", "412"}
 _TRANSIENT = {
     "SlowDown", "503", "500", "InternalError", "ServiceUnavailable", "RequestTimeout",
@@ -50,12 +62,15 @@ _TRANSIENT = {
 
 
 def translate_client_error(error: Exception, what: str) -> ImgpipeError:
-    """Map a botocore error to `GoneError` / `SupersededError` / `TransientError`.
+    """Map a botocore error to `AccessDeniedError` / `GoneError` / `SupersededError` /
+    `TransientError`.
 
     Unknown errors are treated as transient: redelivery (and, after maxReceiveCount, the
     DLQ with the body intact) loses nothing, while a wrong `rejected` would.
     """
     code = error_code(error)
+    if code in _DENIED:
+        return AccessDeniedError(denial_message(error, what, code))
     if code in _GONE:
         return GoneError(f"{what}: the bucket does not exist ({code})" if code == "NoSuchBucket"
                          else f"{what}: the object no longer exists ({code})")
@@ -64,6 +79,39 @@ def translate_client_error(error: Exception, what: str) -> ImgpipeError:
     if code in _TRANSIENT:
         return TransientError(f"{what}: {code}, will retry")
     return TransientError(f"{what}: {code or type(error).__name__}: {error}")
+
+
+def denial_message(error: Exception, what: str, code: str) -> str:
+    """The sentence for a 403: what was denied, on what, and where to grant it."""
+    message = _error_message(error)
+    detail = _DENIAL_DETAIL.search(message)
+    action = detail.group("action") if detail else ""
+    resource = (detail.group("resource") or "") if detail else ""
+    if code.startswith("KMS.") and code != "KMS.AccessDeniedException":
+        # The key itself is unusable (disabled, pending deletion, not found): no grant
+        # would help, the key's owner must act.
+        return (f"{what}: {code}: the bucket's KMS key cannot be used: "
+                f"{message or 'no detail given'}")
+    if action.startswith("kms:") or code.startswith("KMS.") or "kms" in message.lower():
+        key = resource if resource.startswith("arn:") and ":key/" in resource else \
+            "the bucket's KMS key"
+        needed = action or "kms:Decrypt"
+        return (f"{what}: access denied ({code}): the bucket encrypts with {key} and this "
+                f"function's role may not use {needed} on it; set the template parameter "
+                f"KmsKeyArn to that key (and allow the role in the key's policy)")
+    if action:
+        on = f" on {resource}" if resource else ""
+        return (f"{what}: access denied ({code}): this function's role may not {action}{on}; "
+                f"grant it, or lift the policy that denies it")
+    return (f"{what}: access denied ({code}): the role's policy, the bucket policy or the "
+            f"object's KMS key refuses it (a missing object would answer 404)")
+
+
+def _error_message(error: Exception) -> str:
+    response = getattr(error, "response", None)
+    if isinstance(response, Mapping):
+        return str(response.get("Error", {}).get("Message", "") or "")
+    return ""
 
 
 def error_code(error: Exception) -> str:
@@ -132,6 +180,31 @@ def is_loopback(url: str) -> bool:
 
     host = urlparse(url).hostname or ""
     return host in ("localhost", "::1") or host.startswith("127.")
+
+
+def presigning_client(settings: Settings, bucket: str, session: Any | None = None) -> Any:
+    """The S3 client that signs the upload page's presigned POSTs: Signature Version 4 at
+    the bucket's regional endpoint.
+
+    Without `signature_version="s3v4"`, botocore signs a presigned POST with SigV2
+    (`AWSAccessKeyId`, `signature`) in us-east-1, eu-west-1 and the other regions older
+    than 2014, and S3 refuses SigV2 for every bucket created since June 2020. Its default
+    URL is the global endpoint (bucket.s3.amazonaws.com), which answers a bucket in another
+    region with redirects for a while after the bucket is created; a browser's form POST
+    cannot follow them. Virtual-hosted style at the regional endpoint, except for a bucket
+    name with dots (TLS certificates cover one label) and for the local emulator (an IP
+    address has no subdomains): path style there.
+    """
+    import boto3
+    from botocore.config import Config
+
+    style = "path" if settings.endpoint_url or "." in bucket else "virtual"
+    config = Config(signature_version="s3v4",
+                    s3={"addressing_style": style, "us_east_1_regional_endpoint": "regional"})
+    kwargs: dict[str, Any] = {"config": config, "region_name": settings.region}
+    if settings.endpoint_url:
+        kwargs["endpoint_url"] = settings.endpoint_url
+    return (session or boto3.session.Session()).client("s3", **kwargs)
 
 
 def create_clients(settings: Settings, session: Any | None = None) -> Clients:
@@ -259,9 +332,9 @@ class S3ObjectStore:
         try:
             return dict(self.client.head_object(Bucket=bucket, Key=key))
         except Exception as e:
-            # Without s3:ListBucket S3 answers 403 for a key that does not exist; with
-            # s3:GetObject granted, an existing one would have answered 200.
-            if error_code(e) in ("NoSuchKey", "404", "NotFound", "403", "AccessDenied"):
+            # The roles have s3:ListBucket, so a key that does not exist is 404; a 403 is a
+            # denial and is raised (AccessDeniedError), never taken for "no document".
+            if error_code(e) in ("NoSuchKey", "404", "NotFound"):
                 return None
             raise translate_client_error(e, f"looking at s3://{bucket}/{key}") from e
 

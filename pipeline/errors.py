@@ -15,6 +15,7 @@ __all__ = [
     "UnsupportedFormatError",
     "TooLargeError",
     "TransientError",
+    "AccessDeniedError",
     "StateMachineRetry",
     "GoneError",
     "SupersededError",
@@ -49,6 +50,16 @@ class TooLargeError(PermanentError):
 
 class TransientError(ImgpipeError):
     """A fault that may clear by itself (throttling, 5xx, timeouts): retry."""
+
+
+class AccessDeniedError(TransientError):
+    """AWS refused a request (403: the role's policy, a bucket policy, a KMS key's policy).
+
+    Not the data's fault and not "gone": with s3:ListBucket granted, S3 answers a missing
+    key with 404, so a 403 is a real denial. It is handled as a transient fault (retried,
+    then the DLQ and its alarm: a fixed policy lets the redelivery through) and never
+    becomes a record. The message names what was denied, and on what.
+    """
 
 
 class StateMachineRetry(ImgpipeError):

@@ -9,7 +9,13 @@ from __future__ import annotations
 from typing import Any
 
 from pipeline.api import HttpApi
-from pipeline.aws import Clients, DynamoResultSink, S3ObjectStore, create_clients
+from pipeline.aws import (
+    Clients,
+    DynamoResultSink,
+    S3ObjectStore,
+    create_clients,
+    presigning_client,
+)
 from pipeline.classifier import Classifier
 from pipeline.decode import DecodeLimits
 from pipeline.modelstore import resolve_model
@@ -56,11 +62,13 @@ def build_service(
 
 
 def build_api(settings: Settings, bucket: str, clients: Clients | None = None,
-              classifier: Classifier | None = None) -> HttpApi:
-    """The HTTP API for `settings` and the pipeline's `bucket`."""
-    clients = clients or create_clients(settings)
+              classifier: Classifier | None = None, session: Any = None) -> HttpApi:
+    """The HTTP API for `settings` and the pipeline's `bucket`; its upload forms are signed
+    with SigV4 (`presigning_client`), whatever `clients` are."""
+    clients = clients or create_clients(settings, session)
     return HttpApi(
         classifier or build_classifier(settings, clients.s3), clients.s3, clients.dynamodb,
         bucket=bucket, input_prefix=settings.input_prefix, table=settings.table_name,
         max_object_bytes=settings.max_object_bytes,
+        presigner=presigning_client(settings, bucket, session),
     )

@@ -13,7 +13,15 @@ run them on infra/template.yaml and on deliberately broken copies of it.
   6 x FunctionTimeout + MaximumBatchingWindowInSeconds for every value the parameters allow.
 - `iam_violations`: each function role allows exactly the AWS actions its code calls,
   found by following the handler's calls through the project's code, function by function
-  (botocore's operation names, mapped to IAM actions).
+  (botocore's operation names, mapped to IAM actions), plus what AWS evaluates with the
+  role for those calls (`REQUIRED_WITH`, `ALLOWED_WITH`).
+- `state_machine_violations`: each state machine's role allows exactly what Step Functions
+  itself calls with it for the definition's states (`STATE_CALLS`: ItemReader,
+  ResultWriter, a Distributed Map's child executions, Lambda tasks), from AWS's
+  documentation; the service's calls are no code of ours, so `iam_violations` cannot see
+  them.
+- `event_source_violations`: the role of a function fed by an SQS event source mapping
+  lets Lambda's poller receive and delete the queue's messages.
 - `wildcard_violations`: no role statement has a `*` resource.
 """
 
@@ -342,19 +350,159 @@ def role_actions(translated: Mapping[str, Any], role: str) -> set[str]:
     return actions
 
 
+# What AWS evaluates with the caller's role beside a call's own action, from the
+# documentation of each call. REQUIRED_WITH: a role making the call must have it;
+# ALLOWED_WITH: a role making the call may have it (granted for some settings only).
+REQUIRED_WITH: dict[str, dict[str, str]] = {
+    "s3:GetObject": {
+        # GetObject / HeadObject, "Permissions": with s3:ListBucket on the bucket a missing
+        # key is 404 (NoSuchKey), without it 403 (AccessDenied), which is also a denial's.
+        "s3:ListBucket": "S3 answers a missing key 404 only with it (else 403)",
+    },
+}
+ALLOWED_WITH: dict[str, dict[str, str]] = {
+    # Objects under SSE-KMS (KmsKeyArn): S3 asks KMS with the caller's permissions, to
+    # decrypt an object's data key on a read, for a new data key on a write.
+    "s3:GetObject": {"kms:Decrypt": "reading an SSE-KMS object"},
+    "s3:PutObject": {"kms:GenerateDataKey": "writing under SSE-KMS default encryption",
+                     "kms:Decrypt": "a multipart upload under SSE-KMS"},
+}
+
+
+def _with_evaluated(actions: set[str]) -> tuple[dict[str, str], set[str]]:
+    """(required action -> why, every allowed action) for a role making `actions`."""
+    required = {a: "" for a in actions}
+    allowed = set(actions)
+    for action in actions:
+        for extra, why in REQUIRED_WITH.get(action, {}).items():
+            required.setdefault(extra, f"{why}, for {action}")
+        allowed.update(REQUIRED_WITH.get(action, {}))
+        allowed.update(ALLOWED_WITH.get(action, {}))
+    return required, allowed
+
+
 def iam_violations(sam: Mapping[str, Any], translated: Mapping[str, Any]) -> list[str]:
-    """Each function's role allows exactly the actions its code calls. The managed policies
-    SAM attaches (logs, X-Ray, the SQS event source's poller) are not the code's calls and
-    are not compared."""
+    """Each function's role allows exactly the actions its code calls, and what AWS
+    evaluates for them (`REQUIRED_WITH`, `ALLOWED_WITH`). The managed policies SAM
+    attaches (logs, X-Ray, the SQS event source's poller) are not the code's calls and are
+    not compared."""
     problems: list[str] = []
     for logical_id, function in sam_functions(sam).items():
         role = f"{logical_id}Role"
         granted = role_actions(translated, role)
         called = code_actions(function["handler"])
-        for action in sorted(granted - set(called)):
+        required, allowed = _with_evaluated(set(called))
+        for action in sorted(granted - allowed):
             problems.append(f"{role} allows {action}, which {function['handler']} never calls")
-        for action in sorted(set(called) - granted):
-            problems.append(f"{role} lacks {action}, called at {called[action][0]}")
+        for action in sorted(set(required) - granted):
+            why = (f"called at {called[action][0]}" if action in called
+                   else f"AWS evaluates it: {required[action]}")
+            problems.append(f"{role} lacks {action}, {why}")
+    return problems
+
+
+# What Step Functions calls with the state machine's role for a state, from AWS's "IAM
+# policies for using Distributed Map states" (ItemReader, ResultWriter, child executions)
+# and the Lambda integration's page. Keyed by (field, Resource).
+STATE_CALLS: dict[tuple[str, str], set[str]] = {
+    ("ItemReader", "arn:aws:states:::s3:listObjectsV2"): {"s3:ListBucket"},
+    ("ItemReader", "arn:aws:states:::s3:getObject"): {"s3:GetObject"},
+    ("ResultWriter", "arn:aws:states:::s3:putObject"): {
+        "s3:PutObject", "s3:GetObject", "s3:ListMultipartUploadParts",
+        "s3:AbortMultipartUpload"},
+    ("Task", "arn:aws:states:::lambda:invoke"): {"lambda:InvokeFunction"},
+    ("Task", "arn:aws:states:::lambda:invoke.waitForTaskToken"): {"lambda:InvokeFunction"},
+}
+# A Distributed Map starts, watches and stops its child executions itself.
+DISTRIBUTED_MAP_CALLS = {"states:StartExecution", "states:DescribeExecution",
+                         "states:StopExecution"}
+
+
+def state_calls(definition: Mapping[str, Any]) -> dict[str, list[str]]:
+    """IAM action -> the states for which Step Functions calls it with the role."""
+    found: dict[str, list[str]] = {}
+
+    def walk(states: Mapping[str, Any], path: str) -> None:
+        for name, state in states.items():
+            where = f"{path}{name}"
+            uses: set[str] = set()
+            if state.get("Type") == "Task":
+                resource = str(state.get("Resource", ""))
+                key = ("Task", resource)
+                if key not in STATE_CALLS:
+                    found.setdefault(f"(unknown) {resource}", []).append(where)
+                uses |= STATE_CALLS.get(key, set())
+            for field in ("ItemReader", "ResultWriter"):
+                if field in state:
+                    resource = str(state[field].get("Resource", ""))
+                    if (field, resource) not in STATE_CALLS:
+                        found.setdefault(f"(unknown) {field} {resource}", []).append(where)
+                    uses |= STATE_CALLS.get((field, resource), set())
+            processor = state.get("ItemProcessor") or state.get("Iterator") or {}
+            if processor.get("ProcessorConfig", {}).get("Mode") == "DISTRIBUTED":
+                uses |= DISTRIBUTED_MAP_CALLS
+            for action in uses:
+                found.setdefault(action, []).append(where)
+            walk(processor.get("States", {}), f"{where}.")
+            for branch in state.get("Branches", []):
+                walk(branch.get("States", {}), f"{where}.")
+
+    walk(definition.get("States", {}), "")
+    return found
+
+
+def state_machine_violations(sam: Mapping[str, Any],
+                             translated: Mapping[str, Any]) -> list[str]:
+    """Each state machine's role allows exactly what Step Functions calls with it for the
+    definition's states (`STATE_CALLS`), and what AWS evaluates for those (`ALLOWED_WITH`:
+    the bucket's KMS key)."""
+    problems: list[str] = []
+    for logical_id, resource in sam["Resources"].items():
+        if resource["Type"] != "AWS::Serverless::StateMachine":
+            continue
+        role = f"{logical_id}Role"
+        needed = state_calls(resource["Properties"]["Definition"])
+        problems.extend(f"{logical_id}: no table entry for {what} (at {where[0]}): add what "
+                        f"AWS documents it calls to STATE_CALLS"
+                        for what, where in needed.items() if what.startswith("(unknown)"))
+        needed = {a: w for a, w in needed.items() if not a.startswith("(unknown)")}
+        granted = role_actions(translated, role)
+        _, allowed = _with_evaluated(set(needed))
+        allowed -= {a for a in allowed if a.startswith("s3:") and a not in needed}
+        for action in sorted(granted - allowed):
+            problems.append(f"{role} allows {action}, which no state of {logical_id} needs")
+        for action in sorted(set(needed) - granted):
+            problems.append(f"{role} lacks {action}, which Step Functions calls for "
+                            f"{needed[action][0]}")
+    return problems
+
+
+# What Lambda's poller calls with the function's role for an SQS event source mapping
+# (Lambda's "Using Lambda with Amazon SQS": execution role permissions), and the AWS managed
+# policy that grants them.
+SQS_POLLER_CALLS = {"sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:GetQueueAttributes"}
+SQS_POLLER_POLICY = "service-role/AWSLambdaSQSQueueExecutionRole"
+
+
+def event_source_violations(translated: Mapping[str, Any]) -> list[str]:
+    """The role of each function an SQS event source mapping feeds lets Lambda's poller
+    read and delete the queue's messages (the managed policy, or the actions inline)."""
+    problems: list[str] = []
+    resources = translated["Resources"]
+    for logical_id, resource in resources.items():
+        if resource["Type"] != "AWS::Lambda::EventSourceMapping":
+            continue
+        source = json.dumps(resource["Properties"].get("EventSourceArn"))
+        if "Queue" not in source and ":sqs:" not in source:
+            continue
+        function = resource["Properties"]["FunctionName"].get("Ref", "")
+        role = f"{function}Role"
+        managed = json.dumps(resources.get(role, {}).get("Properties", {}).get(
+            "ManagedPolicyArns", []))
+        missing = set() if SQS_POLLER_POLICY in managed else (
+            SQS_POLLER_CALLS - role_actions(translated, role))
+        problems.extend(f"{role} lacks {action}, which Lambda's poller calls for "
+                        f"{logical_id}" for action in sorted(missing))
     return problems
 
 

@@ -19,6 +19,10 @@ The adjustments, each applied to this process's moto only:
   "None", so a second unnamed backfill fails with ExecutionAlreadyExists).
 - S3 form uploads (POST object, the upload page's presigned POSTs) answer with the
   bucket's CORS headers, as S3 does; moto leaves them out on that one request.
+- A form upload not signed with Signature Version 4 is refused as S3 refuses it for every
+  bucket created since June 2020 (`sigv2_post_refusal`), and so is an S3 request signed
+  with SigV2 in its Authorization header or query string (`refuse_sigv2_requests`); moto
+  checks no signature, so a SigV2 form or URL that AWS would refuse used to work here.
 - S3 events sent to EventBridge get increasing sequencers (moto gives them all the same
   one, so an overwrite would look already processed), and a multipart upload is announced
   once, not twice (`pipeline.local.s3_events`).
@@ -56,7 +60,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from moto.moto_server.werkzeug_app import (
@@ -74,7 +78,7 @@ from pipeline.local.s3_events import (
 )
 
 __all__ = ["main", "KeepAliveHandler", "EngineLogFormatter", "shorten_engine_logs",
-           "within_retention"]
+           "refuse_sigv2_requests", "sigv2_post_refusal", "within_retention"]
 
 ENGINE_LOGGER = "moto.stepfunctions"
 ENGINE_LINE_LIMIT = 200
@@ -127,6 +131,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from pipeline.local.chaos import chaos_from_env
 
     app = chaos_from_env(app)  # faults for tools/chaos.py only, when its variables are set
+    app = refuse_sigv2_requests(app)  # outermost: a refused request reaches nothing
     server = make_server(args.host, args.port, app, threaded=True,
                          request_handler=KeepAliveHandler)
     try:
@@ -237,13 +242,63 @@ def _cors_on_form_uploads() -> None:
     original = S3Response._bucket_response_post
 
     def post(self: Any, request: Any, bucket_name: str) -> Any:
-        status, headers, body = original(self, request, bucket_name)
+        refusal = None if self.is_delete_keys() else sigv2_post_refusal(
+            {k: v[0] for k, v in self.querystring.items() if v})
+        status, headers, body = refusal or original(self, request, bucket_name)
         if not self.is_delete_keys():
             self.bucket_name = bucket_name
             headers = {**self._get_cors_headers_other(), **headers}
         return status, headers, body
 
     setattr(S3Response, "_bucket_response_post", post)  # noqa: B010
+
+
+SIGV4_ALGORITHM = "AWS4-HMAC-SHA256"
+# S3's answer to a SigV2-signed request for a bucket that accepts only SigV4 (every bucket
+# created since June 2020, every region opened since 2014): tests/events/
+# s3_error_sigv2_refused.xml holds the shape as S3 sends it.
+SIGV2_REFUSED = ("The authorization mechanism you have provided is not supported. "
+                 f"Please use {SIGV4_ALGORITHM}.")
+
+
+def _sigv2_refused_body() -> str:
+    request_id = uuid.uuid4().hex[:16].upper()
+    return ('<?xml version="1.0" encoding="UTF-8"?>\n'
+            f"<Error><Code>InvalidRequest</Code><Message>{SIGV2_REFUSED}</Message>"
+            f"<RequestId>{request_id}</RequestId><HostId>{request_id}</HostId></Error>")
+
+
+def refuse_sigv2_requests(app: Any) -> Any:
+    """WSGI middleware: an S3 request signed with SigV2 - `Authorization: AWS KEY:SIG`, or a
+    presigned URL's `AWSAccessKeyId` and `Signature` - is answered as S3 answers it for a
+    bucket created today, before moto sees it (both forms are S3's alone: other services'
+    SigV2 names itself `SignatureVersion=2`, and botocore signs them with SigV4)."""
+    from urllib.parse import parse_qs
+
+    def wrapped(environ: dict[str, Any], start_response: Any) -> Any:
+        authorization = str(environ.get("HTTP_AUTHORIZATION", ""))
+        query = parse_qs(str(environ.get("QUERY_STRING", "")))
+        if authorization.startswith("AWS ") or ("AWSAccessKeyId" in query
+                                                and "Signature" in query):
+            body = _sigv2_refused_body().encode()
+            start_response("400 Bad Request", [("Content-Type", "application/xml"),
+                                               ("Content-Length", str(len(body)))])
+            return [body]
+        return app(environ, start_response)
+
+    return wrapped
+
+
+def sigv2_post_refusal(fields: Mapping[str, str]) -> tuple[int, dict[str, str], str] | None:
+    """S3's answer to a form upload (POST object) whose `fields` are not signed with
+    Signature Version 4 (`x-amz-algorithm` AWS4-HMAC-SHA256, with its credential, date and
+    signature), or None for a SigV4 form. Field names are case-insensitive, as in S3."""
+    names = {k.lower(): v for k, v in fields.items()}
+    signed_v4 = names.get("x-amz-algorithm") == SIGV4_ALGORITHM and all(
+        names.get(f) for f in ("x-amz-credential", "x-amz-date", "x-amz-signature"))
+    if signed_v4:
+        return None
+    return 400, {"Content-Type": "application/xml"}, _sigv2_refused_body()
 
 
 def _name_unnamed_executions() -> None:

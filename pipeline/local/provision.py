@@ -88,6 +88,7 @@ IGNORED_PROPERTIES = {
         "PublicAccessBlockConfiguration",
         "NotificationConfiguration",
         "CorsConfiguration",
+        "LifecycleConfiguration",
     ),
     "AWS::DynamoDB::Table": ("PointInTimeRecoverySpecification",),
     "AWS::SQS::Queue": ("RedriveAllowPolicy",),
@@ -828,11 +829,32 @@ def _apply_bucket(s3: Any, bucket: str, props: Mapping[str, Any]) -> None:
         s3.put_bucket_cors(Bucket=bucket, CORSConfiguration={"CORSRules": [
             {_CORS_RULE_KEYS.get(k, k): v for k, v in rule.items()}
             for rule in props["CorsConfiguration"]["CorsRules"]]})
+    if "LifecycleConfiguration" in props:
+        s3.put_bucket_lifecycle_configuration(Bucket=bucket, LifecycleConfiguration={
+            "Rules": [_lifecycle_rule_for_api(r)
+                      for r in props["LifecycleConfiguration"]["Rules"]]})
     if "NotificationConfiguration" in props:
         s3.put_bucket_notification_configuration(
             Bucket=bucket,
             NotificationConfiguration=_notification_for_api(props["NotificationConfiguration"]),
         )
+
+
+def _lifecycle_rule_for_api(rule: Mapping[str, Any]) -> dict[str, Any]:
+    """CloudFormation's lifecycle Rule -> PutBucketLifecycleConfiguration's, for the
+    properties the template uses (a rule without Prefix or Filter covers the bucket)."""
+    api: dict[str, Any] = {"ID": rule["Id"], "Status": rule["Status"],
+                           "Filter": {"Prefix": rule.get("Prefix", "")}}
+    if "NoncurrentVersionExpiration" in rule:
+        api["NoncurrentVersionExpiration"] = {
+            "NoncurrentDays": int(rule["NoncurrentVersionExpiration"]["NoncurrentDays"])}
+    if "ExpiredObjectDeleteMarker" in rule:
+        api["Expiration"] = {"ExpiredObjectDeleteMarker": _true(
+            rule["ExpiredObjectDeleteMarker"])}
+    if "AbortIncompleteMultipartUpload" in rule:
+        api["AbortIncompleteMultipartUpload"] = {"DaysAfterInitiation": int(
+            rule["AbortIncompleteMultipartUpload"]["DaysAfterInitiation"])}
+    return api
 
 
 # CloudFormation's CorsRule keys that PutBucketCors spells otherwise.

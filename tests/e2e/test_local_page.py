@@ -7,6 +7,7 @@ from __future__ import annotations
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -59,6 +60,9 @@ def test_two_photos_and_a_text_file(stack: tuple[LocalProcess, str], tmp_path: P
         page.on("request", lambda r: api_paths.append(r.url.split("?")[0]))
         page.on("response", lambda r: errors.append(f"{r.status} {r.url}")
                 if r.status >= 400 else None)
+        forms: list[Any] = []  # the API's answers to POST /uploads: the forms the page sends
+        page.on("response", lambda r: forms.append(r)
+                if r.request.method == "POST" and r.url.endswith("/uploads") else None)
         page.goto(url + "/")
         page.set_input_files("#files", [str(f) for f in files])
         page.wait_for_function(
@@ -86,6 +90,15 @@ def test_two_photos_and_a_text_file(stack: tuple[LocalProcess, str], tmp_path: P
         assert not errors, errors
         assert not [p for p in api_paths if p.endswith("/classify")]  # photos go via S3
         assert sum(p.endswith("/results") for p in api_paths) >= 4  # it did poll
+        # Each upload was a SigV4 form (S3 refuses SigV2 for a bucket created today, and
+        # so does the local emulator), with the form fields AWS documents for it.
+        assert len(forms) == 3
+        for answer in forms:
+            fields = answer.json()["fields"]
+            assert {"x-amz-algorithm", "x-amz-credential", "x-amz-date", "x-amz-signature",
+                    "policy"} <= set(fields)
+            assert fields["x-amz-algorithm"] == "AWS4-HMAC-SHA256"
+            assert "signature" not in fields and "AWSAccessKeyId" not in fields
 
     # The real event path wrote the records the page showed.
     images = [i for i in lp.aws("dynamodb", "scan", "--table-name", "imgpipe-predictions",

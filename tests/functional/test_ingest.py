@@ -207,10 +207,13 @@ def test_folder_markers_and_non_images_never_crash_the_batch(harness: Harness) -
 class FlakyS3:
     """Wraps the S3 client: get_object fails for chosen keys until `heal()`."""
 
-    def __init__(self, inner: Any, failing: set[str], code: str = "SlowDown") -> None:
+    def __init__(self, inner: Any, failing: set[str], code: str = "SlowDown",
+                 status: int = 503, message: str = "Please reduce your request rate.") -> None:
         self.inner = inner
         self.failing = failing
         self.code = code
+        self.status = status
+        self.message = message
         self.calls = 0
 
     def heal(self) -> None:
@@ -221,9 +224,9 @@ class FlakyS3:
 
         self.calls += 1
         if kwargs["Key"] in self.failing:
-            raise ClientError({"Error": {"Code": self.code, "Message": "Please reduce your "
-                                         "request rate."},
-                               "ResponseMetadata": {"HTTPStatusCode": 503}}, "GetObject")
+            raise ClientError({"Error": {"Code": self.code, "Message": self.message},
+                               "ResponseMetadata": {"HTTPStatusCode": self.status}},
+                              "GetObject")
         return self.inner.get_object(**kwargs)
 
     def __getattr__(self, name: str) -> Any:
@@ -242,6 +245,50 @@ def test_transient_failures_report_exactly_those_messages(harness: Harness) -> N
     response, _ = invoke(s3_event(bad))  # SQS redelivers it; the fault has cleared
     assert failed_ids(response) == []
     assert harness.record("incoming/slow.jpg")["status"] == "classified"
+
+
+def test_a_kms_denial_is_a_failure_with_a_sentence_never_a_gone_record(
+        harness: Harness) -> None:
+    """An SSE-KMS bucket whose key the role may not use: S3 answers 403 AccessDenied (its
+    answer, tests/events/s3_error_access_denied_kms.xml). Every receive fails the message
+    (SQS then moves it to the DLQ, whose alarm fires); no record says the photo is gone;
+    once the key is granted, the redelivery classifies it."""
+    import xml.etree.ElementTree as ET
+
+    from tests.functional.conftest import ROOT
+
+    answer = ET.parse(ROOT / "tests" / "events" / "s3_error_access_denied_kms.xml").getroot()
+    obj = harness.upload("incoming/locked.jpg", sample("coffee.jpg"))
+    denied = FlakyS3(harness.s3, {"incoming/locked.jpg"}, code=str(answer.findtext("Code")),
+                     status=403, message=str(answer.findtext("Message")))
+    harness.service.store.client = denied  # type: ignore[attr-defined]
+    for _receive in range(5):  # maxReceiveCount: each receive is a batch item failure
+        response, ids = invoke(s3_event(obj))
+        assert failed_ids(response) == ids
+        assert harness.record("incoming/locked.jpg") is None, "a denial is never a record"
+    assert harness.outputs() == []
+    denied.heal()  # KmsKeyArn set: the role may decrypt now; `imgpipe redrive`
+    response, _ = invoke(s3_event(obj))
+    assert failed_ids(response) == []
+    assert harness.record("incoming/locked.jpg")["status"] == "classified"
+
+
+def test_a_kms_denial_says_which_key_and_action(
+        harness: Harness) -> None:
+    from pipeline.events import ObjectRef
+    from tests.functional.conftest import ROOT
+
+    text = (ROOT / "tests" / "events" / "s3_error_access_denied_kms.xml").read_text()
+    message = text.split("<Message>")[1].split("</Message>")[0]
+    obj = harness.upload("incoming/locked.jpg", sample("coffee.jpg"))
+    harness.service.store.client = FlakyS3(  # type: ignore[attr-defined]
+        harness.s3, {"incoming/locked.jpg"}, code="AccessDenied", status=403, message=message)
+    ref = ObjectRef(BUCKET, "incoming/locked.jpg", etag=obj["etag"])
+    [outcome] = harness.service.process([ref])
+    assert outcome.status == "failed"
+    assert "kms:Decrypt" in outcome.detail and (
+        "arn:aws:kms:us-east-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab"
+        in outcome.detail) and "KmsKeyArn" in outcome.detail
 
 
 def test_an_all_failed_batch_reports_every_message(harness: Harness) -> None:

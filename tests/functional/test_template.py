@@ -64,7 +64,8 @@ def test_parameters_have_documented_defaults() -> None:
         "BatchSize": 16, "MaximumBatchingWindowInSeconds": 5, "MaximumConcurrency": 5,
         "FunctionTimeout": 120, "FunctionMemorySize": 2048, "BackfillBatchSize": 64,
         "BackfillMaxConcurrency": 10, "BackfillToleratedFailurePercentage": 5,
-        "ModelSource": "", "AlarmEmail": "", "LogRetentionDays": 30,
+        "ModelSource": "", "AlarmEmail": "", "LogRetentionDays": 30, "KmsKeyArn": "",
+        "NoncurrentVersionExpirationDays": 30, "ApiReservedConcurrency": 5,
     }
     for name, default in expected.items():
         assert params[name]["Default"] == default, name
@@ -130,7 +131,10 @@ def _as_list(value: Any) -> list[Any]:
 
 
 def test_summary_role_reads_only_the_run_reports(cfn: dict[str, Any]) -> None:
-    (statement,) = _policy_statements(cfn, "SummaryFunctionRole")
+    statement, listing = _policy_statements(cfn, "SummaryFunctionRole")
+    assert listing["Action"] == "s3:ListBucket"
+    assert listing["Condition"] == {"StringLike": {"s3:prefix": {
+        "Fn::Sub": "${OutputPrefix}_backfill/*"}}}
     assert statement["Action"] == "s3:GetObject"
     text, variables = statement["Resource"]["Fn::Sub"]
     assert text == "arn:${AWS::Partition}:s3:::${BucketName}/${OutputPrefix}_backfill/*"
@@ -140,11 +144,144 @@ def test_summary_role_reads_only_the_run_reports(cfn: dict[str, Any]) -> None:
 def test_api_role_reads_and_puts_only_the_input_prefix_and_gets_records(
         cfn: dict[str, Any]) -> None:
     by_sid = {st["Sid"]: st for st in _policy_statements(cfn, "ApiFunctionRole")}
-    assert set(by_sid) == {"ReadWriteInput", "ReadRecord"}
+    assert set(by_sid) == {"TellMissingFromDenied", "ReadWriteInput", "ReadRecord"}
     assert by_sid["ReadWriteInput"]["Action"] == ["s3:GetObject", "s3:PutObject"]
     assert by_sid["ReadWriteInput"]["Resource"] == {"Fn::Sub": [
         "arn:${AWS::Partition}:s3:::${BucketName}/${InputPrefix}*", {"BucketName": BUCKET}]}
     assert by_sid["ReadRecord"]["Action"] == "dynamodb:GetItem"
+
+
+BUCKET_ARN = {"Fn::Sub": ["arn:${AWS::Partition}:s3:::${BucketName}", {"BucketName": BUCKET}]}
+
+
+def test_roles_can_tell_a_missing_object_from_a_denial(cfn: dict[str, Any]) -> None:
+    """With s3:ListBucket S3 answers a missing key 404, without it 403 (GetObject's
+    "Permissions"): each role that reads objects may list exactly the prefixes it reads,
+    or the whole bucket for the backfill, which may read any prefix."""
+    expected = {
+        "IngestFunctionRole": {"StringLike": {"s3:prefix": [
+            {"Fn::Sub": "${InputPrefix}*"}, {"Fn::Sub": "${OutputPrefix}*"}]}},
+        "ApiFunctionRole": {"StringLike": {"s3:prefix": {"Fn::Sub": "${InputPrefix}*"}}},
+        "SummaryFunctionRole": {"StringLike": {"s3:prefix": {
+            "Fn::Sub": "${OutputPrefix}_backfill/*"}}},
+        "BackfillFunctionRole": None,
+    }
+    for role, condition in expected.items():
+        (listing,) = [st for st in _policy_statements(cfn, role)
+                      if st["Action"] == "s3:ListBucket"]
+        assert listing["Sid"] == "TellMissingFromDenied"
+        assert listing["Resource"] == BUCKET_ARN, role
+        assert listing.get("Condition") == condition, role
+
+
+def _conditional_statements(cfn: dict[str, Any], role: str,
+                            condition: str) -> list[dict[str, Any]]:
+    props = cfn["Resources"][role]["Properties"]
+    return [st for p in props["Policies"] if "Fn::If" in p and p["Fn::If"][0] == condition
+            for st in p["Fn::If"][1]["PolicyDocument"]["Statement"]]
+
+
+def test_kms_key_arn_lets_every_role_use_the_key_through_s3_only(cfn: dict[str, Any]) -> None:
+    assert cfn["Conditions"]["HasKmsKey"] == {"Fn::Not": [{"Fn::Equals": [
+        {"Ref": "KmsKeyArn"}, ""]}]}
+    expected = {
+        "IngestFunctionRole": ["kms:Decrypt", "kms:GenerateDataKey"],  # reads, writes
+        "BackfillFunctionRole": ["kms:Decrypt", "kms:GenerateDataKey"],
+        "ApiFunctionRole": ["kms:Decrypt", "kms:GenerateDataKey"],  # reads, uploads
+        "SummaryFunctionRole": "kms:Decrypt",  # reads the run reports
+        "BackfillStateMachineRole": ["kms:Decrypt", "kms:GenerateDataKey"],  # ResultWriter
+    }
+    for role, actions in expected.items():
+        (statement,) = _conditional_statements(cfn, role, "HasKmsKey")
+        assert statement["Action"] == actions, role
+        assert statement["Resource"] == {"Ref": "KmsKeyArn"}
+        assert statement["Condition"] == {"StringEquals": {"kms:ViaService": {
+            "Fn::Sub": "s3.${AWS::Region}.amazonaws.com"}}}
+    key = "arn:aws:kms:eu-west-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab"
+    with_key = adapt_for_emulator(cfn, {"ExistingBucketName": "my-photos", "KmsKeyArn": key})
+    without = adapt_for_emulator(cfn, {"ExistingBucketName": "my-photos"})
+    for role in expected:
+        sids = [st["Sid"] for p in with_key["Resources"][role]["Properties"]["Policies"]
+                for st in p["PolicyDocument"]["Statement"]]
+        assert "UseBucketKey" in sids, role
+        assert "UseBucketKey" not in json.dumps(without["Resources"][role]), role
+    pattern = load_sam_template(TEMPLATE)["Parameters"]["KmsKeyArn"]["AllowedPattern"]
+    import re
+    assert re.fullmatch(pattern, key) and re.fullmatch(pattern, "")
+    assert not re.fullmatch(pattern, "alias/aws/s3")
+
+
+def test_the_result_writer_may_do_what_aws_documents_it_does(cfn: dict[str, Any]) -> None:
+    by_sid = {st["Sid"]: st for st in _policy_statements(cfn, "BackfillStateMachineRole")}
+    assert sorted(by_sid["WriteRunReport"]["Action"]) == [
+        "s3:AbortMultipartUpload", "s3:GetObject", "s3:ListMultipartUploadParts",
+        "s3:PutObject"]
+
+
+def test_bucket_lifecycle_bounds_what_versioning_keeps(cfn: dict[str, Any]) -> None:
+    rules = {r["Id"]: r for r in
+             cfn["Resources"]["Bucket"]["Properties"]["LifecycleConfiguration"]["Rules"]}
+    assert all(r["Status"] == "Enabled" for r in rules.values())
+    assert all("Prefix" not in r and "Filter" not in r for r in rules.values())  # whole bucket
+    assert rules["ExpireOldVersions"]["NoncurrentVersionExpiration"] == {
+        "NoncurrentDays": {"Ref": "NoncurrentVersionExpirationDays"}}
+    assert rules["RemoveLoneDeleteMarkers"]["ExpiredObjectDeleteMarker"] is True
+    assert rules["AbortUnfinishedUploads"]["AbortIncompleteMultipartUpload"] == {
+        "DaysAfterInitiation": 7}
+    days = load_sam_template(TEMPLATE)["Parameters"]["NoncurrentVersionExpirationDays"]
+    assert days["Default"] == 30 and days["MinValue"] >= 1
+
+
+def _depends_on(cfn: dict[str, Any], logical_id: str) -> set[str]:
+    """Everything `logical_id` waits for: DependsOn, Ref and GetAtt, transitively."""
+    seen: set[str] = set()
+    pending = [logical_id]
+    while pending:
+        resource = cfn["Resources"].get(pending.pop())
+        if resource is None:
+            continue
+        depends = resource.get("DependsOn", [])
+        found = set([depends] if isinstance(depends, str) else depends)
+        text = json.dumps({k: v for k, v in resource.items() if k != "DependsOn"})
+        found |= {lid for lid in cfn["Resources"]
+                  if f'{{"Ref": "{lid}"}}' in text or f'["{lid}", ' in text
+                  or f"${{{lid}}}" in text or f"${{{lid}." in text}
+        pending.extend(found - seen)
+        seen |= found
+    return seen
+
+
+def test_nothing_invokes_a_function_before_its_log_group_exists(cfn: dict[str, Any]) -> None:
+    """Lambda creates /aws/lambda/<name> at a function's first invocation; if that comes
+    before the stack's LogGroup (the bucket's s3:TestEvent through the queue), the LogGroup
+    fails with "already exists". Whatever invokes a function waits for its log group."""
+    groups = {r["Properties"]["LogGroupName"]["Fn::Sub"].split("${")[1].rstrip("}"): lid
+              for lid, r in resources_of(cfn, "AWS::Logs::LogGroup").items()}
+    invokers: dict[str, str] = {}
+    for lid, r in cfn["Resources"].items():
+        if r["Type"] in ("AWS::Lambda::EventSourceMapping", "AWS::Lambda::Permission"):
+            invokers[lid] = r["Properties"]["FunctionName"]["Ref"]
+        if r["Type"] == "AWS::StepFunctions::StateMachine":
+            for function in groups:
+                if function in json.dumps(r["Properties"]):
+                    invokers[f"{lid} ({function})"] = function
+    assert {"IngestFunction", "BackfillFunction", "SummaryFunction", "ApiFunction"} == set(
+        invokers.values()) == set(groups)
+    for invoker, function in invokers.items():
+        assert groups[function] in _depends_on(cfn, invoker.split(" ")[0]), invoker
+    # The mapping is the one way messages reach ingest, the s3:TestEvent included.
+    (esm_id,) = resources_of(cfn, "AWS::Lambda::EventSourceMapping")
+    assert cfn["Resources"][esm_id]["DependsOn"] == "IngestLogGroup"
+    assert "arn:aws:iam::aws:policy/service-role/AWSLambdaSQSQueueExecutionRole" in cfn[
+        "Resources"]["IngestFunctionRole"]["Properties"]["ManagedPolicyArns"]
+
+
+def test_a_public_api_reserves_its_concurrency(cfn: dict[str, Any]) -> None:
+    props = cfn["Resources"]["ApiFunction"]["Properties"]
+    assert props["ReservedConcurrentExecutions"] == {"Fn::If": [
+        "ApiIsPublic", {"Ref": "ApiReservedConcurrency"}, {"Ref": "AWS::NoValue"}]}
+    for name in ("IngestFunction", "BackfillFunction", "SummaryFunction"):
+        assert "ReservedConcurrentExecutions" not in cfn["Resources"][name]["Properties"]
 
 
 def test_api_function_url_is_iam_authenticated_by_default_with_cors(
@@ -455,6 +592,8 @@ def test_a_public_api_deploys_with_its_permissions() -> None:
     with _deployed({"ApiAuthType": "NONE"}) as (r, client):
         url = client("lambda").get_function_url_config(FunctionName=r.api_function)
         assert url["AuthType"] == "NONE"
+        concurrency = client("lambda").get_function_concurrency(FunctionName=r.api_function)
+        assert concurrency.get("ReservedConcurrentExecutions") == 5
         assert url["Cors"]["AllowOrigins"] == ["*"]
 
 
@@ -513,6 +652,11 @@ def test_bucket_is_configured(deployed: tuple[LocalResources, Any]) -> None:
     assert all(block.values())
     rules = s3.get_bucket_encryption(Bucket=r.bucket)["ServerSideEncryptionConfiguration"]
     assert rules["Rules"][0]["ApplyServerSideEncryptionByDefault"]["SSEAlgorithm"] == "AES256"
+    lifecycle = {rule["ID"]: rule for rule in
+                 s3.get_bucket_lifecycle_configuration(Bucket=r.bucket)["Rules"]}
+    assert lifecycle["ExpireOldVersions"]["NoncurrentVersionExpiration"]["NoncurrentDays"] == 30
+    assert lifecycle["AbortUnfinishedUploads"]["AbortIncompleteMultipartUpload"][
+        "DaysAfterInitiation"] == 7
 
 
 def _drain(sqs: Any, url: str, wait_s: float = 1.0) -> list[dict[str, Any]]:

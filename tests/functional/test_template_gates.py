@@ -83,6 +83,22 @@ def test_roles_allow_exactly_what_the_code_calls(
     assert gates.wildcard_violations(translated) == []
 
 
+def test_state_machine_role_allows_what_step_functions_calls_for_its_states(
+    sam: dict[str, Any], translated: dict[str, Any]
+) -> None:
+    definition = sam["Resources"]["BackfillStateMachine"]["Properties"]["Definition"]
+    calls = gates.state_calls(definition)
+    assert {"s3:ListBucket", "s3:PutObject", "s3:GetObject", "s3:ListMultipartUploadParts",
+            "s3:AbortMultipartUpload", "states:StartExecution", "states:DescribeExecution",
+            "states:StopExecution", "lambda:InvokeFunction"} == set(calls)
+    assert gates.state_machine_violations(sam, translated) == []
+    with_key = translate_template(gates.TEMPLATE, {
+        "ExistingBucketName": "my-photos",
+        "KmsKeyArn": "arn:aws:kms:us-east-1:123456789012:key/abcd"})
+    assert gates.state_machine_violations(sam, with_key) == []
+    assert gates.iam_violations(sam, with_key) == []
+
+
 def test_calls_are_followed_function_by_function(tmp_path: Path) -> None:
     """A module's other functions do not widen a role; what a handler reaches does, through
     imports, classes (all their methods) and top-level statements (run at init)."""
@@ -142,6 +158,60 @@ def test_an_extra_or_missing_action_fails_the_iam_gate(
            "calls" in problems
     assert any(p.startswith("BackfillFunctionRole lacks dynamodb:BatchGetItem, called at "
                             "pipeline/aws.py:") for p in problems), problems
+
+
+def test_a_role_without_list_bucket_fails_the_iam_gate(
+    sam: dict[str, Any], tmp_path: Path
+) -> None:
+    """Without s3:ListBucket a deleted photo answers 403, as a denial does: the gate knows
+    S3 evaluates it for GetObject (REQUIRED_WITH)."""
+    broken = copy.deepcopy(sam)
+    statements = broken["Resources"]["IngestFunction"]["Properties"]["Policies"][0][
+        "Statement"]
+    statements[:] = [st for st in statements if st["Sid"] != "TellMissingFromDenied"]
+    problems = gates.iam_violations(broken, translate_template(_write(tmp_path, broken), {}))
+    assert problems == ["IngestFunctionRole lacks s3:ListBucket, AWS evaluates it: S3 answers "
+                        "a missing key 404 only with it (else 403), for s3:GetObject"]
+
+
+def test_a_result_writer_without_its_documented_policy_fails(
+    sam: dict[str, Any], tmp_path: Path
+) -> None:
+    broken = copy.deepcopy(sam)
+    statements = broken["Resources"]["BackfillStateMachine"]["Properties"]["Policies"][0][
+        "Statement"]
+    report = next(st for st in statements if st["Sid"] == "WriteRunReport")
+    report["Action"] = ["s3:PutObject", "s3:ListMultipartUploadParts",
+                        "s3:AbortMultipartUpload"]  # what the role had before
+    translated = translate_template(_write(tmp_path, broken), {})
+    assert gates.state_machine_violations(broken, translated) == [
+        "BackfillStateMachineRole lacks s3:GetObject, which Step Functions calls for "
+        "ClassifyObjects"]
+    # And a grant no state needs any more (a manifest read instead of a listing) fails.
+    unknown = copy.deepcopy(sam)
+    definition = unknown["Resources"]["BackfillStateMachine"]["Properties"]["Definition"]
+    definition["States"]["ClassifyObjects"]["ItemReader"]["Resource"] = \
+        "arn:aws:states:::s3:getObject"
+    definition["States"]["ClassifyObjects"]["ItemReader"]["ReaderConfig"] = {
+        "InputType": "MANIFEST"}
+    problems = gates.state_machine_violations(unknown, translate_template(
+        _write(tmp_path, unknown), {}))
+    assert "BackfillStateMachineRole allows s3:ListBucket, which no state of " \
+           "BackfillStateMachine needs" in problems
+
+
+def test_the_ingest_pollers_permissions_are_checked(
+    sam: dict[str, Any], translated: dict[str, Any], tmp_path: Path
+) -> None:
+    """The mapping is written out (so it can wait for the log group), so SAM no longer adds
+    the poller's policy by itself: the gate notices when it is missing."""
+    assert gates.event_source_violations(translated) == []
+    broken = copy.deepcopy(sam)
+    policies = broken["Resources"]["IngestFunction"]["Properties"]["Policies"]
+    policies[:] = [p for p in policies if p != "AWSLambdaSQSQueueExecutionRole"]
+    assert gates.event_source_violations(translate_template(_write(tmp_path, broken), {})) == [
+        f"IngestFunctionRole lacks {action}, which Lambda's poller calls for IngestEventSource"
+        for action in ("sqs:DeleteMessage", "sqs:GetQueueAttributes", "sqs:ReceiveMessage")]
 
 
 def test_a_visibility_timeout_below_the_rule_fails(sam: dict[str, Any]) -> None:

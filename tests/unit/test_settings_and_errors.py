@@ -6,7 +6,13 @@ import pytest
 from botocore.exceptions import ClientError, EndpointConnectionError
 
 from pipeline.aws import translate_client_error
-from pipeline.errors import ConfigError, GoneError, SupersededError, TransientError
+from pipeline.errors import (
+    AccessDeniedError,
+    ConfigError,
+    GoneError,
+    SupersededError,
+    TransientError,
+)
 from pipeline.settings import Settings
 
 
@@ -48,7 +54,10 @@ def _client_error(code: str, status: int) -> ClientError:
 
 @pytest.mark.parametrize(("code", "status", "kind"), [
     ("NoSuchKey", 404, GoneError),
-    ("AccessDenied", 403, GoneError),  # deleted, and the role has no ListBucket there
+    # A denial, not a deleted object: the roles have s3:ListBucket, so a missing key is 404.
+    ("AccessDenied", 403, AccessDeniedError),
+    ("403", 403, AccessDeniedError),  # a HEAD's denial: no body, only the status
+    ("AccessDeniedException", 400, AccessDeniedError),  # DynamoDB's
     ("PreconditionFailed", 412, SupersededError),
     ("SlowDown", 503, TransientError),
     ("ProvisionedThroughputExceededException", 400, TransientError),
@@ -60,6 +69,55 @@ def test_client_errors_map_to_the_core_error_family(code: str, status: int, kind
     error = translate_client_error(_client_error(code, status), "reading s3://b/k")
     assert type(error) is kind
     assert "s3://b/k" in str(error)
+
+
+def test_a_denial_is_transient_and_never_gone() -> None:
+    error = translate_client_error(_client_error("AccessDenied", 403), "reading s3://b/k")
+    assert isinstance(error, TransientError) and not isinstance(error, GoneError)
+    assert str(error) == ("reading s3://b/k: access denied (AccessDenied): the role's policy, "
+                          "the bucket policy or the object's KMS key refuses it (a missing "
+                          "object would answer 404)")
+
+
+def test_a_kms_denial_names_the_key_and_kms_decrypt() -> None:
+    import xml.etree.ElementTree as ET
+    from pathlib import Path
+
+    # S3's answer to a GetObject whose object's KMS key the role may not use.
+    xml = ET.parse(Path(__file__).resolve().parents[1] / "events"
+                   / "s3_error_access_denied_kms.xml").getroot()
+    error = ClientError({"Error": {"Code": xml.findtext("Code"),
+                                   "Message": xml.findtext("Message")},
+                         "ResponseMetadata": {"HTTPStatusCode": 403}}, "GetObject")
+    denied = translate_client_error(error, "reading s3://b/incoming/a.jpg")
+    assert isinstance(denied, AccessDeniedError)
+    assert str(denied) == (
+        "reading s3://b/incoming/a.jpg: access denied (AccessDenied): the bucket encrypts "
+        "with arn:aws:kms:us-east-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab "
+        "and this function's role may not use kms:Decrypt on it; set the template "
+        "parameter KmsKeyArn to that key (and allow the role in the key's policy)")
+
+
+def test_an_unusable_kms_key_is_a_failure_naming_the_key_state() -> None:
+    error = ClientError({"Error": {"Code": "KMS.DisabledException", "Message": (
+        "arn:aws:kms:us-east-1:123456789012:key/1234abcd is disabled.")},
+        "ResponseMetadata": {"HTTPStatusCode": 400}}, "GetObject")
+    denied = translate_client_error(error, "reading s3://b/k")
+    assert isinstance(denied, AccessDeniedError)
+    assert str(denied) == ("reading s3://b/k: KMS.DisabledException: the bucket's KMS key "
+                           "cannot be used: arn:aws:kms:us-east-1:123456789012:key/1234abcd "
+                           "is disabled.")
+
+
+def test_another_named_denial_says_which_action_on_what() -> None:
+    error = ClientError({"Error": {"Code": "AccessDeniedException", "Message": (
+        "User: arn:aws:sts::1:assumed-role/r/f is not authorized to perform: "
+        "dynamodb:PutItem on resource: arn:aws:dynamodb:us-east-1:1:table/t with an "
+        "explicit deny in an identity-based policy")}}, "PutItem")
+    assert str(translate_client_error(error, "writing s3://b/k to t")) == (
+        "writing s3://b/k to t: access denied (AccessDeniedException): this function's role "
+        "may not dynamodb:PutItem on arn:aws:dynamodb:us-east-1:1:table/t; grant it, or "
+        "lift the policy that denies it")
 
 
 def test_a_status_without_a_code_is_still_classified() -> None:
