@@ -30,6 +30,10 @@ The adjustments, each applied to this process's moto only:
 - The Step Functions engine logs a failed state as one line of several thousand characters
   (its parse tree); it is cut to one short line (`shorten_engine_logs`): the failure's
   cause is what describe-execution and `imgpipe backfill` report.
+- The Distributed Map behaves as AWS documents it where moto's does not: children's
+  failures and the tolerated failure percentage, EXPRESS children stopped at 5 minutes,
+  the ResultWriter's files, map runs of a starting execution, `list-executions
+  --map-run-arn` (`pipeline.local.distributed_map`).
 - With `--state-dir DIR`, writes are journaled and replayed on request
   (`pipeline.local.state`), so the stack's data survives a restart.
 
@@ -61,6 +65,7 @@ from moto.moto_server.werkzeug_app import (
 )
 from werkzeug.serving import make_server
 
+from pipeline.local import distributed_map
 from pipeline.local.functions import invoke_url
 from pipeline.local.s3_events import stamp_eventbridge_sequencers
 
@@ -104,6 +109,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     _name_unnamed_executions()
     _cors_on_form_uploads()
     _forward_lambda_invocations(args.functions)
+    distributed_map.install()
     app: Any = DomainDispatcherApplication(create_backend_app)
     if args.state_dir:
         from pathlib import Path
