@@ -364,14 +364,14 @@ def _patch_map_run_lookups(patch: Callable[[Any, str, Any], None]) -> None:
         return [e for e in backend._get_executions() if e.exec_worker is not None]
 
     def describe_map_run(backend: Any, map_run_arn: str) -> dict[str, Any]:
-        from moto.stepfunctions.parser.api import ResourceNotFound
+        from moto.stepfunctions.exceptions import ResourceNotFound
 
         for execution in with_worker(backend):
             record = execution.exec_worker.env.map_run_record_pool_manager.get(map_run_arn)
             if record is not None:
                 described: dict[str, Any] = record.describe()
                 return described
-        raise ResourceNotFound()
+        raise ResourceNotFound(map_run_arn)
 
     def list_map_runs(backend: Any, execution_arn: str) -> dict[str, Any]:
         execution = backend.describe_execution(execution_arn=execution_arn)
