@@ -9,8 +9,8 @@ batch of listing entries (ItemBatcher) plus the execution's options (`BatchInput
 
 That is AWS's documented item shape (`Etag`, not S3's `ETag`; tests/events has the
 example). The listed ETag makes the object read conditional (`IfMatch`) and lets objects
-already classified for it be skipped. Keys from a listing are not URL-encoded. Folder markers and objects under the output
-prefix are ignored (the latter are our own results). Without `overwrite`, objects that
+already classified for it be skipped. Keys from a listing are not URL-encoded. Folder
+markers and objects under the output prefix are ignored (the latter are our own results). Without `overwrite`, objects that
 already have a record for this model and ETag are skipped without inference (the service's
 one BatchGetItem per batch).
 """
@@ -200,7 +200,8 @@ def _cause_text(cause: Any) -> str:
     except ValueError:
         return text[:500]
     if isinstance(parsed, Mapping) and parsed.get("errorMessage"):
-        return f"{parsed.get('errorType', 'Error')}: {parsed['errorMessage']}"[:500]
+        kind, message = str(parsed.get("errorType") or "Error"), str(parsed["errorMessage"])
+        return (message if message.startswith(kind) else f"{kind}: {message}")[:500]
     return text[:500]
 
 

@@ -138,14 +138,18 @@ def _missing_bucket(s3: Any, bucket: str) -> str:
 
 
 def _cause(desc: Mapping[str, Any]) -> str:
-    """The failure's sentence: Lambda's error JSON reduced to `errorType: errorMessage`."""
+    """The failure's sentence: Lambda's error JSON reduced to `errorType: errorMessage`; a
+    state's own failure (States.*) named before its cause."""
     cause = desc.get("cause") or desc.get("error") or "no cause given"
     try:
         parsed = json.loads(cause)
     except (TypeError, ValueError):
-        return str(cause)
+        parsed = None
     if isinstance(parsed, Mapping) and parsed.get("errorMessage"):
         return f"{parsed.get('errorType', 'Error')}: {parsed['errorMessage']}"
+    error = desc.get("error")
+    if error and desc.get("cause") and not str(cause).startswith(str(error)):
+        return f"{error}: {cause}"
     return str(cause)
 
 

@@ -61,7 +61,7 @@ def result_file_bytes() -> int:
 
 
 def _now() -> datetime.datetime:
-    return datetime.datetime.now(tz=datetime.timezone.utc)
+    return datetime.datetime.now(tz=datetime.UTC)
 
 
 def _iso(moment: datetime.datetime) -> str:
@@ -267,7 +267,7 @@ def _patch_map_run(patch: Callable[[Any, str, Any], None]) -> None:
         if not results.threshold_exceeded:
             return
         failed = results.by_status("FAILED")
-        first = "; ".join(f"{e.get('Error')}: {_short_cause(e.get('Cause'))}"
+        first = "; ".join(_said(str(e.get("Error") or ""), _short_cause(e.get("Cause")))
                           for e in failed[:3])
         cause = (f"{results.failed_items} of {results.total_items} items failed, more than "
                  f"the tolerated {float(record.tolerated_failure_percentage or 0):g} %"
@@ -278,10 +278,15 @@ def _patch_map_run(patch: Callable[[Any, str, Any], None]) -> None:
         raise FailureEventException(failure_event=FailureEvent(
             env=env, error_name=StatesErrorName(typ=error),
             event_type=HistoryEventType.ExecutionFailed,
-            event_details=EventDetails(executionFailedEventDetails=ExecutionFailedEventDetails(
-                error=error.to_name(), cause=cause))))
+            event_details=EventDetails(  # type: ignore[typeddict-item]
+                executionFailedEventDetails=ExecutionFailedEventDetails(
+                    error=error.to_name(), cause=cause))))
 
     patch(DistributedIterationComponent, "_map_run", map_run)
+
+
+def _said(error: str, cause: str) -> str:
+    return cause if cause.startswith(error) else f"{error}: {cause}"
 
 
 def _short_cause(cause: Any) -> str:
@@ -291,7 +296,8 @@ def _short_cause(cause: Any) -> str:
     except ValueError:
         parsed = None
     if isinstance(parsed, dict) and parsed.get("errorMessage"):
-        text = f"{parsed.get('errorType', 'Error')}: {parsed['errorMessage']}"
+        kind, message = str(parsed.get("errorType") or "Error"), str(parsed["errorMessage"])
+        text = message if message.startswith(kind) else f"{kind}: {message}"
     return text if len(text) <= 300 else text[:297] + "..."
 
 
@@ -410,8 +416,8 @@ def map_run_children(backend: Any, map_run_arn: str) -> list[dict[str, Any]] | N
         children = []
         for e in entries:
             item: dict[str, Any] = {
-                "executionArn": e["ExecutionArn"], "stateMachineArn": e["StateMachineArn"]
-                if "StateMachineArn" in e else record.map_state_machine_arn,
+                "executionArn": e["ExecutionArn"],
+                "stateMachineArn": e.get("StateMachineArn", record.map_state_machine_arn),
                 "name": e["Name"], "status": e["Status"], "startDate": e["StartDate"],
                 "mapRunArn": map_run_arn}
             if "StopDate" in e:

@@ -61,7 +61,7 @@ def listing_item(obj: Mapping[str, Any]) -> dict[str, Any]:
     Map's ItemReader hands it on, per AWS's documentation: `Etag` (spelt so, quoted as S3
     sends it), `Key`, `LastModified` in epoch seconds, `Size`, `StorageClass`
     (tests/events/distributed_map_listobjectsv2_items.json)."""
-    modified = obj.get("LastModified")
+    modified: Any = obj.get("LastModified")
     if hasattr(modified, "timestamp"):
         modified = int(modified.timestamp())
     etag = str(obj.get("ETag") or "")

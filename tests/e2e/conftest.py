@@ -83,6 +83,8 @@ def start_local(home: Path, *args: str, port: int | None = None) -> LocalProcess
         "AWS_PAGER": "",
         "PYTHONUNBUFFERED": "1",
     }
+    if os.environ.get("PYTHONPATH"):  # a worktree tested with the shared virtualenv
+        env["PYTHONPATH"] = os.environ["PYTHONPATH"]
     if "--api-port" not in args:  # any free port, not the emulator's + 1
         args = (*args, "--api-port", "0")
     proc = subprocess.Popen(
