@@ -10,9 +10,9 @@ batch of listing entries (ItemBatcher) plus the execution's options (`BatchInput
 That is AWS's documented item shape (`Etag`, not S3's `ETag`; tests/events has the
 example). The listed ETag makes the object read conditional (`IfMatch`) and lets objects
 already classified for it be skipped. Keys from a listing are not URL-encoded. Folder
-markers and objects under the output prefix are ignored (the latter are our own results). Without `overwrite`, objects that
-already have a record for this model and ETag are skipped without inference (the service's
-one BatchGetItem per batch).
+markers and objects under the output prefix are ignored (the latter are our own results).
+Without `overwrite`, objects that already have a record for this model and ETag are
+skipped without inference (the service's one BatchGetItem per batch).
 """
 
 from __future__ import annotations
