@@ -21,6 +21,7 @@ import codecs
 import json
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from pipeline.errors import PermanentError, StateMachineRetry
@@ -51,6 +52,9 @@ class BackfillBatch:
     model: str = ""
     overwrite: bool = False
     ignored: tuple[tuple[str, str], ...] = field(default_factory=tuple)
+    # The execution's start ($$.Execution.StartTime): a record written since was written
+    # by this run (an earlier attempt of this batch), not found done before it.
+    run_started: str = ""
 
 
 def parse_batch(event: Mapping[str, Any], output_prefix: str) -> BackfillBatch:
@@ -84,7 +88,8 @@ def parse_batch(event: Mapping[str, Any], output_prefix: str) -> BackfillBatch:
             refs.append(ObjectRef(bucket=bucket, key=key, etag=_listed_etag(item),
                                   size=int(size) if size is not None else None))
     return BackfillBatch(bucket=bucket, refs=tuple(refs), model=str(options.get("model") or ""),
-                         overwrite=bool(overwrite), ignored=tuple(ignored))
+                         overwrite=bool(overwrite), ignored=tuple(ignored),
+                         run_started=str(options.get("run_started") or ""))
 
 
 def _listed_etag(item: Mapping[str, Any]) -> str | None:
@@ -100,10 +105,25 @@ def run_batch(
 ) -> tuple[dict[str, int], Sequence[Outcome]]:
     outcomes = service.process(batch.refs, overwrite=batch.overwrite, remaining_ms=remaining_ms)
     counts = dict.fromkeys(COUNT_KEYS, 0)
+    started = _instant(batch.run_started)
     for outcome in outcomes:
-        counts[outcome.status] += 1
+        status: str = outcome.status
+        record = outcome.record
+        if (status == "skipped" and record is not None and started is not None
+                and record.status in counts and (_instant(record.processed_at) or started)
+                > started):
+            status = record.status  # done by an earlier attempt of this batch, this run
+        counts[status] += 1
     counts["ignored"] = len(batch.ignored)
     return counts, outcomes
+
+
+def _instant(text: str) -> datetime | None:
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except (TypeError, ValueError):
+        return None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 # Failed batches named in the summary (the first ones; the counts cover them all).

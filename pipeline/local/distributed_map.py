@@ -21,8 +21,10 @@ Functions interpreter:
   `FAILED_n.json`, `PENDING_n.json` (JSON arrays of child executions with their metadata,
   Transformation NONE), a new file each `result_file_bytes()` (AWS: 5 GB).
 - **Map runs of an execution that is starting.** moto appends an execution to its list
-  before it has a worker: `list_map_runs` (and `describe_map_run`, `update_map_run`,
-  which walk every execution) raised AttributeError on it, printing a traceback in the
+  before its worker thread has built the environment that holds the map runs (the
+  worker is None, then its `env` is None until the thread runs): `list_map_runs` (and
+  `describe_map_run`, `update_map_run`, which walk every execution) raised
+  AttributeError on it, printing a traceback in the
   stack's terminal about one backfill in four, when `imgpipe backfill` asked at the wrong
   moment. An execution without a worker has no map runs yet.
 - **`list-executions --map-run-arn`** lists the map run's child executions, from the
@@ -81,7 +83,7 @@ class MapRunResults:
     def add(self, entry: dict[str, Any], items: int) -> None:
         with self.lock:
             self.entries.append(entry)
-            if entry["Status"] != "SUCCEEDED":
+            if entry["Status"] not in ("SUCCEEDED", "PENDING"):
                 self.failed_items += items
 
     def by_status(self, status: str) -> list[dict[str, Any]]:
@@ -363,27 +365,33 @@ def write_results(s3: Any, bucket: str, prefix: str, map_run_arn: str,
 # ---------------------------------------------------------------- the API
 
 
+def _env_of(execution: Any) -> Any:
+    """The execution's environment (which holds its map runs), or None while starting."""
+    worker = getattr(execution, "exec_worker", None)
+    return getattr(worker, "env", None) if worker is not None else None
+
+
 def _patch_map_run_lookups(patch: Callable[[Any, str, Any], None]) -> None:
     from moto.stepfunctions.parser.models import StepFunctionsParserBackend
 
     def with_worker(backend: Any) -> list[Any]:
-        return [e for e in backend._get_executions() if e.exec_worker is not None]
+        return [e for e in backend._get_executions() if _env_of(e) is not None]
 
     def describe_map_run(backend: Any, map_run_arn: str) -> dict[str, Any]:
         from moto.stepfunctions.exceptions import ResourceNotFound
 
         for execution in with_worker(backend):
-            record = execution.exec_worker.env.map_run_record_pool_manager.get(map_run_arn)
+            record = _env_of(execution).map_run_record_pool_manager.get(map_run_arn)
             if record is not None:
                 described: dict[str, Any] = record.describe()
                 return described
         raise ResourceNotFound(map_run_arn)
 
     def list_map_runs(backend: Any, execution_arn: str) -> dict[str, Any]:
-        execution = backend.describe_execution(execution_arn=execution_arn)
-        if execution.exec_worker is None:  # starting: no map run yet
+        env = _env_of(backend.describe_execution(execution_arn=execution_arn))
+        if env is None:  # starting: no map run yet
             return {"mapRuns": []}
-        records = execution.exec_worker.env.map_run_record_pool_manager.get_all()
+        records = env.map_run_record_pool_manager.get_all()
         return {"mapRuns": [record.list_item() for record in records]}
 
     original_update = StepFunctionsParserBackend.update_map_run
@@ -391,7 +399,7 @@ def _patch_map_run_lookups(patch: Callable[[Any, str, Any], None]) -> None:
     def update_map_run(backend: Any, map_run_arn: str, *args: Any, **kwargs: Any) -> Any:
         executions = backend._get_executions
         backend._get_executions = lambda *a, **k: [e for e in executions(*a, **k)
-                                                   if e.exec_worker is not None]
+                                                   if _env_of(e) is not None]
         try:
             return original_update(backend, map_run_arn, *args, **kwargs)
         finally:
@@ -405,9 +413,10 @@ def _patch_map_run_lookups(patch: Callable[[Any, str, Any], None]) -> None:
 def map_run_children(backend: Any, map_run_arn: str) -> list[dict[str, Any]] | None:
     """The child executions of a map run (ListExecutions' items), or None if unknown."""
     for execution in backend._get_executions():
-        if execution.exec_worker is None:
+        env = _env_of(execution)
+        if env is None:
             continue
-        record = execution.exec_worker.env.map_run_record_pool_manager.get(map_run_arn)
+        record = env.map_run_record_pool_manager.get(map_run_arn)
         if record is None:
             continue
         results: MapRunResults = getattr(record, _ATTRIBUTE, None) or MapRunResults()

@@ -6,6 +6,7 @@ execution and `list-executions --map-run-arn` answer."""
 from __future__ import annotations
 
 import json
+import re
 import socket
 import time
 import urllib.request
@@ -145,13 +146,21 @@ def test_results_are_written_as_aws_documents_them(stack: Stack) -> None:
     assert sorted(c["status"] for c in children) == ["FAILED"] + ["SUCCEEDED"] * 4
 
 
-def test_failures_past_the_tolerated_percentage_fail_the_run(stack: Stack) -> None:
-    stack.child = _failing({"old/0.jpg", "old/2.jpg", "old/4.jpg"})
+@pytest.mark.parametrize(("error", "message"), [
+    ("ModelError", "model 'nope' not found"),
+    # what the local runtime reports when a batch's worker process is killed
+    ("Runtime.ExitError", "RequestId: x Error: Runtime exited with error: signal: killed"),
+])
+def test_failures_past_the_tolerated_percentage_fail_the_run(stack: Stack, error: str,
+                                                             message: str) -> None:
+    """Issue 18: a model that does not exist, or a batch worker killed, failed children
+    and the run still SUCCEEDED."""
+    stack.child = _failing({"old/0.jpg", "old/2.jpg", "old/4.jpg"}, error, message)
     desc = stack.run("old/")
     assert desc["status"] == "FAILED", desc
     assert desc["error"] == "States.ExceedToleratedFailureThreshold"
-    assert "ModelError: model 'nope' not found" in desc["cause"]
-    assert "more than the tolerated 20 %" in desc["cause"]
+    assert f"{error}: {message}" in desc["cause"]
+    assert re.search(r"[46] of 10 items failed, more than the tolerated 20 %", desc["cause"])
 
 
 def test_an_express_child_is_stopped_at_its_time_limit(stack: Stack) -> None:
@@ -171,16 +180,22 @@ def test_an_express_child_is_stopped_at_its_time_limit(stack: Stack) -> None:
     assert (counts["timedOut"], counts["succeeded"]) == (1, 4)
 
 
-def test_map_runs_of_an_execution_without_a_worker_yet(stack: Stack) -> None:
-    """moto lists an execution before its worker exists; asking for its map runs then
-    raised AttributeError (issue 20: a traceback in the stack's terminal)."""
+@pytest.mark.parametrize("starting", ["no worker yet", "a worker without its env yet"])
+def test_map_runs_of_an_execution_that_is_starting(stack: Stack, starting: str) -> None:
+    """moto lists an execution before its worker exists, and the worker builds its env in
+    its thread; asking for the map runs meanwhile raised AttributeError (issue 20: a
+    traceback in the stack's terminal, about one backfill in four)."""
     from moto.stepfunctions.parser.models import stepfunctions_parser_backends
 
     backend = stepfunctions_parser_backends["123456789012"]["us-east-1"]
     (machine,) = [m for m in backend.state_machines if m.name == "imgpipe-dmap"]
     execution = machine.executions[-1]
     worker = execution.exec_worker
-    execution.exec_worker = None
+    env = worker.env
+    if starting == "no worker yet":
+        execution.exec_worker = None
+    else:
+        worker.env = None
     try:
         assert stack.sfn.list_map_runs(executionArn=execution.exec_arn)["mapRuns"] == []
         with pytest.raises(stack.sfn.exceptions.ResourceNotFound):
@@ -188,3 +203,4 @@ def test_map_runs_of_an_execution_without_a_worker_yet(stack: Stack) -> None:
                 ":execution:", ":mapRun:") + "/Backfill:x")
     finally:
         execution.exec_worker = worker
+        worker.env = env

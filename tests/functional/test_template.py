@@ -379,7 +379,8 @@ def test_backfill_is_a_distributed_map(cfn: dict[str, Any]) -> None:
     (name,) = [n for n, s in definition["States"].items() if s["Type"] == "Map"]
     state = definition["States"][name]
     assert state["ItemReader"]["Resource"] == "arn:aws:states:::s3:listObjectsV2"
-    assert set(state["ItemBatcher"]["BatchInput"]) == {"bucket.$", "model.$", "overwrite.$"}
+    assert set(state["ItemBatcher"]["BatchInput"]) == {"bucket.$", "model.$", "overwrite.$",
+                                                       "run_started.$"}
     assert state["ItemProcessor"]["ProcessorConfig"] == {"Mode": "DISTRIBUTED",
                                                          "ExecutionType": "EXPRESS"}
     assert state["ResultWriter"]["Parameters"]["Prefix"] == "x-ResultPrefix"
@@ -408,7 +409,8 @@ def test_emulator_definition_is_accepted_by_motos_interpreter(cfn: dict[str, Any
         "bucket.$": "$.request.bucket", "prefix.$": "$.request.prefix",
         "max_items_per_batch.$": "$.limits.max_items_per_batch",
         "batch_input": {"bucket.$": "$.request.bucket", "model.$": "$.request.model",
-                        "overwrite.$": "$.request.overwrite"},
+                        "overwrite.$": "$.request.overwrite",
+                        "run_started.$": "$$.Execution.StartTime"},
         "plan_bucket": "x-ResultBucket", "plan_prefix": "x-ResultPrefix",
         "execution.$": "$$.Execution.Name"}
     assert "ItemBatcher" not in state
@@ -705,6 +707,8 @@ def test_backfill_executes_when_the_emulator_runs_state_machines(
             "old/a.jpg", "old/b c.jpg"]
         for function, event in calls:
             assert function.endswith(":function:" + r.backfill_function)
+            started = event["BatchInput"].pop("run_started")
+            assert started.startswith(time.strftime("%Y-", time.gmtime()))
             assert event["BatchInput"] == {"bucket": r.bucket, "model": "", "overwrite": False}
     finally:
         set_execute(False)  # moto's configuration is process-wide
