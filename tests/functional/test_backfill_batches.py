@@ -83,10 +83,10 @@ def test_a_retried_batch_does_not_redo_finished_objects(harness: Harness,
     """The first attempt finishes two objects and hits a transient fault on the third
     (BackfillIncomplete: the state machine retries the batch); the retry classifies only
     the third."""
+    from datetime import UTC, datetime
+
     import handlers.backfill
     from tests.functional.conftest import Context
-
-    from datetime import UTC, datetime
 
     for name in ("coffee.jpg", "rocket.jpg", "chelsea.jpg"):
         harness.upload(f"old/{name}", sample(name))
