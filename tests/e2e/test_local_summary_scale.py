@@ -50,7 +50,13 @@ def _entry(i: int, items: int) -> bytes:
 
 
 def test_a_million_objects_are_summarized_in_512_mb(tmp_path: Path) -> None:
-    stack = start_local(tmp_path, "-v")
+    summarize_a_million(tmp_path)
+
+
+def summarize_a_million(tmp_path: Path, *stack_args: str) -> None:
+    """Write the result files into `imgpipe local STACK_ARGS`, invoke its summary function
+    on them, check the sums and the memory it used (printed with the time)."""
+    stack = start_local(tmp_path, "-v", *stack_args)
     try:
         s3 = boto3.session.Session(region_name="us-east-1", aws_access_key_id="test",
                                    aws_secret_access_key="test").client(
