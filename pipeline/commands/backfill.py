@@ -114,6 +114,11 @@ def run(args: argparse.Namespace) -> int:
     elapsed = time.monotonic() - started
     if desc["status"] != "SUCCEEDED":
         print(f"imgpipe backfill: execution {desc['status']}: {_cause(desc)}", file=sys.stderr)
+        counts = _map_run_counts(sfn, execution_arn)
+        if counts and counts.get("total"):
+            failed = sum(int(counts.get(k, 0)) for k in ("failed", "timedOut", "aborted"))
+            print(f"  {failed} of {counts['total']} {unit} failed, "
+                  f"{counts.get('succeeded', 0)} succeeded", file=sys.stderr)
         return 1
     summary = json.loads(desc.get("output") or "{}")
     summary["elapsed_s"] = round(elapsed, 2)
@@ -154,14 +159,18 @@ def _missing_bucket(s3: Any, bucket: str) -> str:
 
 
 def _cause(desc: Mapping[str, Any]) -> str:
-    """The failure's sentence: Lambda's error JSON reduced to `errorType: errorMessage`."""
+    """The failure's sentence: Lambda's error JSON reduced to `errorType: errorMessage`; a
+    state's own failure (States.*) named before its cause."""
     cause = desc.get("cause") or desc.get("error") or "no cause given"
     try:
         parsed = json.loads(cause)
     except (TypeError, ValueError):
-        return str(cause)
+        parsed = None
     if isinstance(parsed, Mapping) and parsed.get("errorMessage"):
         return f"{parsed.get('errorType', 'Error')}: {parsed['errorMessage']}"
+    error = desc.get("error")
+    if error and desc.get("cause") and not str(cause).startswith(str(error)):
+        return f"{error}: {cause}"
     return str(cause)
 
 
@@ -332,7 +341,7 @@ def _progress_line(
     else:
         parts.append(f"{done} {unit} done (counting the rest)")
     if per_s:
-        parts.append(f"{per_s:6.1f}/s")
+        parts.append(f"{per_s:6.1f} {unit}/s")
         if total:
             parts.append(f"ETA {max(0.0, (total - done) / per_s):4.0f} s")
     if failed:
@@ -346,7 +355,8 @@ def _print_summary(summary: dict[str, Any], elapsed: float, model: str = "") -> 
     model = model or ", ".join(summary.get("models", [])) or "the function's model"
     where = (f"s3://{summary.get('request', {}).get('bucket', '?')}/"
              f"{summary.get('request', {}).get('prefix', '')}")
-    if images == 0 and not counts.get("ignored"):
+    failures = summary.get("failures") or []
+    if images == 0 and not counts.get("ignored") and not summary.get("failed_batches"):
         print(f"backfill of {where} with {model}: no objects found there, nothing to "
               f"classify (check the prefix: `aws s3 ls {where}`)")
         return
@@ -359,6 +369,14 @@ def _print_summary(summary: dict[str, Any], elapsed: float, model: str = "") -> 
                       ("ignored", "ignored (folder markers, results)")):
         print(f"  {text:38} {counts.get(key, 0):>8}")
     print(f"  {'elapsed':38} {elapsed:>7.1f}s")
+    if failures:
+        print(f"  {summary.get('failed_batches', len(failures))} batch(es) failed after their "
+              "retries; the first:")
+        for failure in failures:
+            error, cause = str(failure.get("error") or ""), str(failure.get("cause") or "")
+            said = cause if cause.startswith(error) else f"{error}: {cause}"
+            more = max(0, int(failure.get("objects") or 1) - 1)
+            print(f"    {failure.get('first_key') or '?'} (+{more} more): {said}")
     worked = images - int(counts.get("skipped", 0))
     if worked > 0:
         per_s = worked / elapsed if elapsed > 0 else 0.0

@@ -39,6 +39,10 @@ The adjustments, each applied to this process's moto only:
   `pipeline.local.message_moves`.
 - For fault-injection runs only (`tools/chaos.py` sets IMGPIPE_CHAOS_*), DynamoDB
   PutItem replies are lost after the write (`pipeline.local.chaos`).
+- The Distributed Map behaves as AWS documents it where moto's does not: children's
+  failures and the tolerated failure percentage, EXPRESS children stopped at 5 minutes,
+  the ResultWriter's files, map runs of a starting execution, `list-executions
+  --map-run-arn` (`pipeline.local.distributed_map`).
 - With `--state-dir DIR`, writes are journaled and replayed on request
   (`pipeline.local.state`), so the stack's data survives a restart.
 
@@ -70,7 +74,7 @@ from moto.moto_server.werkzeug_app import (
 )
 from werkzeug.serving import make_server
 
-from pipeline.local import message_moves
+from pipeline.local import distributed_map, message_moves
 from pipeline.local.functions import invoke_url
 from pipeline.local.s3_events import (
     one_event_per_multipart_upload,
@@ -119,6 +123,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     _cors_on_form_uploads()
     _forward_lambda_invocations(args.functions)
     message_moves.install()
+    distributed_map.install()
     app: Any = DomainDispatcherApplication(create_backend_app)
     if args.state_dir:
         from pathlib import Path

@@ -25,7 +25,7 @@ import re
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
-__all__ = ["plan_batches", "make_planner"]
+__all__ = ["listing_item", "plan_batches", "make_planner"]
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 
@@ -35,9 +35,9 @@ def plan_batches(
     batch_input: Mapping[str, Any],
 ) -> Iterator[dict[str, Any]]:
     """What ItemReader (`s3:listObjectsV2`) + ItemBatcher hand the children on AWS: batches
-    of `{"Items": [{"Key", "ETag", "Size", "LastModified", "StorageClass"}], "BatchInput":
-    {...}}`, in the listing's order, `max_items_per_batch` items each (the last one
-    shorter)."""
+    of `{"Items": [...], "BatchInput": {...}}`, in the listing's order,
+    `max_items_per_batch` items each (the last one shorter). Each item has exactly the
+    documented shape (`listing_item`)."""
     from pipeline.aws import translate_client_error
 
     size = max(1, int(max_items_per_batch))
@@ -46,15 +46,7 @@ def plan_batches(
     try:
         for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
             for obj in page.get("Contents", []):
-                modified = obj.get("LastModified")
-                items.append({
-                    "Key": obj["Key"],
-                    "ETag": obj.get("ETag"),
-                    "Size": obj.get("Size"),
-                    "LastModified": modified.isoformat() if hasattr(modified, "isoformat")
-                    else modified,
-                    "StorageClass": obj.get("StorageClass"),
-                })
+                items.append(listing_item(obj))
                 if len(items) == size:
                     yield {"Items": items, "BatchInput": dict(batch_input)}
                     items = []
@@ -62,6 +54,21 @@ def plan_batches(
         raise translate_client_error(e, f"listing s3://{bucket}/{prefix}") from e
     if items:
         yield {"Items": items, "BatchInput": dict(batch_input)}
+
+
+def listing_item(obj: Mapping[str, Any]) -> dict[str, Any]:
+    """One entry of a ListObjectsV2 page (as boto3 parses it) in the shape the Distributed
+    Map's ItemReader hands it on, per AWS's documentation: `Etag` (spelt so, quoted as S3
+    sends it), `Key`, `LastModified` in epoch seconds, `Size`, `StorageClass`
+    (tests/events/distributed_map_listobjectsv2_items.json)."""
+    modified: Any = obj.get("LastModified")
+    if hasattr(modified, "timestamp"):
+        modified = int(modified.timestamp())
+    etag = str(obj.get("ETag") or "")
+    if etag and not etag.startswith('"'):
+        etag = f'"{etag}"'
+    return {"Etag": etag, "Key": obj["Key"], "LastModified": modified,
+            "Size": obj.get("Size"), "StorageClass": obj.get("StorageClass") or "STANDARD"}
 
 
 def make_planner(s3_client: Callable[[], Any]) -> Callable[[dict[str, Any]], dict[str, Any]]:

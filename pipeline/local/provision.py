@@ -48,6 +48,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.errors import ConfigError, ImgpipeError
+from pipeline.local.distributed_map import EXPRESS_MARKER
 
 __all__ = [
     "DEFAULT_TEMPLATE",
@@ -455,13 +456,14 @@ def emulator_definition(definition: str) -> str:
       an `s3:getObject` ItemReader. Every child gets exactly the event it gets on AWS,
       `{"BatchInput": {...}, "Items": [...]}`, and no state carries the listing, so the
       256 KB payload limit holds for any number of objects;
-    - `ProcessorConfig.ExecutionType` must be `STANDARD` (EXPRESS is refused);
-    - tolerated failures are dropped: moto ignores them (and refuses an integer
-      `ToleratedFailurePercentage`), so a batch that fails after its retries fails the run
-      locally;
-    - `ResultWriter` is dropped: moto writes only its manifest, not the result files, so
-      the Map returns its children's outputs inline instead, and the summary function
-      (which reads either form) adds them up.
+    - `ProcessorConfig.ExecutionType` must be `STANDARD` (EXPRESS is refused); an
+      ItemProcessor that was EXPRESS gets `distributed_map.EXPRESS_MARKER` in its Comment,
+      and the emulator stops its children at 5 minutes, as AWS does;
+    - `ToleratedFailurePercentage` as a literal is refused by its grammar when it is an
+      integer: it is written as a float. The path form is kept. The emulator applies the
+      tolerance (`pipeline.local.distributed_map`);
+    - the `ResultWriter` is kept: the emulator writes AWS's documented files (manifest and
+      result files, `pipeline.local.distributed_map`), which the summary function reads.
     """
     document = json.loads(definition)
 
@@ -487,11 +489,11 @@ def emulator_definition(definition: str) -> str:
                 config = processor.get("ProcessorConfig", {})
                 if config.get("ExecutionType") == "EXPRESS":
                     config["ExecutionType"] = "STANDARD"
-                # moto ignores tolerated failures (and prints a notice for each one).
-                for key in ("ToleratedFailurePercentage", "ToleratedFailurePercentagePath",
-                            "ToleratedFailureCount", "ToleratedFailureCountPath",
-                            "ResultWriter"):
-                    state.pop(key, None)
+                    processor["Comment"] = " ".join(
+                        filter(None, [processor.get("Comment"), f"[{EXPRESS_MARKER}]"]))
+                if isinstance(state.get("ToleratedFailurePercentage"), int):
+                    state["ToleratedFailurePercentage"] = float(
+                        state["ToleratedFailurePercentage"])
                 visit(processor.get("States", {}))
             for branch in state.get("Branches", []):
                 visit(branch.get("States", {}))

@@ -147,3 +147,46 @@ def test_backfill_500_objects(local_stack: LocalProcess, tmp_path: Path) -> None
     v2_images = {r["image"] for r in after if r["model"] == MODEL_V2}
     assert v2_images == set(by_image)
     assert len(after) == 2 * len(by_image)
+
+
+def test_a_backfill_whose_batches_all_fail_fails_and_says_why(local_stack: LocalProcess) -> None:
+    """Issue 18: with a model that does not exist every batch failed, yet the execution
+    SUCCEEDED, `imgpipe backfill` printed `failed 0`, exited 0 and said "no objects found
+    there". Past the tolerated percentage the run fails, as on AWS."""
+    s3, _ = _clients(local_stack)
+    photo = (ROOT / "samples" / "coffee.jpg").read_bytes()
+    for i in range(3):
+        s3.put_object(Bucket=BUCKET, Key=f"nomodel/{i}.jpg", Body=photo + bytes([i]))
+    done = subprocess.run(
+        [str(BIN / "imgpipe"), "backfill", f"s3://{BUCKET}/nomodel/", "--model",
+         "s3://imgpipe-local/models/missing/"],
+        env=local_stack.env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1, done.stdout + done.stderr
+    said = done.stdout + done.stderr
+    assert "no objects found" not in said
+    assert "execution FAILED: States.ExceedToleratedFailureThreshold" in said, said
+    assert "models/missing" in said, said  # the model problem, in the child's own words
+    assert "1 of 1 batches failed" in said, said
+    runs = local_stack.aws("stepfunctions", "list-executions", "--state-machine-arn",
+                           _state_machine_arn(local_stack))["executions"]
+    failed = next(e for e in runs if e["status"] == "FAILED")
+    map_runs = local_stack.aws("stepfunctions", "list-map-runs", "--execution-arn",
+                               failed["executionArn"])["mapRuns"]
+    children = local_stack.aws("stepfunctions", "list-executions", "--map-run-arn",
+                               map_runs[0]["mapRunArn"])["executions"]
+    assert [c["status"] for c in children] == ["FAILED"]
+
+
+def test_no_traceback_in_the_stacks_output_during_backfills(local_stack: LocalProcess) -> None:
+    """Issue 20: about one backfill in four printed moto's traceback (`list_map_runs` of
+    an execution whose worker had not built its environment yet). Runs after the module's
+    backfills. (A function's own unhandled error is logged with its traceback, as Lambda
+    logs it: the bad-model test above makes one; the emulator's are what must not show.)"""
+    text = "".join(local_stack.output)
+    assert "map_run_record_pool_manager" not in text, text[-3000:]
+    assert "site-packages/moto/" not in text and "werkzeug" not in text, text[-3000:]
+
+
+def _state_machine_arn(stack: LocalProcess) -> str:
+    machines = stack.aws("stepfunctions", "list-state-machines")["stateMachines"]
+    return str(next(m["stateMachineArn"] for m in machines if m["name"] == "imgpipe-backfill"))

@@ -15,6 +15,8 @@ from urllib.parse import unquote_plus
 import pytest
 
 from pipeline.errors import ConfigError
+from pipeline.local import distributed_map
+from pipeline.local.distributed_map import EXPRESS_MARKER
 from pipeline.local.planner import make_planner
 from pipeline.local.provision import (
     DEFAULT_TEMPLATE,
@@ -514,7 +516,8 @@ def test_backfill_is_a_distributed_map(cfn: dict[str, Any]) -> None:
     (name,) = [n for n, s in definition["States"].items() if s["Type"] == "Map"]
     state = definition["States"][name]
     assert state["ItemReader"]["Resource"] == "arn:aws:states:::s3:listObjectsV2"
-    assert set(state["ItemBatcher"]["BatchInput"]) == {"bucket.$", "model.$", "overwrite.$"}
+    assert set(state["ItemBatcher"]["BatchInput"]) == {"bucket.$", "model.$", "overwrite.$",
+                                                       "run_started.$"}
     assert state["ItemProcessor"]["ProcessorConfig"] == {"Mode": "DISTRIBUTED",
                                                          "ExecutionType": "EXPRESS"}
     assert state["ResultWriter"]["Parameters"]["Prefix"] == "x-ResultPrefix"
@@ -543,10 +546,17 @@ def test_emulator_definition_is_accepted_by_motos_interpreter(cfn: dict[str, Any
         "bucket.$": "$.request.bucket", "prefix.$": "$.request.prefix",
         "max_items_per_batch.$": "$.limits.max_items_per_batch",
         "batch_input": {"bucket.$": "$.request.bucket", "model.$": "$.request.model",
-                        "overwrite.$": "$.request.overwrite"},
+                        "overwrite.$": "$.request.overwrite",
+                        "run_started.$": "$$.Execution.StartTime"},
         "plan_bucket": "x-ResultBucket", "plan_prefix": "x-ResultPrefix",
         "execution.$": "$$.Execution.Name"}
-    assert "ItemBatcher" not in state and "ResultWriter" not in state
+    assert "ItemBatcher" not in state
+    # The ResultWriter and the tolerance stay: the emulator applies them
+    # (pipeline.local.distributed_map).
+    assert state["ResultWriter"]["Parameters"] == {"Bucket": "x-ResultBucket",
+                                                   "Prefix": "x-ResultPrefix"}
+    assert state["ToleratedFailurePercentagePath"] == "$.limits.tolerated_failure_percentage"
+    assert EXPRESS_MARKER in state["ItemProcessor"]["Comment"]
     assert state["ItemReader"] == {
         "Resource": "arn:aws:states:::s3:getObject", "ReaderConfig": {"InputType": "JSON"},
         "Parameters": {"Bucket.$": "$.plan.Bucket", "Key.$": "$.plan.Key"}}
@@ -775,12 +785,14 @@ def test_backfill_executes_when_the_emulator_runs_state_machines(
         if function_name == LOCAL_PLANNER:  # the stand-in for ItemReader + ItemBatcher
             return json.dumps(planner(event)).encode()
         if function_name.endswith(r.outputs["SummaryFunctionName"]):
-            return json.dumps(summarize(event["map_run"], None, event["request"])).encode()
+            return json.dumps(summarize(event["map_run"], session.client(
+                "s3", endpoint_url=endpoint), event["request"])).encode()
         calls.append((function_name, event))
         counts = {"classified": len(event["Items"])}
         return json.dumps({"model": "m@1", "counts": counts}).encode()
 
     monkeypatch.setattr(LambdaBackend, "invoke", invoke)
+    distributed_map.install(monkeypatch.setattr)
     port = _free_port()
     monkeypatch.setenv("MOTO_PORT", str(port))
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
@@ -826,10 +838,21 @@ def test_backfill_executes_when_the_emulator_runs_state_machines(
         assert output["request"] == {"bucket": r.bucket, "prefix": "old/", "model": "",
                                      "overwrite": False}
         assert output["counts"]["classified"] == 2 and output["models"] == ["m@1"]
+        # The ResultWriter's files, as AWS writes them, are what the summary read.
+        manifests = [o["Key"] for o in s3.list_objects_v2(
+            Bucket=r.bucket, Prefix="predictions/_backfill/")["Contents"]
+            if o["Key"].endswith("/manifest.json")]
+        (manifest_key,) = manifests
+        manifest = json.loads(s3.get_object(Bucket=r.bucket, Key=manifest_key)["Body"].read())
+        assert [f["Key"].rsplit("/", 1)[1] for f in manifest["ResultFiles"]["SUCCEEDED"]] \
+            == ["SUCCEEDED_0.json"]
+        assert manifest["ResultFiles"]["FAILED"] == manifest["ResultFiles"]["PENDING"] == []
         assert sorted(item["Key"] for _, event in calls for item in event["Items"]) == [
             "old/a.jpg", "old/b c.jpg"]
         for function, event in calls:
             assert function.endswith(":function:" + r.backfill_function)
+            started = event["BatchInput"].pop("run_started")
+            assert started.startswith(time.strftime("%Y-", time.gmtime()))
             assert event["BatchInput"] == {"bucket": r.bucket, "model": "", "overwrite": False}
     finally:
         set_execute(False)  # moto's configuration is process-wide

@@ -140,8 +140,70 @@ def test_the_shortest_timeout_leaves_working_time_after_the_margin(sam: dict[str
     for name in ("IngestFunction", "BackfillFunction"):
         env = sam["Resources"][name]["Properties"]["Environment"]["Variables"]
         assert "IMGPIPE_TIMEOUT_MARGIN_MS" not in env  # so the default applies on AWS
-    shortest_s = min(int(v) for v in sam["Parameters"]["FunctionTimeout"]["AllowedValues"])
-    assert shortest_s * 1000 - margin_ms >= 20_000
+    for parameter in ("FunctionTimeout", "BackfillFunctionTimeout"):
+        shortest_s = min(int(v) for v in sam["Parameters"][parameter]["AllowedValues"])
+        assert shortest_s * 1000 - margin_ms >= 20_000
+
+
+# EXPRESS executions stop at 5 minutes (AWS's quota), Retry attempts and delays included.
+EXPRESS_LIMIT_S = 300
+
+
+def _retry_delays_s(retrier: dict[str, Any]) -> float:
+    """The longest sum of a retrier's delays (FULL jitter waits at most this)."""
+    interval = float(retrier.get("IntervalSeconds", 1))
+    rate = float(retrier.get("BackoffRate", 2.0))
+    cap = float(retrier.get("MaxDelaySeconds", float("inf")))
+    return sum(min(interval * rate ** k, cap) for k in range(int(retrier.get("MaxAttempts", 3))))
+
+
+def _function_timeouts_s(sam: dict[str, Any], function: str) -> list[int]:
+    """Every timeout a deploy can give `function`: its parameter's allowed values."""
+    timeout = sam["Resources"][function]["Properties"]["Timeout"]
+    if isinstance(timeout, int):
+        return [timeout]
+    parameter = sam["Parameters"][timeout["Ref"]]
+    if "AllowedValues" in parameter:
+        return [int(v) for v in parameter["AllowedValues"]]
+    return [int(parameter["MaxValue"])]
+
+
+def test_an_express_child_ends_within_five_minutes_with_every_allowed_value(
+        sam: dict[str, Any]) -> None:
+    """Worst case of one batch: every retrier used to the end, each invocation running to
+    the backfill function's timeout (a Lambda service error can come after the function
+    ran), plus the longest delays. Issue 17: it was 5 x 120 s + 75 s with the defaults."""
+    definition = sam["Resources"]["BackfillStateMachine"]["Properties"]["Definition"]
+    (mapped,) = [s for s in definition["States"].values() if s["Type"] == "Map"]
+    assert mapped["ItemProcessor"]["ProcessorConfig"]["ExecutionType"] == "EXPRESS"
+    (task,) = mapped["ItemProcessor"]["States"].values()
+    errors = [e for retrier in task["Retry"] for e in retrier["ErrorEquals"]]
+    assert len(errors) == len(set(errors)), "an error named by two retriers (only the first "\
+        "matching one is ever used)"
+    invocations = 1 + sum(int(r.get("MaxAttempts", 3)) for r in task["Retry"])
+    delays_s = sum(_retry_delays_s(r) for r in task["Retry"])
+    for timeout_s in _function_timeouts_s(sam, "BackfillFunction"):
+        worst_s = invocations * timeout_s + delays_s
+        assert worst_s <= EXPRESS_LIMIT_S, (
+            f"BackfillFunctionTimeout={timeout_s}: {invocations} invocations x {timeout_s} s "
+            f"+ {delays_s:.0f} s of delays = {worst_s:.0f} s > {EXPRESS_LIMIT_S} s")
+
+
+def test_the_summary_function_knows_both_prefixes(sam: dict[str, Any]) -> None:
+    """Issue 17: with OutputPrefix=incoming/ (allowed when InputPrefix differs), a summary
+    function without IMGPIPE_INPUT_PREFIX compared incoming/ with its default input prefix,
+    incoming/, and every backfill failed at its last step."""
+    chosen = values(sam, InputPrefix="photos/", OutputPrefix="incoming/")
+    check_parameter_rules(chosen, sam)
+    for name, resource in sam["Resources"].items():
+        if resource["Type"] != "AWS::Serverless::Function":
+            continue
+        variables = resource["Properties"]["Environment"]["Variables"]
+        env = {k: chosen[v["Ref"]] for k, v in variables.items()
+               if isinstance(v, dict) and v.get("Ref") in chosen}
+        assert "IMGPIPE_OUTPUT_PREFIX" in env, name
+        settings = Settings.from_env(env)
+        assert (settings.input_prefix, settings.output_prefix) == ("photos/", "incoming/"), name
 
 
 def test_the_local_check_reads_the_template_not_a_copy(sam: dict[str, Any]) -> None:

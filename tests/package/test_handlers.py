@@ -186,7 +186,7 @@ def test_packaged_backfill_handler_classifies_an_item_batch(
     photo = put_sample(stack, "archive/2019/chelsea.jpg", SAMPLES / "chelsea.jpg")
     notes = put_sample(stack, "archive/2019/notes.txt", b"not a photo, just words\n")
     event = {
-        "Items": [{"Key": o["key"], "Size": o["size"], "ETag": f'"{o["etag"]}"'}
+        "Items": [{"Key": o["key"], "Size": o["size"], "Etag": f'"{o["etag"]}"'}
                   for o in (photo, notes)] + [{"Key": "archive/2019/", "Size": 0}],
         "BatchInput": {"bucket": photo["bucket"], "overwrite": False},
     }

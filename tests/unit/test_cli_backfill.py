@@ -27,7 +27,8 @@ def test_progress_line_shows_done_total_rate_and_eta() -> None:
     line = _progress_line(counts, elapsed=30.0, status="RUNNING", unit="objects",
                           known_total=200, rate=rate)
     assert "50/200 objects" in line
-    per_s = float(re.search(r"([0-9.]+)/s", line).group(1))  # type: ignore[union-attr]
+    # the unit is said (issue 20: locally a bare "1.3/s" was batches per second)
+    per_s = float(re.search(r"([0-9.]+) objects/s", line).group(1))  # type: ignore[union-attr]
     assert 3.9 < per_s <= 4.0  # 40 more in 10 s: the start-up before the first is not counted
     eta = float(re.search(r"ETA +([0-9]+) s", line).group(1))  # type: ignore[union-attr]
     assert 37 <= eta <= 38  # 150 left at 4/s
@@ -106,6 +107,24 @@ def test_an_empty_prefix_says_nothing_was_found_and_names_the_model(
         "backfill of s3://b/nothing-here/ with efficientnet-lite0@1: no objects found "
         "there, nothing to classify (check the prefix: `aws s3 ls s3://b/nothing-here/`)")
     assert "?" not in out
+
+
+def test_failed_batches_are_named_not_called_an_empty_prefix(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Issue 18: every batch failing on a model that does not exist printed "no objects
+    found there"."""
+    counts = dict.fromkeys(("classified", "skipped", "rejected", "gone", "superseded",
+                            "ignored"), 0) | {"failed": 4}
+    _print_summary({"request": {"bucket": "b", "prefix": "old/"}, "models": [], "images": 4,
+                    "counts": counts, "failed_batches": 1, "failures": [{
+                        "status": "FAILED", "error": "ModelError", "objects": 4,
+                        "cause": "ModelError: no model named 'nope'", "first_key": "old/a.jpg"}]},
+                   elapsed=1.0, model="nope")
+    out = capsys.readouterr().out
+    assert "no objects found" not in out
+    assert "old/a.jpg (+3 more): ModelError: no model named 'nope'" in out
+    assert re.search(r"failed \(transient; re-run to retry\) +4", out)
 
 
 def test_a_failed_execution_says_the_lambda_error_in_one_sentence() -> None:

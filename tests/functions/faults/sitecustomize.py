@@ -1,6 +1,9 @@
 """Transient S3 faults for the local stack's tests, loaded into a function's worker
 processes by putting this directory on their PYTHONPATH.
 
+Each GetObject of a key containing IMGPIPE_TEST_SLOW_KEYS first waits
+IMGPIPE_TEST_SLOW_SECONDS (a batch made to run long).
+
 The first GetObject of each key containing IMGPIPE_TEST_FAULTY_KEYS, in each process,
 fails with 503 SlowDown (raised before botocore's own retries, as a fault that outlasted
 them): the handler reports those objects as failed, and only a retry of the batch can
@@ -10,6 +13,22 @@ classify them.
 import os
 
 _marker = os.environ.get("IMGPIPE_TEST_FAULTY_KEYS")
+_slow = os.environ.get("IMGPIPE_TEST_SLOW_KEYS")
+
+if _slow:
+    import time
+
+    import botocore.client
+
+    _before_slow = botocore.client.BaseClient._make_api_call
+    _delay_s = float(os.environ.get("IMGPIPE_TEST_SLOW_SECONDS") or 5)
+
+    def _slow_api_call(self, operation_name, api_params):  # type: ignore[no-untyped-def]
+        if operation_name == "GetObject" and _slow in str(api_params.get("Key", "")):
+            time.sleep(_delay_s)
+        return _before_slow(self, operation_name, api_params)
+
+    botocore.client.BaseClient._make_api_call = _slow_api_call
 
 if _marker:
     import botocore.client
