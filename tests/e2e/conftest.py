@@ -82,6 +82,7 @@ def start_local(home: Path, *args: str, port: int | None = None) -> LocalProcess
         "AWS_DEFAULT_REGION": "us-east-1",
         "AWS_PAGER": "",
         "PYTHONUNBUFFERED": "1",
+        "PYTHONPATH": str(ROOT),  # this tree's code, whichever checkout installed imgpipe
     }
     if "--api-port" not in args:  # any free port, not the emulator's + 1
         args = (*args, "--api-port", "0")
