@@ -542,8 +542,9 @@ class StateKeeper:
                 start_response("200 OK", [("Content-Type", "application/json"),
                                           ("Content-Length", str(len(body)))])
                 return [body]
-            if not self.recording:
-                return app(environ, start_response)
+            if not self.recording or environ.get("REQUEST_METHOD") in ("GET", "HEAD",
+                                                                       "OPTIONS"):
+                return app(environ, start_response)  # changes nothing: straight through
             self._request.failure = None
             service = service_of(app, environ)
             if not is_write(service, environ):
