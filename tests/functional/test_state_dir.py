@@ -134,11 +134,27 @@ def _run_with(state: Path, names: list[str]) -> None:
 NAMES = [f"photo-{i}" for i in range(7)]
 
 
+@pytest.fixture(scope="module")
+def written(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A state directory of one stack's life that wrote NAMES (made once, copied)."""
+    state = tmp_path_factory.mktemp("written") / "state"
+    _run_with(state, NAMES)
+    return state
+
+
+def _copy(written: Path, tmp_path: Path) -> Path:
+    import shutil
+
+    state = tmp_path / "state"
+    shutil.copytree(written, state)
+    (state / ".lock").unlink(missing_ok=True)
+    return state
+
+
 @pytest.mark.parametrize("where", ["body", "length field", "header"])
 def test_a_damaged_middle_record_is_named_and_every_record_around_it_kept(
-        tmp_path: Path, where: str) -> None:
-    state = tmp_path / "state"
-    _run_with(state, NAMES)
+        written: Path, tmp_path: Path, where: str) -> None:
+    state = _copy(written, tmp_path)
     journal = state / "requests.journal"
     data = bytearray(journal.read_bytes())
     size = len(data)
@@ -164,9 +180,9 @@ def test_a_damaged_middle_record_is_named_and_every_record_around_it_kept(
     assert journal.stat().st_size == size, "nothing was truncated"
 
 
-def test_a_journal_cut_in_its_last_record_loses_only_that_record(tmp_path: Path) -> None:
-    state = tmp_path / "state"
-    _run_with(state, NAMES)
+def test_a_journal_cut_in_its_last_record_loses_only_that_record(
+        written: Path, tmp_path: Path) -> None:
+    state = _copy(written, tmp_path)
     journal = state / "requests.journal"
     data = journal.read_bytes()
     last = data.rindex(b"IMJ2")
@@ -187,9 +203,9 @@ def test_a_journal_cut_in_its_last_record_loses_only_that_record(tmp_path: Path)
     assert again["notes"] == [], "the cut was made once"
 
 
-def test_a_damaged_queue_journal_keeps_the_messages_around_the_damage(tmp_path: Path) -> None:
-    state = tmp_path / "state"
-    _run_with(state, NAMES)
+def test_a_damaged_queue_journal_keeps_the_messages_around_the_damage(
+        written: Path, tmp_path: Path) -> None:
+    state = _copy(written, tmp_path)
     journal = state / "queues.journal"
     data = bytearray(journal.read_bytes())
     spot = data.index(b"photo-2")
@@ -203,19 +219,34 @@ def test_a_damaged_queue_journal_keeps_the_messages_around_the_damage(tmp_path: 
 
 
 class _Disk:
-    """A state directory on a small filesystem that can be filled up and freed."""
+    """A state directory whose disk can be filled up and freed: a 2 MB tmpfs when the
+    tests run as root (filled with a file), else the emulator's file-size limit
+    (RLIMIT_FSIZE, set on the running process: its writes then fail as on a full disk)."""
 
-    def __init__(self, mount: Path) -> None:
-        self.mount = mount
+    def __init__(self, mount: Path, tmpfs: bool) -> None:
+        self.mount, self.tmpfs = mount, tmpfs
         self.filler = mount / "filler"
 
-    def fill(self) -> None:
-        with open(self.filler, "wb", buffering=0) as f, contextlib.suppress(OSError):
-            while True:
-                f.write(b"\0" * 4096)
+    def fill(self, e: Emulator) -> None:
+        if self.tmpfs:
+            with open(self.filler, "wb", buffering=0) as f, contextlib.suppress(OSError):
+                while True:
+                    f.write(b"\0" * 4096)
+        else:
+            import resource
 
-    def free(self) -> None:
-        self.filler.unlink()
+            sizes = [p.stat().st_size for p in (self.mount / "state").glob("*.journal")]
+            resource.prlimit(e.proc.pid, resource.RLIMIT_FSIZE,
+                             (min(sizes), resource.RLIM_INFINITY))
+
+    def free(self, e: Emulator) -> None:
+        if self.tmpfs:
+            self.filler.unlink()
+        else:
+            import resource
+
+            resource.prlimit(e.proc.pid, resource.RLIMIT_FSIZE,
+                             (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
 
 
 @pytest.fixture
@@ -223,12 +254,12 @@ def small_disk(tmp_path: Path) -> Iterator[_Disk]:
     mount = tmp_path / "small"
     mount.mkdir()
     if os.geteuid() != 0:
-        raise AssertionError("this test mounts a 2 MB tmpfs: run it as root (the CI "
-                             "container is)")
+        yield _Disk(mount, tmpfs=False)
+        return
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)],
                    check=True)
     try:
-        yield _Disk(mount)
+        yield _Disk(mount, tmpfs=True)
     finally:
         subprocess.run(["umount", "-l", str(mount)], check=True)
 
@@ -242,7 +273,7 @@ def test_a_full_disk_refuses_writes_before_applying_them_and_loses_nothing(
         _provision(e)
         _put(e, "before")
         answered.append("before")
-        small_disk.fill()
+        small_disk.fill(e)
         with pytest.raises(ClientError) as s3_refused:
             e.client("s3", NO_RETRY).put_object(Bucket=BUCKET, Key="refused", Body=b"x" * 9000)
         with pytest.raises(ClientError) as dynamodb_refused:
@@ -255,7 +286,7 @@ def test_a_full_disk_refuses_writes_before_applying_them_and_loses_nothing(
         assert "refused" not in _objects(e) and "refused" not in _items(e), \
             "a write that could not be journaled was not applied"
         assert _queued(e) == ["before"]
-        small_disk.free()
+        small_disk.free(e)
         _put(e, "after")
         answered.append("after")
         e.kill_9()
@@ -266,7 +297,8 @@ def test_a_full_disk_refuses_writes_before_applying_them_and_loses_nothing(
         error = refused.value.response
         assert (error["Error"]["Code"], error["ResponseMetadata"]["HTTPStatusCode"]) == \
             expected[service]
-        assert "No space left on device" in error["Error"]["Message"]
+        assert ("No space left on device" if small_disk.tmpfs else "File too large") in \
+            error["Error"]["Message"]
     documented = json.loads((Path(__file__).parents[1] / "events" /
                              "journal_refusals.json").read_text())
     assert {s: (d["code"], d["status"]) for s, d in documented["errors"].items()} == expected
@@ -301,14 +333,14 @@ def _make_unwritable(path: Path) -> contextlib.AbstractContextManager[None]:
     return read_only()
 
 
-def test_a_state_dir_it_cannot_use_is_refused_with_one_sentence(tmp_path: Path) -> None:
+def test_a_state_dir_it_cannot_use_is_refused_with_one_sentence(
+        written: Path, tmp_path: Path) -> None:
     a_file = tmp_path / "a-file"
     a_file.write_text("not a directory")
     with pytest.raises(StateDirError, match=r"is a file, not a directory"):
         check_state_dir(a_file)
 
-    state = tmp_path / "state"
-    _run_with(state, NAMES[:1])
+    state = _copy(written, tmp_path)
     with _make_unwritable(state), pytest.raises(StateDirError) as read_only:
         check_state_dir(state)
     assert "cannot be written (Read-only file system)" in str(read_only.value) or \
@@ -354,17 +386,17 @@ def test_imgpipe_local_says_why_it_cannot_use_a_state_dir_in_one_line(
     assert "Traceback" not in done.stdout + done.stderr
 
 
-def test_a_journal_of_the_previous_format_is_converted_and_kept(tmp_path: Path) -> None:
-    state = tmp_path / "state"
-    _run_with(state, NAMES[:3])
+def test_a_journal_of_the_previous_format_is_converted_and_kept(
+        written: Path, tmp_path: Path) -> None:
+    state = _copy(written, tmp_path)
     for name in ("requests.journal", "queues.journal"):  # as the previous version wrote
         path = state / name
         v1 = b"".join(_v1_frame(header, body) for header, body in Journal(path).read())
         path.write_bytes(v1)
     with emulator(state) as e:
         restored = e.restore()
-        assert sorted(_objects(e)) == NAMES[:3] and _items(e) == set(NAMES[:3])
-        assert _queued(e) == NAMES[:3]
+        assert sorted(_objects(e)) == NAMES and _items(e) == set(NAMES)
+        assert _queued(e) == NAMES
     assert len(restored["notes"]) == 2
     assert restored["notes"][0].startswith(f"{state / 'requests.journal'} was in the "
                                            "previous journal format: converted")
