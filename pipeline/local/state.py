@@ -156,7 +156,8 @@ class Journal:
         try:
             self._fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
             self._end = os.fstat(self._fd).st_size
-            if self._end == 0:
+            if self._end < len(FILE_HEADER):  # new, or its first line cut by a kill
+                os.ftruncate(self._fd, 0)
                 self._write(FILE_HEADER)
                 self._end = len(FILE_HEADER)
         except OSError as e:
@@ -211,8 +212,8 @@ class Journal:
         """Every intact record, in order. Damage is skipped and listed in `self.damage`;
         a last record cut short by a kill or a full disk is removed from the file."""
         self.damage = []
-        if not self.path.exists() or self.path.stat().st_size == 0:
-            return
+        if not self.path.exists() or self.path.stat().st_size <= len(FILE_HEADER):
+            return  # empty, or its first line only (perhaps cut by a kill): no records
         cut_at: int | None = None
         with open(self.path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
             if data[:len(FILE_HEADER)] != FILE_HEADER:
@@ -392,7 +393,8 @@ def _check_journal(path: Path) -> None:
                             "state directory or restore it from a backup") from None
     finally:
         os.close(fd)
-    if first and first != FILE_HEADER and not first.startswith(_V1_MAGIC):
+    # A first line cut short can only be a kill while the file was created: still empty.
+    if not FILE_HEADER.startswith(first) and not first.startswith(_V1_MAGIC):
         raise StateDirError(_bad_header(path))
 
 

@@ -145,3 +145,15 @@ def test_writes_are_recognised_by_what_they_do_not_how_they_are_signed(
 
     app = DomainDispatcherApplication(create_backend_app)
     assert is_write(service_of(app, environ), environ) is write, name
+
+
+def test_a_first_line_cut_by_a_kill_is_an_empty_journal(tmp_path: Path) -> None:
+    from pipeline.local.state import check_state_dir
+
+    (tmp_path / "requests.journal").write_bytes(FILE_HEADER[:7])  # killed while creating it
+    check_state_dir(tmp_path)
+    journal = Journal(tmp_path / "requests.journal")
+    assert list(journal.read()) == []
+    journal.open()
+    journal.append({"n": 1})
+    assert [h["n"] for h, _ in journal.read()] == [1] and journal.damage == []
