@@ -409,3 +409,28 @@ def _v1_frame(header: dict[str, Any], body: bytes) -> bytes:
 
     head = json.dumps(header).encode()
     return struct.pack(">4sII", b"IMGJ", len(head), len(body)) + head + body
+
+
+def test_an_immutable_journal_is_refused_with_one_sentence(written: Path,
+                                                           tmp_path: Path) -> None:
+    """chattr +i where the tests may (root), a read-only file otherwise."""
+    state = _copy(written, tmp_path)
+    journal = state / "queues.journal"
+    root = os.geteuid() == 0
+    if root:
+        subprocess.run(["chattr", "+i", str(journal)], check=True)
+    else:
+        journal.chmod(0o400)
+    try:
+        with pytest.raises(StateDirError) as refused:
+            check_state_dir(state)
+    finally:
+        if root:
+            subprocess.run(["chattr", "-i", str(journal)], check=True)
+        else:
+            journal.chmod(0o600)
+    assert str(refused.value) == (
+        f"the state directory's file {journal} cannot be written "
+        f"({'Operation not permitted' if root else 'Permission denied'}): it is read-only, "
+        "immutable or on a read-only filesystem, and the stack journals every write there; "
+        "make it writable (chmod u+w, chattr -i) or choose another --state-dir")
