@@ -129,11 +129,12 @@ EventBridge. Create the bucket (unless this emulator has it already) and turn Ev
 def run(args: argparse.Namespace) -> int:
     from pipeline.local.stack import LocalStack
 
-    stack = LocalStack(stack_options(args), on_batch=print_batch)
+    stop = threading.Event()
+    stack = LocalStack(stack_options(args), on_batch=print_batch,
+                       on_emulator_exit=lambda _sentence: stop.set())
     if args.verbose:  # the workers' starts and stops too
         logging.basicConfig(format="%(name)s: %(message)s")
         logging.getLogger("imgpipe.local").setLevel(logging.INFO)
-    stop = threading.Event()
 
     def on_signal(signum: int, _frame: Any) -> None:
         stop.set()
@@ -188,6 +189,10 @@ Then, for example:
 """ + _state_line(stack), flush=True)
         while not stop.wait(0.5):
             pass
+        if stack.emulator_failure:
+            from pipeline.errors import ImgpipeError
+
+            raise ImgpipeError(stack.emulator_failure)
         print("stopping ...", flush=True)
     finally:
         stack.stop()
@@ -205,8 +210,10 @@ def _state_line(stack: Any) -> str:
                f"message(s) in {restored['seconds']:.1f} s" if restored else "nothing to restore")
     failed = (f"; {restored['failed']:,} write(s) could not be replayed"
               if restored and restored.get("failed") else "")
+    notes = "".join(f"NOTE: {note}.\n" for note in (restored or {}).get("notes") or [])
     return (f"State is kept in {state_dir} ({brought}{failed}); it survives a stop, kill -9 "
-            f"included. Ctrl-C stops it; restart with the same --state-dir to continue.\n")
+            f"included. Ctrl-C stops it; restart with the same --state-dir to continue.\n"
+            + notes)
 
 
 def _model_id(source: str) -> str:

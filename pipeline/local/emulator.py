@@ -128,9 +128,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.state_dir:
         from pathlib import Path
 
-        from pipeline.local.state import StateKeeper
+        from pipeline.local.state import StateDirError, StateKeeper
 
-        keeper = StateKeeper(Path(args.state_dir))
+        try:
+            keeper = StateKeeper(Path(args.state_dir))
+        except StateDirError as e:
+            print(f"imgpipe local: {e}", file=sys.stderr, flush=True)
+            return 2
         keeper.install()
         app = keeper.wrap(app)
     from pipeline.local.chaos import chaos_from_env

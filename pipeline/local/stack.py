@@ -20,9 +20,11 @@ from __future__ import annotations
 
 import os
 import shlex
+import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -87,9 +89,15 @@ class StackOptions:
 
 class LocalStack:
     def __init__(self, options: StackOptions | None = None,
-                 on_batch: Callable[[BatchResult], None] | None = None) -> None:
+                 on_batch: Callable[[BatchResult], None] | None = None,
+                 on_emulator_exit: Callable[[str], None] | None = None) -> None:
         self.options = options or StackOptions()
         self.on_batch = on_batch
+        # Called (from a watcher thread) with one sentence if the emulator process dies
+        # while the stack runs; the stack has then stopped its pollers.
+        self.on_emulator_exit = on_emulator_exit
+        self.emulator_failure: str | None = None
+        self._stopping = threading.Event()
         self.endpoint_url = f"http://{self.options.host}:{self.options.port}"
         self._emulator: subprocess.Popen[bytes] | None = None
         self._functions: FunctionHost | None = None
@@ -116,11 +124,40 @@ class LocalStack:
                 f"port {self.options.api_port} on {host} (the HTTP API's) is already in use; "
                 f"pick another with --api-port (0: any free port)"
             )
+        if self.options.state_dir is not None:
+            from pipeline.local.state import check_state_dir
+
+            check_state_dir(self.options.state_dir)  # one sentence, before any process
+        self._stopping.clear()
         try:
-            return self._start(host, port)
+            resources = self._start(host, port)
         except BaseException:
             self.stop()
             raise
+        assert self._emulator is not None
+        threading.Thread(target=self._watch_emulator, args=(self._emulator,),
+                         name="emulator-watch", daemon=True).start()
+        return resources
+
+    def _watch_emulator(self, emulator: subprocess.Popen[bytes]) -> None:
+        """Every service of the stack is in the emulator: if it dies, say so and stop the
+        pollers, instead of answering "try again" for ever."""
+        status = emulator.wait()
+        if self._stopping.is_set():
+            return
+        how = (f"was killed by {signal.Signals(-status).name}" if status < 0 and
+               -status in signal.valid_signals() else f"exited with status {status}")
+        kept = (f"; what was answered is kept in {self.options.state_dir}"
+                if self.options.state_dir is not None else
+                "; without --state-dir its data is gone")
+        self.emulator_failure = (
+            f"the emulator (process {emulator.pid}, every S3, SQS, DynamoDB and Step "
+            f"Functions call of the stack) {how}: the stack cannot go on without it and "
+            f"stops{kept}; start `imgpipe local` again")
+        if self.poller is not None:
+            self.poller.signal_stop()
+        if self.on_emulator_exit is not None:
+            self.on_emulator_exit(self.emulator_failure)
 
     def _start(self, host: str, port: int) -> LocalResources:
         code_root, python = self._code = self.code()
@@ -177,6 +214,7 @@ class LocalStack:
         return resources
 
     def stop(self) -> None:
+        self._stopping.set()
         if self._front_door is not None:
             self._front_door.stop()
             self._front_door = None

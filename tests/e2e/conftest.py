@@ -94,6 +94,7 @@ def start_local(home: Path, *args: str, port: int | None = None) -> LocalProcess
         "AWS_CONFIG_FILE": str(ROOT / "pipeline" / "local" / "awscli.cfg"),
         "AWS_PAGER": "",
         "PYTHONUNBUFFERED": "1",
+        "PYTHONPATH": str(ROOT),  # this tree's code, whichever checkout installed imgpipe
     }
     if os.environ.get("PYTHONPATH"):  # a worktree tested with another tree's venv
         env["PYTHONPATH"] = os.environ["PYTHONPATH"]

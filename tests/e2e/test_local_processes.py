@@ -169,3 +169,46 @@ def test_stack_forwards_invocations_to_the_real_handler_and_stops_its_emulator()
         stack.stop()
     assert _wait_gone(pid)
     assert all(_wait_gone(w) for w in workers), "a worker outlived its stack"
+
+
+def _children(pid: int) -> dict[int, str]:
+    """The processes whose parent is `pid`, with their command lines."""
+    found: dict[int, str] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmdline = f.read().replace(b"\0", b" ").decode(errors="replace")
+        except (OSError, ValueError, IndexError):
+            continue
+        if ppid == pid:
+            found[int(entry)] = cmdline
+    return found
+
+
+def test_imgpipe_local_says_so_and_exits_when_its_emulator_dies(tmp_path: Any) -> None:
+    """Not 503 "try again" and "poller error" twice a second for ever."""
+    from tests.e2e.conftest import start_local
+
+    lp = start_local(tmp_path)
+    (emulator_pid,) = [pid for pid, cmd in _children(lp.proc.pid).items()
+                       if "pipeline.local.emulator" in cmd]
+    os.kill(emulator_pid, signal.SIGKILL)
+    try:
+        lp.proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        lp.proc.kill()
+        raise AssertionError("imgpipe local went on without its emulator:\n"
+                             + "".join(lp.output[-20:])) from None
+    deadline = time.monotonic() + 10  # the drain thread reads the last lines
+    while "stops;" not in "".join(lp.output) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    output = "".join(lp.output)
+    assert lp.proc.returncode == 1
+    assert (f"imgpipe local: the emulator (process {emulator_pid}, every S3, SQS, DynamoDB "
+            "and Step Functions call of the stack) was killed by SIGKILL: the stack cannot "
+            "go on without it and stops") in output
+    assert output.count("poller error") <= 2, output
