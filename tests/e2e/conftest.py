@@ -96,8 +96,6 @@ def start_local(home: Path, *args: str, port: int | None = None) -> LocalProcess
         "PYTHONUNBUFFERED": "1",
         "PYTHONPATH": str(ROOT),  # this tree's code, whichever checkout installed imgpipe
     }
-    if os.environ.get("PYTHONPATH"):  # a worktree tested with another tree's venv
-        env["PYTHONPATH"] = os.environ["PYTHONPATH"]
     if "--api-port" not in args:  # any free port, not the emulator's + 1
         args = (*args, "--api-port", "0")
     proc = subprocess.Popen(
