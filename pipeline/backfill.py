@@ -17,11 +17,13 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipeline.errors import PermanentError, StateMachineRetry
 from pipeline.events import ObjectRef
-from pipeline.service import ClassificationService, Outcome
+
+if TYPE_CHECKING:  # only types: the summary function's lean package has no inference code
+    from pipeline.service import ClassificationService, Outcome
 
 __all__ = [
     "BackfillBatch",

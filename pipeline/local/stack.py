@@ -247,6 +247,8 @@ class LocalStack:
 
     def function_spec(self, deployed: DeployedFunction, code_root: Path,
                       python: str) -> FunctionSpec:
+        if self.options.package is not None:
+            code_root = lean_package_for(deployed.handler, code_root) or code_root
         return FunctionSpec(name=deployed.name, handler=deployed.handler, code_root=code_root,
                             timeout_s=deployed.timeout_s, memory_mb=deployed.memory_mb,
                             environment=self.function_environment(deployed.environment),
@@ -376,6 +378,15 @@ def _spawn_emulator(host: str, port: int, functions_url: str,
          "--functions", functions_url, "--parent-pid", str(os.getpid()), *state],
         env=env, stdin=subprocess.DEVNULL,
     )
+
+
+def lean_package_for(handler: str, package: Path) -> Path | None:
+    """The lean package beside `package` (`make package` builds `<arch>-lean` next to
+    `<arch>`) when it holds `handler`'s module, as the deployed summary function's code
+    does; None otherwise (the full package runs every handler)."""
+    lean = package.with_name(package.name + "-lean")
+    module = handler.rpartition(".")[0]
+    return lean if (lean / (module.replace(".", "/") + ".py")).is_file() else None
 
 
 def _stop_process(proc: subprocess.Popen[bytes], timeout_s: float = 10.0) -> None:
