@@ -89,8 +89,9 @@ INFERENCE_PINS = frozenset({"onnxruntime", "flatbuffers", "packaging", "protobuf
                             "pillow"})
 CONTENTS = {
     "full": Contents("full", (), models=True, web=True, without=frozenset()),
+    # the summary handler makes no X-Ray subsegments: no X-Ray SDK (powertools' tracer extra)
     "lean": Contents("lean", ("handlers.summary",), models=False, web=False,
-                     without=INFERENCE_PINS),
+                     without=INFERENCE_PINS | {"aws-xray-sdk", "wrapt"}),
 }
 # The package of each function of infra/template.yaml (a `sam build` of a function not
 # named here stops with a message: a new function needs a decision).
