@@ -85,6 +85,8 @@ def start_local(home: Path, *args: str, port: int | None = None) -> LocalProcess
         "AWS_DEFAULT_REGION": "us-east-1",
         "AWS_PAGER": "",
         "PYTHONUNBUFFERED": "1",
+        # this checkout's code, whichever checkout the venv's `imgpipe` was installed from
+        "PYTHONPATH": str(ROOT),
     }
     if "--api-port" not in args:  # any free port, not the emulator's + 1
         args = (*args, "--api-port", "0")
