@@ -24,7 +24,7 @@ from __future__ import annotations
 import ast
 import json
 import re
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -138,7 +138,7 @@ def _matches(patterns: Any, value: str, case: bool) -> bool:
     return any(_pattern(str(p), case).match(value) for p in _listed(patterns))
 
 
-_OPERATORS = {
+_OPERATORS: dict[str, Callable[[str, str], bool]] = {
     "StringEquals": lambda want, got: want == got,
     "StringNotEquals": lambda want, got: want != got,
     "StringEqualsIgnoreCase": lambda want, got: want.lower() == got.lower(),
