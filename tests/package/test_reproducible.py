@@ -102,3 +102,18 @@ def test_the_summary_package_is_lean(lean_package: Callable[[str], Path]) -> Non
         assert {i.filename for i in zf.infolist()} == {
             p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()}
     assert tree_size(root) < 50_000_000
+
+
+def test_the_local_stack_runs_the_summary_from_the_lean_package(tmp_path: Path) -> None:
+    """`imgpipe local --package build/package/<arch>` runs each function from the package it
+    is deployed with: the summary from `<arch>-lean` beside it, when `make package` built
+    it; the others (and the summary without a lean package) from the full one."""
+    from pipeline.local.stack import lean_package_for
+
+    full = tmp_path / "x86_64"
+    assert lean_package_for("handlers.summary.handler", full) is None
+    lean = tmp_path / "x86_64-lean"
+    (lean / "handlers").mkdir(parents=True)
+    (lean / "handlers" / "summary.py").write_text("")
+    assert lean_package_for("handlers.summary.handler", full) == lean
+    assert lean_package_for("handlers.ingest.handler", full) is None
