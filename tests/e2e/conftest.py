@@ -90,8 +90,9 @@ def start_local(home: Path, *args: str, port: int | None = None) -> LocalProcess
     }
     if "--api-port" not in args:  # any free port, not the emulator's + 1
         args = (*args, "--api-port", "0")
-    calls = home / "aws-calls.jsonl"
-    if "--record-calls" not in args:  # checked against the roles by stop_local
+    # one log a start (a restarted stack deploys its functions anew), checked by stop_local
+    calls = home / f"aws-calls-{port}-{time.monotonic_ns()}.jsonl"
+    if "--record-calls" not in args:
         args = (*args, "--record-calls", str(calls))
     proc = subprocess.Popen(
         [str(BIN / "imgpipe"), "local", "--port", str(port), *args],
