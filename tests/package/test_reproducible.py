@@ -96,6 +96,8 @@ def test_the_summary_package_is_lean(lean_package: Callable[[str], Path]) -> Non
                                                 "protobuf-"))]
     assert not [p for p in root.rglob("*") if p.suffix in (".onnx", ".so")]
     assert {p.name for p in (root / "handlers").glob("*.py")} == {"__init__.py", "summary.py"}
+    # imports under `if TYPE_CHECKING:` are not followed: no inference service
+    assert not (root / "pipeline" / "service.py").exists()
     info = json.loads((root / "imgpipe-package.json").read_text())
     assert (info["architecture"], info["contents"]) == (HOST_ARCH, "lean")
     with zipfile.ZipFile(root.with_suffix(".zip")) as zf:
