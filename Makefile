@@ -114,12 +114,15 @@ model-check: $(EXPORT_VENV)/.installed-photos  ## re-export both models, verify 
 
 # ---- the Lambda package (see infra/template.yaml's packaging comment)
 
-package:  ## build the Lambda package into build/package/<arch>/ (+ .zip); ARCH=x86_64|arm64
+package:  ## build the Lambda packages into build/package/<arch>[-lean]/ (+ .zip); ARCH=x86_64|arm64
 	$(PYTHON312) -m tools.lambda_package --arch $(ARCH) --out $(PACKAGE_DIR)/$(ARCH) \
 	    --zip $(PACKAGE_DIR)/$(ARCH).zip
+	$(PYTHON312) -m tools.lambda_package --arch $(ARCH) --contents lean \
+	    --out $(PACKAGE_DIR)/$(ARCH)-lean --zip $(PACKAGE_DIR)/$(ARCH)-lean.zip
 
 # `sam build` runs these (BuildMethod: makefile) with ARTIFACTS_DIR set; the architecture
-# comes from SAM's build definition.
+# comes from SAM's build definition, the package's contents from the function (the summary
+# gets the lean one). Builds are reproducible, so the three full packages are one upload.
 build-IngestFunction build-BackfillFunction build-SummaryFunction build-ApiFunction:
 	$(PYTHON312) -m tools.lambda_package --sam-function $(@:build-%=%) --out "$(ARTIFACTS_DIR)"
 

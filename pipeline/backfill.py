@@ -22,11 +22,13 @@ import json
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipeline.errors import PermanentError, StateMachineRetry
 from pipeline.events import ObjectRef
-from pipeline.service import ClassificationService, Outcome
+
+if TYPE_CHECKING:  # only types: the summary function's lean package has no inference code
+    from pipeline.service import ClassificationService, Outcome
 
 __all__ = [
     "BackfillBatch",

@@ -10,8 +10,23 @@ The package root holds what the functions run and nothing else:
 - byte code for python3.12, compiled with unchecked hashes: `/var/task` is read-only, so
   without it every cold start would compile every module again.
 
+Two contents (`CONTENTS`): `full` for the functions that classify (ingest, backfill, API),
+and `lean` for the backfill's summary step, which reads JSON from S3 and needs neither the
+models, the upload page, ONNX Runtime, numpy nor Pillow.
+
+Builds are reproducible: the same sources, lock file and python3.12 give the same bytes
+wherever the package is built. Byte code names its source as under `/var/task` (Lambda's
+code directory; at import Python points it at the real file anyway) instead of the build
+directory, and is compiled in one process with a fixed hash seed (the order of a frozenset
+constant follows string hashes); the zip has sorted entries and fixed times and modes. So
+`sam build`'s three full packages (one directory a function) have the same contents, and
+`sam deploy` uploads them once: it names each upload by a checksum of the directory's
+files and skips a name the bucket already holds.
+
     python3.12 -m tools.lambda_package --arch arm64 --out build/package/arm64 \\
         --zip build/package/arm64.zip
+    python3.12 -m tools.lambda_package --arch arm64 --contents lean \\
+        --out build/package/arm64-lean --zip build/package/arm64-lean.zip
     python3.12 -m tools.lambda_package --sam-function IngestFunction --out "$ARTIFACTS_DIR"
 """
 
@@ -19,25 +34,27 @@ from __future__ import annotations
 
 import argparse
 import ast
-import compileall
 import hashlib
 import json
 import os
 import platform
 import re
 import shutil
+import subprocess
 import sys
+import tempfile
 import tomllib
 import zipfile
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from py_compile import PycInvalidationMode
 
 from tools.lambda_deps import (
     LOCK_FILE,
     MACHINES,
     ROOT,
     RUNTIME,
+    canonical,
     check_arch,
     pip_install,
     read_lock,
@@ -52,6 +69,34 @@ ELF_MACHINES = {62: "x86_64", 183: "arm64"}  # ELF e_machine -> Lambda architect
 # Dependencies' own test suites (numpy's: 15 MB with byte code) never run in the function:
 # they ship as the wheels have them, without byte code.
 _NOT_RUN = re.compile(r"[/\\]tests[/\\]")
+# The path byte code names its sources under: Lambda's code directory, whatever the build's.
+CODE_DIR = "/var/task"
+
+
+@dataclass(frozen=True)
+class Contents:
+    """What one kind of package holds."""
+
+    name: str
+    entries: tuple[str, ...]  # handler modules; empty: every module of handlers/
+    models: bool  # the packaged models
+    web: bool  # the upload page
+    without: frozenset[str]  # pins of the lock file left out (canonical names)
+
+
+# What only inference needs: ONNX Runtime and its own dependencies, numpy, Pillow.
+INFERENCE_PINS = frozenset({"onnxruntime", "flatbuffers", "packaging", "protobuf", "numpy",
+                            "pillow"})
+CONTENTS = {
+    "full": Contents("full", (), models=True, web=True, without=frozenset()),
+    # the summary handler makes no X-Ray subsegments: no X-Ray SDK (powertools' tracer extra)
+    "lean": Contents("lean", ("handlers.summary",), models=False, web=False,
+                     without=INFERENCE_PINS | {"aws-xray-sdk", "wrapt"}),
+}
+# The package of each function of infra/template.yaml (a `sam build` of a function not
+# named here stops with a message: a new function needs a decision).
+SAM_FUNCTIONS = {"IngestFunction": "full", "BackfillFunction": "full", "ApiFunction": "full",
+                 "SummaryFunction": "lean"}
 
 
 # ---------------------------------------------------------------- what goes in
@@ -66,11 +111,28 @@ def module_file(root: Path, module: str) -> Path | None:
     return None
 
 
+def _type_checking_only(tree: ast.AST) -> set[int]:
+    """ids of the statements inside `if TYPE_CHECKING:` blocks (never run)."""
+    skipped: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and (
+            (isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING")
+            or (isinstance(node.test, ast.Attribute) and node.test.attr == "TYPE_CHECKING")
+        ):
+            skipped |= {id(n) for stmt in node.body for n in ast.walk(stmt)}
+    return skipped
+
+
 def _imported_modules(path: Path, module: str) -> Iterator[str]:
     """Every module an import statement of `path` may load, wherever the statement is
-    (imports inside functions count: they run on some path)."""
+    (imports inside functions count: they run on some path), except under
+    `if TYPE_CHECKING:`."""
     package = module if path.name == "__init__.py" else module.rpartition(".")[0]
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+    tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
+    never_run = _type_checking_only(tree)
+    for node in ast.walk(tree):
+        if id(node) in never_run:
+            continue
         if isinstance(node, ast.Import):
             yield from (alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
@@ -82,12 +144,12 @@ def _imported_modules(path: Path, module: str) -> Iterator[str]:
             yield from (f"{base}.{alias.name}" for alias in node.names)
 
 
-def traced_sources(root: Path = ROOT) -> list[Path]:
-    """The first-party files the handlers import, transitively, with their packages'
-    `__init__.py`, relative to `root`."""
+def traced_sources(root: Path = ROOT, entries: Sequence[str] = ()) -> list[Path]:
+    """The first-party files the handlers import (`entries`, or every module of
+    handlers/), transitively, with their packages' `__init__.py`, relative to `root`."""
     entry = root / ENTRY_PACKAGE
-    todo = [f"{ENTRY_PACKAGE}.{p.stem}" if p.name != "__init__.py" else ENTRY_PACKAGE
-            for p in sorted(entry.glob("*.py"))]
+    todo = list(entries) or [f"{ENTRY_PACKAGE}.{p.stem}" if p.name != "__init__.py"
+                             else ENTRY_PACKAGE for p in sorted(entry.glob("*.py"))]
     ours = (ENTRY_PACKAGE, *_first_party_packages(root))
     seen: dict[str, Path] = {}
     while todo:
@@ -161,6 +223,16 @@ def tree_size(root: Path) -> int:
     return sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
 
 
+def tree_digest(root: Path) -> str:
+    """sha256 over the package's files (relative path and content, in sorted order): equal
+    digests, equal packages. `sam deploy` names an upload by such a checksum (md5)."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0")
+        digest.update(hashlib.sha256(path.read_bytes()).digest())
+    return digest.hexdigest()
+
+
 # ---------------------------------------------------------------- build
 
 
@@ -173,13 +245,40 @@ def fingerprint(arch: str, sources: Sequence[Path], root: Path = ROOT) -> str:
     return digest.hexdigest()
 
 
-def install_dependencies(arch: str, out: Path) -> None:
-    pip_install(arch, "--no-deps", "--require-hashes", "--no-compile", "--target", str(out),
-                "-r", str(LOCK_FILE))
+def package_sources(contents: Contents, root: Path = ROOT) -> list[Path]:
+    """The repository's files a package of `contents` holds, relative to `root`."""
+    return [*traced_sources(root, contents.entries),
+            *(model_files(root) if contents.models else []),
+            *(web_files(root) if contents.web else [])]
+
+
+def install_dependencies(arch: str, out: Path, without: frozenset[str] = frozenset()) -> None:
+    lock = read_lock()
+    with tempfile.TemporaryDirectory() as tmp:
+        requirements = LOCK_FILE
+        if without:  # the lock file's pins (with their hashes) less those left out
+            kept = type(lock)(lock.source, tuple(p for p in lock.pins
+                                                 if canonical(p.name) not in without))
+            requirements = Path(tmp) / LOCK_FILE.name
+            requirements.write_text(kept.render(), encoding="utf-8")
+        pip_install(arch, "--no-deps", "--require-hashes", "--no-compile", "--target",
+                    str(out), "-r", str(requirements))
     shutil.rmtree(out / "bin", ignore_errors=True)  # console scripts: nothing runs them
 
 
-def build(arch: str, out: Path, root: Path = ROOT) -> int:
+def compile_byte_code(out: Path) -> None:
+    """Byte code for every module of `out` (not the dependencies' own tests), the same bytes
+    wherever `out` is: sources named as under CODE_DIR, one process (files in sorted order)
+    with a fixed hash seed."""
+    cmd = [sys.executable, "-m", "compileall", "-q", "-j", "1", "-d", CODE_DIR,
+           "-x", _NOT_RUN.pattern, "--invalidation-mode", "unchecked-hash", str(out)]
+    env = {**os.environ, "PYTHONHASHSEED": "0"}
+    env.pop("SOURCE_DATE_EPOCH", None)  # the invalidation mode is given; no mtime is used
+    if subprocess.run(cmd, env=env, check=False).returncode != 0:
+        raise SystemExit(f"error: byte-compiling {out} failed")
+
+
+def build(arch: str, out: Path, root: Path = ROOT, contents: Contents = CONTENTS["full"]) -> int:
     """(Re)create the package root `out`; returns its unzipped size."""
     require_runtime_python()
     read_lock()  # a clear message when the lock file is missing
@@ -192,20 +291,16 @@ def build(arch: str, out: Path, root: Path = ROOT) -> int:
             else:
                 child.unlink()
     out.mkdir(parents=True, exist_ok=True)
-    install_dependencies(arch, out)
-    for rel in [*traced_sources(root), *model_files(root), *web_files(root)]:
+    install_dependencies(arch, out, contents.without)
+    for rel in package_sources(contents, root):
         (out / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(root / rel, out / rel)
     # What it was built for: handlers/__init__.py refuses to start on another architecture.
     (out / PACKAGE_INFO).write_text(json.dumps({
-        "architecture": arch, "runtime": RUNTIME,
+        "architecture": arch, "runtime": RUNTIME, "contents": contents.name,
         "requirements_sha256": hashlib.sha256(LOCK_FILE.read_bytes()).hexdigest(),
     }, indent=2) + "\n")
-    if not compileall.compile_dir(
-        out, quiet=1, workers=0, rx=_NOT_RUN,
-        invalidation_mode=PycInvalidationMode.UNCHECKED_HASH,
-    ):
-        raise SystemExit(f"error: byte-compiling {out} failed")
+    compile_byte_code(out)
     return verify(arch, out)
 
 
@@ -280,28 +375,39 @@ def main(argv: Sequence[str] | None = None) -> int:
     which.add_argument("--arch", choices=sorted(MACHINES), help="target architecture")
     which.add_argument("--sam-function", metavar="LOGICAL_ID",
                        help="building for `sam build`: learn the architecture from SAM")
+    parser.add_argument("--contents", choices=sorted(CONTENTS), default="full",
+                        help="with --arch: full (the classifying functions) or lean (the "
+                             "backfill summary); a --sam-function's comes from the function")
     parser.add_argument("--zip", type=Path, help="also write this zip of the package")
     args = parser.parse_args(argv)
 
     if args.sam_function:
+        if args.sam_function not in SAM_FUNCTIONS:
+            parser.error(f"{args.sam_function} is not in tools/lambda_package.py's "
+                         f"SAM_FUNCTIONS: say there which package it gets (full or lean)")
+        contents = CONTENTS[SAM_FUNCTIONS[args.sam_function]]
         arch, how = sam_architecture(args.sam_function, args.out)
-        print(f"imgpipe: building {args.sam_function} for {arch} (from {how})", flush=True)
+        print(f"imgpipe: building {args.sam_function} ({contents.name} package) for {arch} "
+              f"(from {how})", flush=True)
     else:
-        arch = args.arch
+        arch, contents = args.arch, CONTENTS[args.contents]
     stamp = args.zip.with_suffix(".json") if args.zip else None
-    key = fingerprint(arch, [*traced_sources(), *model_files(), *web_files()])
+    key = fingerprint(f"{arch} {contents.name}", package_sources(contents))
     if stamp and stamp.is_file() and args.zip.is_file() and args.out.is_dir():
         previous = json.loads(stamp.read_text())
         if previous.get("fingerprint") == key:
             print(f"{args.out}: up to date ({arch}, {_mb(previous['unzipped_bytes'])} "
                   f"unzipped, {_mb(previous['zipped_bytes'])} zipped)")
             return 0
-    size = build(arch, args.out)
-    line = f"{args.out}: {arch} package, {_mb(size)} unzipped (limit {_mb(UNZIPPED_LIMIT)})"
+    size = build(arch, args.out, contents=contents)
+    line = (f"{args.out}: {arch} {contents.name} package, {_mb(size)} unzipped "
+            f"(limit {_mb(UNZIPPED_LIMIT)})")
     if args.zip and stamp:
         zipped = write_zip(args.out, args.zip)
-        stamp.write_text(json.dumps({"fingerprint": key, "arch": arch, "unzipped_bytes": size,
-                                     "zipped_bytes": zipped}, indent=2) + "\n")
+        stamp.write_text(json.dumps({"fingerprint": key, "arch": arch,
+                                     "contents": contents.name, "unzipped_bytes": size,
+                                     "zipped_bytes": zipped, "tree_sha256": tree_digest(args.out)},
+                                    indent=2) + "\n")
         line += f", {_mb(zipped)} zipped -> {args.zip}"
     print(line)
     return 0

@@ -68,6 +68,10 @@ def add_stack_options(p: argparse.ArgumentParser, default_port: int = 4566) -> N
     p.add_argument("--batching-window", type=int, default=None, metavar="SECONDS",
                    help="override the event source mapping's MaximumBatchingWindowInSeconds "
                    "locally (default: the template's)")
+    p.add_argument("--record-calls", default=None, metavar="FILE",
+                   help="append every AWS call the functions make (function, service, "
+                   "operation, resources) to FILE, one JSON line a call, for a check against "
+                   "their roles' policies (the emulator does not enforce IAM)")
 
 
 def stack_options(args: argparse.Namespace) -> Any:
@@ -96,6 +100,8 @@ def stack_options(args: argparse.Namespace) -> Any:
                         log_level="INFO" if args.verbose else "WARNING",
                         package=package, runtime_python=python,
                         batching_window_s=args.batching_window, api_port=api_port,
+                        call_log=Path(args.record_calls).expanduser().resolve()
+                        if getattr(args, "record_calls", None) else None,
                         state_dir=Path(state_dir).expanduser().resolve() if state_dir else None)
 
 

@@ -394,7 +394,7 @@ def worker_environment(spec: FunctionSpec, runtime_api: str,
     }
     env.update(spec.environment)
     for key, value in (extra or {}).items():
-        env[key] = (value + os.pathsep + root) if key == "PYTHONPATH" else value
+        env[key] = (value + os.pathsep + env["PYTHONPATH"]) if key == "PYTHONPATH" else value
     return env
 
 

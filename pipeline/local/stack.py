@@ -83,6 +83,9 @@ class StackOptions:
     keep_warm_s: float = 120.0  # idle workers stop after this long
     # A local override of the event source mapping's MaximumBatchingWindowInSeconds.
     batching_window_s: int | None = None
+    # Record every AWS call the functions make, one JSON line a call, in this file
+    # (pipeline/local/call_recorder; tests/iam_calls.py checks them against the roles).
+    call_log: Path | None = None
     # The HTTP API's function URL on 127.0.0.1 (0: any free port).
     api_port: int = 0
 
@@ -286,9 +289,15 @@ class LocalStack:
 
     def function_spec(self, deployed: DeployedFunction, code_root: Path,
                       python: str) -> FunctionSpec:
+        if self.options.package is not None:
+            code_root = lean_package_for(deployed.handler, code_root) or code_root
+        environment = self.function_environment(deployed.environment)
+        if self.options.call_log is not None:
+            environment["IMGPIPE_LOCAL_CALL_LOG"] = str(self.options.call_log)
+            environment["PYTHONPATH"] = os.pathsep.join((str(code_root), str(CALL_RECORDER)))
         return FunctionSpec(name=deployed.name, handler=deployed.handler, code_root=code_root,
                             timeout_s=deployed.timeout_s, memory_mb=deployed.memory_mb,
-                            environment=self.function_environment(deployed.environment),
+                            environment=environment,
                             python=python, region=REGION)
 
     def function_environment(self, template_env: Mapping[str, str]) -> dict[str, str]:
@@ -421,6 +430,19 @@ def _spawn_emulator(host: str, port: int, functions_url: str,
          "--functions", functions_url, "--parent-pid", str(os.getpid()), *state],
         env=env, stdin=subprocess.DEVNULL,
     )
+
+
+# Its sitecustomize.py records the workers' AWS calls (StackOptions.call_log).
+CALL_RECORDER = Path(__file__).resolve().parent / "call_recorder"
+
+
+def lean_package_for(handler: str, package: Path) -> Path | None:
+    """The lean package beside `package` (`make package` builds `<arch>-lean` next to
+    `<arch>`) when it holds `handler`'s module, as the deployed summary function's code
+    does; None otherwise (the full package runs every handler)."""
+    lean = package.with_name(package.name + "-lean")
+    module = handler.rpartition(".")[0]
+    return lean if (lean / (module.replace(".", "/") + ".py")).is_file() else None
 
 
 def _stop_process(proc: subprocess.Popen[bytes], timeout_s: float = 10.0) -> None:

@@ -16,6 +16,8 @@ from typing import Any
 
 import pytest
 
+from tests.iam_calls import check_calls, summary
+
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 
@@ -32,6 +34,7 @@ class LocalProcess:
     port: int
     env: dict[str, str]
     output: list[str]
+    calls: Path | None = None  # every AWS call the functions made (--record-calls)
 
     @property
     def endpoint(self) -> str:
@@ -98,6 +101,10 @@ def start_local(home: Path, *args: str, port: int | None = None) -> LocalProcess
     }
     if "--api-port" not in args:  # any free port, not the emulator's + 1
         args = (*args, "--api-port", "0")
+    # one log a start (a restarted stack deploys its functions anew), checked by stop_local
+    calls = home / f"aws-calls-{port}-{time.monotonic_ns()}.jsonl"
+    if "--record-calls" not in args:
+        args = (*args, "--record-calls", str(calls))
     proc = subprocess.Popen(
         [str(BIN / "imgpipe"), "local", "--port", str(port), *args],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -128,11 +135,17 @@ def start_local(home: Path, *args: str, port: int | None = None) -> LocalProcess
             output.append(line)
 
     threading.Thread(target=drain, daemon=True).start()
-    return LocalProcess(proc=proc, port=port, env=env, output=output)
+    return LocalProcess(proc=proc, port=port, env=env, output=output,
+                        calls=calls if str(calls) in args else None)
 
 
 def stop_local(lp: LocalProcess) -> None:
-    """SIGTERM, as Ctrl-C would: the stack must stop cleanly and say so."""
+    """SIGTERM, as Ctrl-C would: the stack must stop cleanly and say so. Before that, every
+    AWS call the functions made is checked against their roles' policies as deployed (the
+    emulator enforces no IAM; tests/iam_calls.py): a call AWS would deny fails the test."""
+    problems: list[str] = []
+    if lp.calls is not None and lp.proc.poll() is None:
+        problems = check_calls(lp.endpoint, lp.calls)
     lp.proc.send_signal(signal.SIGTERM)
     try:
         lp.proc.wait(timeout=30)
@@ -141,6 +154,7 @@ def stop_local(lp: LocalProcess) -> None:
         raise AssertionError("imgpipe local did not stop on SIGTERM") from None
     assert lp.proc.returncode == 0, "".join(lp.output[-30:])
     assert any("stopped" in line for line in lp.output)
+    assert not problems, summary(problems)
 
 
 @pytest.fixture(scope="module")

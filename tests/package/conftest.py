@@ -52,3 +52,12 @@ def build_package(arch: str) -> Path:
 def package() -> Callable[[str], Path]:
     """`package("arm64")`: the unzipped package root for that architecture."""
     return build_package
+
+
+@pytest.fixture(scope="session")
+def lean_package() -> Callable[[str], Path]:
+    """`lean_package("arm64")`: the summary function's package root (`make package` builds
+    it beside the full one)."""
+    def lean(arch: str) -> Path:
+        return build_package(arch).with_name(f"{arch}-lean")
+    return lean

@@ -206,6 +206,52 @@ def test_packaged_backfill_handler_classifies_an_item_batch(
     assert text["status"] == "rejected" and "not an image" in text["error"]
 
 
+def test_the_lean_summary_package_adds_up_a_result_writer_output(
+        stack: Stack, lean_package: Callable[[str], Path], runtime_python: Path,
+        tmp_path: Path) -> None:
+    """The summary function's package has no ONNX Runtime, numpy, Pillow or model: its
+    handler still runs, reads a Distributed Map's ResultWriter output (AWS's documented
+    manifest and SUCCEEDED_n.json) and loads none of them."""
+    root = lean_package(HOST_ARCH)
+    local = stack.stack
+    assert local.resources is not None
+    bucket = local.resources.bucket
+    summary = next(f for f in local.resources.functions
+                   if f.handler == "handlers.summary.handler")
+    env = {**{k: stack.env[k] for k in ("PATH", "HOME")},
+           **local.function_environment(summary.environment)}
+    run = "predictions/_backfill/run-1/0a1b2c3d"
+    children = [{"counts": {"classified": 60, "skipped": 3, "rejected": 1}, "model": "m@1"},
+                {"counts": {"classified": 2, "gone": 1, "ignored": 4}, "model": "m@1"}]
+    results = [{
+        "ExecutionArn": f"arn:aws:states:us-east-1:123456789012:express:backfill/run-1/{i}",
+        "Input": json.dumps({"Items": []}), "InputDetails": {"Included": True},
+        "Name": str(i), "Output": json.dumps(out), "OutputDetails": {"Included": True},
+        "RedriveCount": 0, "RedriveStatus": "NOT_REDRIVABLE",
+        "RedriveStatusReason": "Execution is SUCCEEDED and cannot be redriven",
+        "StartDate": "2026-12-04T15:00:00.000Z", "StopDate": "2026-12-04T15:00:01.000Z",
+        "StateMachineArn": "arn:aws:states:us-east-1:123456789012:stateMachine:backfill/run-1",
+        "Status": "SUCCEEDED"} for i, out in enumerate(children)]
+    s3 = stack.client("s3")
+    s3.put_object(Bucket=bucket, Key=f"{run}/SUCCEEDED_0.json", Body=json.dumps(results))
+    manifest = {"DestinationBucket": bucket,
+                "MapRunArn": "arn:aws:states:us-east-1:123456789012:mapRun:backfill/run-1:0a1b",
+                "ResultFiles": {"FAILED": [], "PENDING": [], "SUCCEEDED": [
+                    {"Key": f"{run}/SUCCEEDED_0.json", "Size": len(json.dumps(results))}]}}
+    s3.put_object(Bucket=bucket, Key=f"{run}/manifest.json", Body=json.dumps(manifest))
+    event = {"map_run": {"ResultWriterDetails": {"Bucket": bucket,
+                                                 "Key": f"{run}/manifest.json"}},
+             "request": {"bucket": bucket, "prefix": "archive/"}}
+    inv = invoke(runtime_python, root, "handlers.summary", "SummaryFunction", event, env,
+                 tmp_path)
+    assert inv.result["counts"]["classified"] == 62
+    assert inv.result["images"] == 67  # everything but the ignored
+    assert_only_package_and_runtime(inv, root)
+    heavy = [f for f in inv.files
+             if any(f"/{name}/" in f for name in ("numpy", "PIL", "onnxruntime"))]
+    assert not heavy, heavy[:3]
+
+
 def test_a_package_on_the_wrong_architecture_says_so(
         package: Callable[[str], Path], runtime_python: Path, tmp_path: Path) -> None:
     """Built for one architecture, deployed on the other: the import fails with the reason
