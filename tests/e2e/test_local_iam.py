@@ -91,8 +91,9 @@ def test_every_call_of_every_function_is_allowed_by_its_role(
     used = {(fn.split("-")[1] if "-" in fn else fn, action, resource)
             for fn, action, resource in permissions_used(log, ACCOUNT)}
     functions = {fn for fn, _, _ in used}
-    # (the summary function reads S3 only when the local ResultWriter writes result files)
-    assert {"IngestFunction", "ApiFunction", "BackfillFunction"} <= functions
+    # the summary reads the ResultWriter's manifest and result files, as on AWS
+    assert {"IngestFunction", "ApiFunction", "BackfillFunction", "SummaryFunction"} <= functions
+    assert any(fn == "SummaryFunction" and action == "s3:GetObject" for fn, action, _ in used)
     assert ("IngestFunction", "s3:GetObject", "arn:aws:s3:::imgpipe-local/incoming/coffee.jpg") \
         in used
     assert ("IngestFunction", "dynamodb:PutItem", TABLE_ARN) in used
