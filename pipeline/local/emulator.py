@@ -251,6 +251,7 @@ def _cors_on_form_uploads() -> None:
     original = S3Response._bucket_response_post
 
     def post(self: Any, request: Any, bucket_name: str) -> Any:
+        self.path = self._get_path(request)  # what is_delete_keys reads (moto sets it later)
         refusal = None if self.is_delete_keys() else sigv2_post_refusal(
             {k: v[0] for k, v in self.querystring.items() if v})
         status, headers, body = refusal or original(self, request, bucket_name)

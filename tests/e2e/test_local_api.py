@@ -263,6 +263,15 @@ def test_a_sigv2_upload_form_is_refused_as_s3_refuses_it(api: Api) -> None:
     assert str(listed) in ("0", "null")  # no object under that key
 
 
+def test_a_batch_delete_is_a_post_but_not_a_form_upload(api: Api) -> None:
+    # DeleteObjects is a SigV4-signed POST to the bucket: the form-upload check lets it by.
+    key = f"{PREFIX}uploads/batch-delete/photo.jpg"
+    api.lp.aws("s3api", "put-object", "--bucket", BUCKET, "--key", key)
+    deleted = api.lp.aws("s3api", "delete-objects", "--bucket", BUCKET, "--delete",
+                         json.dumps({"Objects": [{"Key": key}]}))
+    assert [d["Key"] for d in deleted["Deleted"]] == [key]
+
+
 def test_results_are_pending_until_the_record_exists(api: Api) -> None:
     status, _, doc = api.request(
         "GET", f"/results?image=s3://{BUCKET}/{PREFIX}not-yet.jpg")
