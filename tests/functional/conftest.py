@@ -179,3 +179,15 @@ def harness(aws: Clients, classifier: Classifier, monkeypatch: pytest.MonkeyPatc
 
 def sample(name: str) -> bytes:
     return (SAMPLES / name).read_bytes()
+
+
+def execute_state_machines(endpoint: str, on: bool) -> None:
+    """Switch moto's Step Functions between running definitions and only recording them
+    (a process-wide setting of the server at `endpoint`)."""
+    import urllib.request
+
+    body = json.dumps({"stepfunctions": {"execute_state_machine": on}}).encode()
+    request = urllib.request.Request(f"{endpoint}/moto-api/config", data=body, method="POST",
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        response.read()

@@ -9,7 +9,6 @@ import json
 import re
 import socket
 import time
-import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -21,6 +20,7 @@ from pipeline.backfill import summarize
 from pipeline.local import distributed_map
 from pipeline.local.planner import make_planner
 from pipeline.local.provision import LOCAL_PLANNER, LocalResources, provision
+from tests.functional.conftest import execute_state_machines
 
 
 def _free_port() -> int:
@@ -84,15 +84,7 @@ def stack() -> Iterator[Stack]:
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
 
-    def set_execute(on: bool) -> None:
-        body = json.dumps({"stepfunctions": {"execute_state_machine": on}}).encode()
-        request = urllib.request.Request(f"{endpoint}/moto-api/config", data=body,
-                                         method="POST",
-                                         headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(request, timeout=10) as response:
-            response.read()
-
-    set_execute(True)
+    execute_state_machines(endpoint, True)
     try:
         names = {"BucketName": "imgpipe-dmap", "QueueName": "imgpipe-dmap",
                  "TableName": "imgpipe-dmap", "StateMachineName": "imgpipe-dmap",
@@ -103,7 +95,7 @@ def stack() -> Iterator[Stack]:
             holder["stack"].s3.put_object(Bucket=resources.bucket, Key=f"old/{i}.jpg", Body=b"x")
         yield holder["stack"]
     finally:
-        set_execute(False)
+        execute_state_machines(endpoint, False)
         server.stop()
         mp.undo()
 

@@ -31,6 +31,7 @@ from pipeline.local.provision import (
     resolve_parameters,
     translate_template,
 )
+from tests.functional.conftest import execute_state_machines
 
 TEMPLATE = DEFAULT_TEMPLATE
 
@@ -801,17 +802,7 @@ def test_backfill_executes_when_the_emulator_runs_state_machines(
     session = boto3.session.Session(region_name="us-east-1", aws_access_key_id="test",
                                     aws_secret_access_key="test")
 
-    def set_execute(on: bool) -> None:
-        import urllib.request
-
-        body = json.dumps({"stepfunctions": {"execute_state_machine": on}}).encode()
-        request = urllib.request.Request(f"{endpoint}/moto-api/config", data=body,
-                                         method="POST",
-                                         headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(request, timeout=10) as response:
-            response.read()
-
-    set_execute(True)
+    execute_state_machines(endpoint, True)
     try:
         # The module's server is still up and moto's state is per process: no reset, and
         # names of its own (which also exercises parameter overrides).
@@ -855,5 +846,5 @@ def test_backfill_executes_when_the_emulator_runs_state_machines(
             assert started.startswith(time.strftime("%Y-", time.gmtime()))
             assert event["BatchInput"] == {"bucket": r.bucket, "model": "", "overwrite": False}
     finally:
-        set_execute(False)  # moto's configuration is process-wide
+        execute_state_machines(endpoint, False)  # moto's configuration is process-wide
         server.stop()
