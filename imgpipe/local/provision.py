@@ -623,7 +623,10 @@ def provision(
     definitions = [v for k, v in outputs.items() if k.startswith(DEFINITION_OUTPUT_PREFIX)]
     public_outputs = {k: v for k, v in outputs.items()
                       if not k.startswith(_LOCAL_OUTPUT_PREFIXES)}
-    _apply_deferred(client, translated["Resources"], deferred, physical, stack_name)
+    # imported here: deferred.py takes ProvisionError from this module
+    from imgpipe.local.deferred import apply_deferred
+
+    apply_deferred(client, translated["Resources"], deferred, physical, stack_name)
 
     state_machine_arn = public_outputs["StateMachineArn"]
     role_arn, as_deployed = _ensure_state_machine_reachable(
@@ -742,154 +745,6 @@ def _wait_for_stack(cfn: Any, stack_name: str, timeout_s: float) -> dict[str, An
         if time.monotonic() > deadline:
             raise ProvisionError(f"stack {stack_name} still {status} after {timeout_s:.0f} s")
         time.sleep(0.2)
-
-
-def _apply_deferred(
-    client: Callable[[str], Any],
-    resources: Mapping[str, Any],
-    deferred: Mapping[str, dict[str, Any]],
-    physical: Mapping[str, str],
-    stack_name: str,
-) -> None:
-    # Queue policies first: on AWS, S3 checks it can send before storing a notification.
-    order = {"AWS::SQS::QueuePolicy": 0, "AWS::SQS::Queue": 1, "AWS::S3::BucketPolicy": 2}
-    for logical_id in sorted(deferred, key=lambda lid: order.get(resources[lid]["Type"], 9)):
-        rtype = resources[logical_id]["Type"]
-        props = deferred[logical_id]
-        if rtype == "AWS::SQS::QueuePolicy":
-            sqs = client("sqs")
-            for queue_url in props["Queues"]:
-                sqs.set_queue_attributes(
-                    QueueUrl=queue_url,
-                    Attributes={"Policy": json.dumps(props["PolicyDocument"])},
-                )
-        elif rtype == "AWS::SQS::Queue":
-            if "RedriveAllowPolicy" in props:
-                client("sqs").set_queue_attributes(
-                    QueueUrl=physical[logical_id],
-                    Attributes={"RedriveAllowPolicy": json.dumps(props["RedriveAllowPolicy"])},
-                )
-        elif rtype == "AWS::S3::BucketPolicy":
-            # moto evaluates bucket policies on object requests but ignores their
-            # conditions: the TLS-only Deny (aws:SecureTransport=false) would deny every
-            # request, and the emulator speaks plain HTTP on loopback anyway. Conditional
-            # Deny statements are therefore left out locally; the rest is applied.
-            document = dict(props["PolicyDocument"])
-            document["Statement"] = [
-                st for st in _as_list(document.get("Statement"))
-                if not (st.get("Effect") == "Deny" and st.get("Condition"))
-            ]
-            if document["Statement"]:
-                client("s3").put_bucket_policy(Bucket=props["Bucket"],
-                                               Policy=json.dumps(document))
-        elif rtype == "AWS::S3::Bucket":
-            _apply_bucket(client("s3"), physical[logical_id], props)
-        elif rtype == "AWS::DynamoDB::Table":
-            pitr = props.get("PointInTimeRecoverySpecification", {})
-            client("dynamodb").update_continuous_backups(
-                TableName=physical[logical_id],
-                PointInTimeRecoverySpecification={
-                    "PointInTimeRecoveryEnabled": _true(pitr.get("PointInTimeRecoveryEnabled"))
-                },
-            )
-        elif rtype == "AWS::SNS::Subscription":
-            client("sns").subscribe(TopicArn=props["TopicArn"], Protocol=props["Protocol"],
-                                    Endpoint=props["Endpoint"])
-        elif rtype == "AWS::Lambda::Url":
-            # The local front door (imgpipe.local.frontdoor) reads it back for its CORS.
-            config = {k: props[k] for k in ("AuthType", "Cors") if k in props}
-            client("lambda").create_function_url_config(
-                FunctionName=props["TargetFunctionArn"], **config)
-        elif rtype == "AWS::CloudWatch::Alarm":
-            alarm = {k: v for k, v in props.items() if k != "AlarmName"}
-            for key in ("Threshold",):
-                if key in alarm:
-                    alarm[key] = float(alarm[key])
-            for key in ("Period", "EvaluationPeriods", "DatapointsToAlarm"):
-                if key in alarm:
-                    alarm[key] = int(alarm[key])
-            client("cloudwatch").put_metric_alarm(
-                AlarmName=props.get("AlarmName", f"{stack_name}-{logical_id}"), **alarm
-            )
-        else:  # pragma: no cover - a new resource type in the template
-            raise ProvisionError(f"no local way to apply {logical_id} ({rtype})")
-
-
-def _apply_bucket(s3: Any, bucket: str, props: Mapping[str, Any]) -> None:
-    if "VersioningConfiguration" in props:
-        s3.put_bucket_versioning(
-            Bucket=bucket,
-            VersioningConfiguration={"Status": props["VersioningConfiguration"]["Status"]},
-        )
-    if "PublicAccessBlockConfiguration" in props:
-        block = props["PublicAccessBlockConfiguration"]
-        s3.put_public_access_block(
-            Bucket=bucket,
-            PublicAccessBlockConfiguration={k: _true(v) for k, v in block.items()},
-        )
-    if "CorsConfiguration" in props:
-        s3.put_bucket_cors(Bucket=bucket, CORSConfiguration={"CORSRules": [
-            {_CORS_RULE_KEYS.get(k, k): v for k, v in rule.items()}
-            for rule in props["CorsConfiguration"]["CorsRules"]]})
-    if "LifecycleConfiguration" in props:
-        s3.put_bucket_lifecycle_configuration(Bucket=bucket, LifecycleConfiguration={
-            "Rules": [_lifecycle_rule_for_api(r)
-                      for r in props["LifecycleConfiguration"]["Rules"]]})
-    if "NotificationConfiguration" in props:
-        s3.put_bucket_notification_configuration(
-            Bucket=bucket,
-            NotificationConfiguration=_notification_for_api(props["NotificationConfiguration"]),
-        )
-
-
-def _lifecycle_rule_for_api(rule: Mapping[str, Any]) -> dict[str, Any]:
-    """CloudFormation's lifecycle Rule -> PutBucketLifecycleConfiguration's, for the
-    properties the template uses (a rule without Prefix or Filter covers the bucket)."""
-    api: dict[str, Any] = {"ID": rule["Id"], "Status": rule["Status"],
-                           "Filter": {"Prefix": rule.get("Prefix", "")}}
-    if "NoncurrentVersionExpiration" in rule:
-        api["NoncurrentVersionExpiration"] = {
-            "NoncurrentDays": int(rule["NoncurrentVersionExpiration"]["NoncurrentDays"])}
-    if "ExpiredObjectDeleteMarker" in rule:
-        api["Expiration"] = {"ExpiredObjectDeleteMarker": _true(
-            rule["ExpiredObjectDeleteMarker"])}
-    if "AbortIncompleteMultipartUpload" in rule:
-        api["AbortIncompleteMultipartUpload"] = {"DaysAfterInitiation": int(
-            rule["AbortIncompleteMultipartUpload"]["DaysAfterInitiation"])}
-    return api
-
-
-# CloudFormation's CorsRule keys that PutBucketCors spells otherwise.
-_CORS_RULE_KEYS = {"ExposedHeaders": "ExposeHeaders", "MaxAge": "MaxAgeSeconds"}
-
-
-def _notification_for_api(cfn_config: Mapping[str, Any]) -> dict[str, Any]:
-    """CloudFormation's NotificationConfiguration -> the PutBucketNotificationConfiguration
-    shape (moto only matches lower-case filter rule names)."""
-    api: dict[str, Any] = {}
-    kinds = (("QueueConfigurations", "Queue", "QueueArn"),
-             ("TopicConfigurations", "Topic", "TopicArn"),
-             ("LambdaConfigurations", "Function", "LambdaFunctionArn"))
-    for section, target, api_target in kinds:
-        for item in cfn_config.get(section, []):
-            entry: dict[str, Any] = {api_target: item[target], "Events": [item["Event"]]}
-            rules = item.get("Filter", {}).get("S3Key", {}).get("Rules", [])
-            if rules:
-                entry["Filter"] = {"Key": {"FilterRules": [
-                    {"Name": r["Name"].lower(), "Value": r["Value"]} for r in rules
-                ]}}
-            api.setdefault(section, []).append(entry)
-    return api
-
-
-def _as_list(value: Any) -> list[Any]:
-    if value is None:
-        return []
-    return value if isinstance(value, list) else [value]
-
-
-def _true(value: Any) -> bool:
-    return value is True or str(value).lower() == "true"
 
 
 def _ensure_state_machine_reachable(
