@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from imgpipe.local.provision import ProvisionError
+from imgpipe.local.errors import ProvisionError
 
 __all__ = ["APPLIERS", "APPLY_ORDER", "Target", "apply_deferred"]
 
