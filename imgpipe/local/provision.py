@@ -10,6 +10,11 @@ through the service APIs for what moto's CloudFormation creates but ignores. Eve
 setting comes from the translated template and the deployed resources; this module has no
 second copy of them.
 
+One module per step: `translate.py` (SAM -> CloudFormation, parameters), `adapt.py` (the
+template moto can create, pure functions), `state_machine.py` (the ASL moto's interpreter
+runs), `deferred.py` (the appliers of what moto ignores, one per resource type) and this
+one (deploy, then read the resources back).
+
 What moto's CloudFormation ignores (checked against moto 5.2.5) and is applied here:
 - resource types it has no model for: AWS::S3::BucketPolicy, AWS::SQS::QueuePolicy,
   AWS::CloudWatch::Alarm, AWS::SNS::Subscription (skipped with a warning by moto); of the
@@ -35,24 +40,40 @@ the dialect moto's interpreter accepts (`emulator_definition`).
 from __future__ import annotations
 
 import contextlib
-import copy
 import dataclasses
 import io
 import json
-import re
 import time
 import zipfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from imgpipe.local.adapt import (
+    _LOCAL_OUTPUT_PREFIXES,
+    DEFERRED_OUTPUT_PREFIX,
+    DEFINITION_OUTPUT_PREFIX,
+    adapt_for_emulator,
+)
 from imgpipe.local.deferred import apply_deferred
 from imgpipe.local.errors import ProvisionError
 from imgpipe.local.state_machine import LOCAL_PLANNER, emulator_definition
-from pipeline.errors import ConfigError
+from imgpipe.local.translate import (
+    CREDENTIALS,
+    DEFAULT_TEMPLATE,
+    LOCAL_BUCKET,
+    PLACEHOLDER_CODE_KEY,
+    check_parameter_rules,
+    load_sam_template,
+    local_parameters,
+    local_session,
+    resolve_parameters,
+    translate_template,
+)
 
 __all__ = [
+    "CREDENTIALS",
     "DEFAULT_TEMPLATE",
     "DeployedFunction",
     "LOCAL_PLANNER",
@@ -72,30 +93,6 @@ __all__ = [
     "translate_template",
 ]
 
-DEFAULT_TEMPLATE = Path(__file__).resolve().parents[2] / "infra" / "template.yaml"
-CREDENTIALS = {"aws_access_key_id": "test", "aws_secret_access_key": "test"}
-PLACEHOLDER_CODE_KEY = "imgpipe/placeholder-code.zip"
-
-# Resource types moto's CloudFormation has no model for; provision applies them through
-# the API after the stack exists (their properties are resolved by moto, see
-# `_deferred_output`).
-API_APPLIED_TYPES = ("AWS::S3::BucketPolicy", "AWS::SQS::QueuePolicy", "AWS::CloudWatch::Alarm",
-                     "AWS::SNS::Subscription", "AWS::Lambda::Url")
-# Properties of supported resources that moto's CloudFormation accepts but ignores.
-IGNORED_PROPERTIES = {
-    "AWS::S3::Bucket": (
-        "VersioningConfiguration",
-        "PublicAccessBlockConfiguration",
-        "NotificationConfiguration",
-        "CorsConfiguration",
-        "LifecycleConfiguration",
-    ),
-    "AWS::DynamoDB::Table": ("PointInTimeRecoverySpecification",),
-    "AWS::SQS::Queue": ("RedriveAllowPolicy",),
-}
-DEFERRED_OUTPUT_PREFIX = "ImgpipeLocalDeferred"
-DEFINITION_OUTPUT_PREFIX = "ImgpipeLocalDefinition"
-_LOCAL_OUTPUT_PREFIXES = (DEFERRED_OUTPUT_PREFIX, DEFINITION_OUTPUT_PREFIX)
 
 
 @dataclass(frozen=True)
@@ -155,290 +152,6 @@ class LocalResources:
         raise KeyError(name)
 
 
-# ---------------------------------------------------------------- translation (offline)
-
-
-def load_sam_template(template_path: Path | None = None) -> dict[str, Any]:
-    """The SAM template as a dict (short-form intrinsics such as !Ref become long form)."""
-    from samtranslator.yaml_helper import yaml_parse
-
-    path = Path(template_path or DEFAULT_TEMPLATE)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as e:
-        raise ConfigError(f"cannot read the template {path}: {e.strerror}") from None
-    template: dict[str, Any] = yaml_parse(text)
-    return template
-
-
-def resolve_parameters(
-    template: Mapping[str, Any], parameters: Mapping[str, str] | None = None
-) -> dict[str, str]:
-    """Template defaults overlaid with `parameters`; unknown names are an error."""
-    declared = template.get("Parameters", {})
-    unknown = sorted(set(parameters or {}) - set(declared))
-    if unknown:
-        raise ConfigError(
-            f"unknown template parameter(s): {', '.join(unknown)} "
-            f"(the template declares {', '.join(sorted(declared))})"
-        )
-    values = {name: str(spec.get("Default", "")) for name, spec in declared.items()}
-    values.update({k: str(v) for k, v in (parameters or {}).items()})
-    return values
-
-
-def check_parameter_rules(
-    values: Mapping[str, str], template: Mapping[str, Any] | None = None
-) -> None:
-    """What CloudFormation checks before creating anything (parameter constraints, the
-    template's `Rules`, its `Mappings` lookups), evaluated from the template itself
-    (`template_checks`); `template` defaults to infra/template.yaml."""
-    from imgpipe.local.template_checks import check_parameters
-
-    check_parameters(template if template is not None else load_sam_template(), values)
-
-
-LOCAL_BUCKET = "imgpipe-local"
-
-
-def local_parameters(parameters: Mapping[str, str] | None = None) -> dict[str, str]:
-    """`parameters` plus the local stack's defaults: the bucket keeps the contract name
-    `imgpipe-local` (on AWS an empty BucketName derives one from account and region),
-    unless the stack is to use an existing bucket."""
-    chosen = dict(parameters or {})
-    if not chosen.get("ExistingBucketName"):
-        chosen.setdefault("BucketName", LOCAL_BUCKET)
-    return chosen
-
-
-def _managed_policy_loader(partition: str = "aws") -> Callable[[], dict[str, str]]:
-    """A managed-policy name -> ARN map that needs no network (the translator would
-    otherwise call IAM ListPolicies). The template only names policies by ARN or inline
-    statements; these are the ones SAM itself adds."""
-    names = {
-        "AWSLambdaBasicExecutionRole": "service-role/AWSLambdaBasicExecutionRole",
-        "AWSLambdaSQSQueueExecutionRole": "service-role/AWSLambdaSQSQueueExecutionRole",
-        "AWSXrayWriteOnlyAccess": "AWSXrayWriteOnlyAccess",
-        "AWSXRayDaemonWriteAccess": "AWSXRayDaemonWriteAccess",
-    }
-    mapping = {name: f"arn:{partition}:iam::aws:policy/{path}" for name, path in names.items()}
-    return lambda: dict(mapping)
-
-
-def translate_template(
-    template_path: Path | None,
-    parameters: Mapping[str, str] | None = None,
-    *,
-    region: str = "us-east-1",
-    code_uri: str = "s3://imgpipe-artifacts/" + PLACEHOLDER_CODE_KEY,
-) -> dict[str, Any]:
-    """SAM -> plain CloudFormation, offline.
-
-    Local `CodeUri`s (the template uses `..`, the repository root) are replaced by
-    `code_uri`, which is what `sam package` does after uploading the code.
-    """
-    from samtranslator.model.exceptions import InvalidDocumentException
-    from samtranslator.parser.parser import Parser
-    from samtranslator.translator.translator import Translator
-
-    sam = load_sam_template(template_path)
-    values = resolve_parameters(sam, parameters)
-    for resource in sam.get("Resources", {}).values():
-        if resource.get("Type") == "AWS::Serverless::Function":
-            uri = resource.get("Properties", {}).get("CodeUri")
-            if isinstance(uri, str) and not uri.startswith("s3://"):
-                resource["Properties"]["CodeUri"] = code_uri
-    # A session built from explicit values: only its region is used, never the network.
-    session = local_session(region)
-    translator = Translator(None, Parser(), boto_session=session)
-    try:
-        translated: dict[str, Any] = translator.translate(
-            sam, parameter_values=dict(values),
-            get_managed_policy_map=_managed_policy_loader(session.get_partition_for_region(region)),
-        )
-    except InvalidDocumentException as e:
-        causes = "; ".join(str(c) for c in e.causes)
-        raise ConfigError(f"the SAM template does not translate: {causes}") from None
-    finally:
-        translator.metrics.publish()  # to its dummy publisher: silences a warning
-    return translated
-
-
-# ---------------------------------------------------------------- adaptation
-
-
-def adapt_for_emulator(
-    template: Mapping[str, Any], parameters: Mapping[str, str] | None = None
-) -> dict[str, Any]:
-    """A copy of the translated template that moto's CloudFormation can create.
-
-    1. Resource types moto has no model for are removed (moto would skip them with a
-       warning) and their properties are exposed as extra outputs, so that moto itself
-       resolves their intrinsic functions; provision applies them through the API.
-    2. Likewise for the properties moto ignores on resources it does create.
-    3. The SQS event source mapping is created disabled: moto's own SQS trigger would
-       consume messages on every SendMessage and try to run the function in Docker. The
-       local stack's poller plays the mapping's part, with its settings read back.
-    4. DefinitionSubstitutions are resolved into the state machine's DefinitionString
-       (moto ignores the property; CloudFormation would do the same substitution).
-    5. List items that are `Fn::If [cond, X, !Ref AWS::NoValue]` (the optional model
-       policy) are decided here from the parameter values: moto turns a NoValue list item
-       into None and then fails on it (CloudFormation drops it). Resources whose
-       `Condition` is false are left out the same way.
-    6. `Fn::FindInMap` keyed by parameters is looked up here: moto passes Number parameters
-       as numbers, which miss the mapping's (string) keys.
-    The Lambda Code already points at an S3 object (`translate_template(code_uri=...)`),
-    which provision fills with a placeholder zip: moto needs a zip to create a function,
-    and the stack runs the functions in its own Runtime API workers, not in moto.
-    """
-    adapted = copy.deepcopy(dict(template))
-    values = resolve_parameters(adapted, parameters)
-    conditions = {name: _condition(expr, adapted.get("Conditions", {}), values)
-                  for name, expr in adapted.get("Conditions", {}).items()}
-    # Resources whose condition is false are left out here, as CloudFormation would.
-    adapted["Resources"] = _decide_optional_list_items(
-        {lid: r for lid, r in adapted["Resources"].items()
-         if conditions.get(r.get("Condition", ""), True)}, conditions)
-    adapted["Resources"] = _resolve_find_in_map(adapted["Resources"],
-                                                 adapted.get("Mappings", {}), values)
-    resources: dict[str, Any] = adapted["Resources"]
-    outputs: dict[str, Any] = adapted.setdefault("Outputs", {})
-    removed = [lid for lid, r in resources.items() if r["Type"] in API_APPLIED_TYPES]
-    for logical_id in list(resources):
-        resource = resources[logical_id]
-        rtype = resource["Type"]
-        props = resource.setdefault("Properties", {})
-        if logical_id in removed:
-            outputs[_deferred_output(logical_id)] = {"Value": {"Fn::ToJsonString": props}}
-            del resources[logical_id]
-            continue
-        ignored = {k: props.pop(k) for k in IGNORED_PROPERTIES.get(rtype, ()) if k in props}
-        if ignored:
-            outputs[_deferred_output(logical_id)] = {"Value": {"Fn::ToJsonString": ignored}}
-        if rtype == "AWS::Lambda::EventSourceMapping":
-            props["Enabled"] = False
-        if rtype == "AWS::StepFunctions::StateMachine":
-            _inline_definition_substitutions(props)
-            # The resolved text, readable over HTTP whichever backend serves the API.
-            outputs[f"{DEFINITION_OUTPUT_PREFIX}{logical_id}"] = {
-                "Value": props["DefinitionString"]
-            }
-    # Outputs of removed resources (the function URL's address) have no local value.
-    for name in [n for n, o in outputs.items() if _references(o, removed)]:
-        del outputs[name]
-    for resource in resources.values():
-        depends = resource.get("DependsOn")
-        if depends is not None:
-            kept = [d for d in ([depends] if isinstance(depends, str) else depends)
-                    if d not in removed]
-            if kept:
-                resource["DependsOn"] = kept
-            else:
-                del resource["DependsOn"]
-    return adapted
-
-
-def _references(node: Any, logical_ids: Sequence[str]) -> bool:
-    """Whether a template fragment names one of `logical_ids` (Ref or Fn::GetAtt)."""
-    if isinstance(node, dict):
-        if node.get("Ref") in logical_ids:
-            return True
-        att = node.get("Fn::GetAtt")
-        if isinstance(att, list) and att and att[0] in logical_ids:
-            return True
-        return any(_references(v, logical_ids) for v in node.values())
-    if isinstance(node, list):
-        return any(_references(v, logical_ids) for v in node)
-    return False
-
-
-def _condition(expr: Any, conditions: Mapping[str, Any], values: Mapping[str, str]) -> bool:
-    """Evaluate a template condition over parameter values (the functions conditions use)."""
-    from imgpipe.local.template_checks import evaluate
-
-    try:
-        return bool(evaluate(expr, values, conditions))
-    except ConfigError as e:
-        raise ProvisionError(f"cannot evaluate the template condition {expr!r} locally: "
-                             f"{e}") from None
-
-
-def _decide_optional_list_items(node: Any, conditions: Mapping[str, bool]) -> Any:
-    no_value = {"Ref": "AWS::NoValue"}
-    if isinstance(node, dict):
-        return {k: _decide_optional_list_items(v, conditions) for k, v in node.items()}
-    if isinstance(node, list):
-        items = []
-        for item in node:
-            if (isinstance(item, dict) and list(item) == ["Fn::If"]
-                    and no_value in item["Fn::If"][1:]):
-                name, when_true, when_false = item["Fn::If"]
-                item = when_true if conditions[name] else when_false
-                if item == no_value:
-                    continue
-            items.append(_decide_optional_list_items(item, conditions))
-        return items
-    return node
-
-
-def _resolve_find_in_map(node: Any, mappings: Mapping[str, Any],
-                         values: Mapping[str, str]) -> Any:
-    from imgpipe.local.template_checks import evaluate
-
-    if isinstance(node, dict):
-        if list(node) == ["Fn::FindInMap"]:
-            map_name, *keys = node["Fn::FindInMap"]
-            found: Any = mappings[map_name]
-            for key in keys:
-                found = found[str(evaluate(key, values))]
-            return found
-        return {k: _resolve_find_in_map(v, mappings, values) for k, v in node.items()}
-    if isinstance(node, list):
-        return [_resolve_find_in_map(item, mappings, values) for item in node]
-    return node
-
-
-def _deferred_output(logical_id: str) -> str:
-    return f"{DEFERRED_OUTPUT_PREFIX}{logical_id}"
-
-
-_PLACEHOLDER = re.compile(r"\$\{([A-Za-z0-9_.:-]+)\}")
-
-
-def _inline_definition_substitutions(props: dict[str, Any]) -> None:
-    """`DefinitionString` + `DefinitionSubstitutions` -> one `Fn::Join` whose pieces are the
-    definition text and the substitution values (intrinsics moto resolves). Fn::Sub would
-    also do it, but moto's Fn::Sub runs string.Template, which turns `$$` (the ASL context
-    object) into `$`."""
-    substitutions = props.pop("DefinitionSubstitutions", None)
-    if not substitutions:
-        return
-    text = _definition_text(props.get("DefinitionString"))
-    pieces: list[Any] = []
-    last = 0
-    for match in _PLACEHOLDER.finditer(text):
-        if match.group(1) not in substitutions:
-            continue
-        pieces.append(text[last:match.start()])
-        pieces.append(substitutions[match.group(1)])
-        last = match.end()
-    pieces.append(text[last:])
-    props["DefinitionString"] = {"Fn::Join": ["", [p for p in pieces if p != ""]]}
-
-
-def _definition_text(definition: Any) -> str:
-    if isinstance(definition, str):
-        return definition
-    if isinstance(definition, dict) and "Fn::Join" in definition:
-        separator, parts = definition["Fn::Join"]
-        if all(isinstance(p, str) for p in parts):
-            return str(separator).join(parts)
-    raise ProvisionError(
-        "the state machine definition must be inline text (SAM `Definition`) to be "
-        "deployed locally"
-    )
-
-
 # ---------------------------------------------------------------- deployment
 
 
@@ -474,16 +187,7 @@ def provision(
     if reset:
         _reset_emulator(endpoint_url)
     s3, cfn = client("s3"), client("cloudformation")
-    try:
-        existing = cfn.describe_stacks(StackName=stack_name)["Stacks"]
-    except cfn.exceptions.ClientError:
-        existing = []
-    if any(st["StackStatus"] != "DELETE_COMPLETE" for st in existing):
-        raise ProvisionError(
-            f"stack {stack_name} already exists in the emulator at {endpoint_url} (moto's "
-            f"state is shared by every server in this process); provision with reset=True "
-            f"or another stack name"
-        )
+    _refuse_existing_stack(cfn, stack_name, endpoint_url)
     staging = f"{stack_name}-local-artifacts"
     _create_bucket(s3, staging, region)
     s3.put_object(Bucket=staging, Key=PLACEHOLDER_CODE_KEY, Body=_placeholder_zip())
@@ -508,14 +212,7 @@ def provision(
             f"the emulator refused stack {stack_name}: {e} (the emulator's log names the "
             f"resource; provision.adapt_for_emulator lists what is adapted for moto)"
         ) from e
-    stack = _wait_for_stack(cfn, stack_name, timeout_s)
-    outputs = {o["OutputKey"]: o.get("OutputValue", "") for o in stack.get("Outputs", [])}
-    # moto reports no physical id for some resources (a Lambda permission): none needs one.
-    physical = {
-        r["LogicalResourceId"]: r["PhysicalResourceId"]
-        for r in cfn.describe_stack_resources(StackName=stack_name)["StackResources"]
-        if "PhysicalResourceId" in r
-    }
+    outputs, physical = _created_stack(cfn, stack_name, timeout_s)
 
     deferred = {
         key[len(DEFERRED_OUTPUT_PREFIX):]: json.loads(value)
@@ -536,6 +233,33 @@ def provision(
     return dataclasses.replace(resources, parameters=values, functions=tuple(
         _deployed_function(client("lambda"), physical[lid])
         for lid, r in translated["Resources"].items() if r["Type"] == "AWS::Lambda::Function"))
+
+
+def _created_stack(cfn: Any, stack_name: str,
+                   timeout_s: float) -> tuple[dict[str, str], dict[str, str]]:
+    """The created stack's outputs and physical ids (logical id -> physical id)."""
+    stack = _wait_for_stack(cfn, stack_name, timeout_s)
+    outputs = {o["OutputKey"]: o.get("OutputValue", "") for o in stack.get("Outputs", [])}
+    # moto reports no physical id for some resources (a Lambda permission): none needs one.
+    physical = {
+        r["LogicalResourceId"]: r["PhysicalResourceId"]
+        for r in cfn.describe_stack_resources(StackName=stack_name)["StackResources"]
+        if "PhysicalResourceId" in r
+    }
+    return outputs, physical
+
+
+def _refuse_existing_stack(cfn: Any, stack_name: str, endpoint_url: str) -> None:
+    try:
+        existing = cfn.describe_stacks(StackName=stack_name)["Stacks"]
+    except cfn.exceptions.ClientError:
+        existing = []
+    if any(st["StackStatus"] != "DELETE_COMPLETE" for st in existing):
+        raise ProvisionError(
+            f"stack {stack_name} already exists in the emulator at {endpoint_url} (moto's "
+            f"state is shared by every server in this process); provision with reset=True "
+            f"or another stack name"
+        )
 
 
 def _deployed_function(lam: Any, name: str) -> DeployedFunction:
@@ -574,13 +298,6 @@ def deployed_state_machine_definition(
 
 
 # ---------------------------------------------------------------- helpers
-
-
-def local_session(region: str) -> Any:
-    """A boto3 session with the emulator's dummy credentials."""
-    import boto3
-
-    return boto3.session.Session(region_name=region, **CREDENTIALS)
 
 
 def moto_api(endpoint_url: str, action: str, settings: Mapping[str, Any] | None = None) -> None:

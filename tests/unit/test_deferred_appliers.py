@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 
 from imgpipe.local import deferred
-from imgpipe.local.provision import API_APPLIED_TYPES, IGNORED_PROPERTIES, ProvisionError
+from imgpipe.local.adapt import API_APPLIED_TYPES, IGNORED_PROPERTIES
+from imgpipe.local.errors import ProvisionError
 
 
 def test_every_type_set_aside_has_an_applier() -> None:
