@@ -55,7 +55,7 @@ local: $(VENV)/.installed-local  ## run the embedded AWS stack until Ctrl-C
 	$(BIN)/imgpipe local
 
 test: $(VENV)/.installed-dev  ## lint, type-check and run the whole test suite
-	$(BIN)/ruff check pipeline handlers tests model tools
+	$(BIN)/ruff check pipeline imgpipe handlers tests model tools
 	$(BIN)/mypy
 	$(BIN)/cfn-lint infra/template.yaml
 	$(BIN)/python -m tests.template_gates
@@ -75,7 +75,7 @@ clean-checkov:
 	rm -rf $(CHECKOV_VENV)
 
 lint: $(VENV)/.installed-dev  ## ruff + mypy + cfn-lint
-	$(BIN)/ruff check pipeline handlers tests model tools
+	$(BIN)/ruff check pipeline imgpipe handlers tests model tools
 	$(BIN)/mypy
 	$(BIN)/cfn-lint infra/template.yaml
 

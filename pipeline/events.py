@@ -11,7 +11,7 @@ S3 notifications URL-encode keys the way HTML forms do ("red flower.jpg" arrives
 "red+flower.jpg"); real S3 leaves `/` alone, moto encodes it as `%2F`, and `unquote_plus`
 handles both. EventBridge keys are decoded the same way, as AWS's own Powertools does
 (`S3EventBridgeNotificationObject.key`). moto's EventBridge emulation sends keys raw; the
-local stack encodes them as S3 does (`pipeline.local.s3_events`).
+local stack encodes them as S3 does (`imgpipe.local.s3_events`).
 
 Anything that is not one of these shapes raises `PermanentError`: it will never parse,
 so retrying it only delays its trip to the DLQ.

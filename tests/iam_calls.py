@@ -3,7 +3,7 @@
 The emulator does not enforce IAM (moto's access control evaluates no resource for DynamoDB,
 so every table-scoped grant is refused, and no condition but a trust policy's), so the
 local stack records the calls instead (`imgpipe local --record-calls FILE`,
-pipeline/local/call_recorder) and this module checks them against the role policies the
+imgpipe/local/call_recorder) and this module checks them against the role policies the
 translated template deployed, as IAM evaluates an identity policy
 (https://docs.aws.amazon.com/IAM/latest/UserGuide/reference_policies_evaluation-logic.html):
 an explicit Deny wins, otherwise a statement must Allow the action on the resource, its

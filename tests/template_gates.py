@@ -319,7 +319,7 @@ def code_actions(handler: str, root: Path = ROOT) -> dict[str, list[str]]:
 
 
 def load(path: Path = TEMPLATE) -> dict[str, Any]:
-    from pipeline.local.provision import load_sam_template
+    from imgpipe.local.provision import load_sam_template
 
     return load_sam_template(path)
 
@@ -530,7 +530,7 @@ def wildcard_violations(translated: Mapping[str, Any]) -> list[str]:
 
 
 def main() -> int:
-    from pipeline.local.provision import translate_template
+    from imgpipe.local.provision import translate_template
 
     skips = checkov_skips()
     report = checkov_report(translate_template(TEMPLATE, {}), skips)

@@ -10,7 +10,7 @@ injects at random:
 
 - an ingest worker killed (SIGKILL) mid-flight: its batch comes back through SQS;
 - DynamoDB replies lost after the write (the emulator applies the PutItem and answers 500;
-  botocore's retry then meets its own write: `pipeline.local.chaos`);
+  botocore's retry then meets its own write: `imgpipe.local.chaos`);
 - the emulator frozen for a moment (SIGSTOP, then SIGCONT): every client waits on it.
 
 A disk filled for a moment is not injected: the local state directory's handling of a full
@@ -157,9 +157,9 @@ def run_chaos(photos: int = 1000, *, seed: int = 1, lost_reply_rate: float = 0.0
                                                                  "emulator frozen"),
               timeout_s: float = 3600.0, log: Callable[[str], None] = print) -> ChaosResult:
     """One fault-injection run; see the module's docstring."""
-    from pipeline.local.stack import LocalStack, StackOptions, free_port
+    from imgpipe.local.stack import LocalStack, StackOptions, free_port
+    from imgpipe.reconcile import reconcile
     from pipeline.modelstore import model_id_of
-    from pipeline.reconcile import reconcile
 
     rng = random.Random(seed)
     real = sorted(SAMPLES.glob("*.jpg"))[:max(0, min(6, photos // 10))]
@@ -231,7 +231,7 @@ def _run_with_faults(stack: Any, rng: random.Random, names: Sequence[str],
 
 
 def _depth(sqs: Any, url: str) -> int:
-    from pipeline.reconcile import queue_depth
+    from imgpipe.reconcile import queue_depth
 
     return int(queue_depth(sqs, url))
 

@@ -2,8 +2,10 @@
 (the Makefile's `build-<Function>` targets) and `make package`.
 
 The package root holds what the functions run and nothing else:
-- `handlers/`, and the modules of `pipeline/` the handlers import (traced from their import
-  statements, so the emulator, the CLI and the benchmark never ship);
+- the runtime core whole: every Python file under `handlers/` and `pipeline/` (the tooling,
+  `imgpipe/`, never ships; tests/unit/test_import_contract.py keeps the core from importing
+  it). The lean package holds a subset: the modules its one handler imports, traced from
+  their import statements;
 - the packaged models: each `model/**/manifest.json` with the ONNX and labels files it names;
 - the upload page (`web/`), which the API function serves;
 - the pinned dependencies of `requirements-lambda.txt`, wheels for the target platform only;
@@ -64,6 +66,8 @@ from tools.lambda_deps import (
 # Lambda's limit for a function's unzipped code, layers included.
 UNZIPPED_LIMIT = 262_144_000
 ENTRY_PACKAGE = "handlers"
+# The runtime core: the folders a full package holds whole, and all the lean one's tracer follows.
+RUNTIME_PACKAGES = (ENTRY_PACKAGE, "pipeline")
 PACKAGE_INFO = "imgpipe-package.json"  # read by handlers/__init__.py
 ELF_MACHINES = {62: "x86_64", 183: "arm64"}  # ELF e_machine -> Lambda architecture
 # Dependencies' own test suites (numpy's: 15 MB with byte code) never run in the function:
@@ -78,7 +82,7 @@ class Contents:
     """What one kind of package holds."""
 
     name: str
-    entries: tuple[str, ...]  # handler modules; empty: every module of handlers/
+    entries: tuple[str, ...]  # handler modules traced; empty: the runtime core whole
     models: bool  # the packaged models
     web: bool  # the upload page
     without: frozenset[str]  # pins of the lock file left out (canonical names)
@@ -144,13 +148,19 @@ def _imported_modules(path: Path, module: str) -> Iterator[str]:
             yield from (f"{base}.{alias.name}" for alias in node.names)
 
 
+def runtime_sources(root: Path = ROOT) -> list[Path]:
+    """Every Python file of the runtime core (`RUNTIME_PACKAGES`), relative to `root`."""
+    return sorted(p.relative_to(root) for top in RUNTIME_PACKAGES
+                  for p in (root / top).rglob("*.py") if "__pycache__" not in p.parts)
+
+
 def traced_sources(root: Path = ROOT, entries: Sequence[str] = ()) -> list[Path]:
-    """The first-party files the handlers import (`entries`, or every module of
+    """The runtime core's files the handlers import (`entries`, or every module of
     handlers/), transitively, with their packages' `__init__.py`, relative to `root`."""
     entry = root / ENTRY_PACKAGE
     todo = list(entries) or [f"{ENTRY_PACKAGE}.{p.stem}" if p.name != "__init__.py"
                              else ENTRY_PACKAGE for p in sorted(entry.glob("*.py"))]
-    ours = (ENTRY_PACKAGE, *_first_party_packages(root))
+    ours = RUNTIME_PACKAGES
     seen: dict[str, Path] = {}
     while todo:
         module = todo.pop()
@@ -164,12 +174,6 @@ def traced_sources(root: Path = ROOT, entries: Sequence[str] = ()) -> list[Path]
         todo += [".".join(parts[:i]) for i in range(1, len(parts))]  # parent packages
         todo += [m for m in _imported_modules(path, module) if m.split(".")[0] in ours]
     return sorted(p.relative_to(root) for p in seen.values())
-
-
-def _first_party_packages(root: Path) -> tuple[str, ...]:
-    with (root / "pyproject.toml").open("rb") as f:
-        packages = tomllib.load(f)["tool"]["setuptools"]["packages"]
-    return tuple(sorted({p.split(".")[0] for p in packages}))
 
 
 def model_files(root: Path = ROOT) -> list[Path]:
@@ -247,7 +251,8 @@ def fingerprint(arch: str, sources: Sequence[Path], root: Path = ROOT) -> str:
 
 def package_sources(contents: Contents, root: Path = ROOT) -> list[Path]:
     """The repository's files a package of `contents` holds, relative to `root`."""
-    return [*traced_sources(root, contents.entries),
+    code = traced_sources(root, contents.entries) if contents.entries else runtime_sources(root)
+    return [*code,
             *(model_files(root) if contents.models else []),
             *(web_files(root) if contents.web else [])]
 

@@ -94,7 +94,7 @@ def start_local(home: Path, *args: str, port: int | None = None) -> LocalProcess
         "AWS_SECRET_ACCESS_KEY": "test",
         "AWS_DEFAULT_REGION": "us-east-1",
         # as the banner's export lines: without it aws CLI v1 sends `aws sqs` to AWS
-        "AWS_CONFIG_FILE": str(ROOT / "pipeline" / "local" / "awscli.cfg"),
+        "AWS_CONFIG_FILE": str(ROOT / "imgpipe" / "local" / "awscli.cfg"),
         "AWS_PAGER": "",
         "PYTHONUNBUFFERED": "1",
         "PYTHONPATH": str(ROOT),  # this tree's code, whichever checkout installed imgpipe

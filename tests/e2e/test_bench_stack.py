@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline.bench import run_benchmark
-from pipeline.bench.stack import section_local_stack
+from imgpipe.bench import run_benchmark
+from imgpipe.bench.stack import section_local_stack
 
 
 def test_the_stack_section_measures_cold_and_warm_ingest_and_backfill(tmp_path: Path) -> None:

@@ -1,6 +1,6 @@
 """The export lines the banner prints point every aws CLI command of the README at the stack,
 `aws sqs` included (aws CLI v1 sends it to queue.amazonaws.com unless its config loads
-pipeline.local.awscli_endpoints), and the README's dead-letter runbook runs as written."""
+imgpipe.local.awscli_endpoints), and the README's dead-letter runbook runs as written."""
 
 from __future__ import annotations
 

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from pipeline.local.stack import LocalStack, StackOptions, free_port
+from imgpipe.local.stack import LocalStack, StackOptions, free_port
 from tests.tiny_models import EFFICIENTNET_LITE0, make_tiny_model
 
 pytestmark = pytest.mark.e2e

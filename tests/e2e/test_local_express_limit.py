@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.local.stack import LocalStack, StackOptions, free_port
+from imgpipe.local.stack import LocalStack, StackOptions, free_port
 from tests.tiny_models import EFFICIENTNET_LITE0, make_tiny_model
 
 pytestmark = pytest.mark.e2e

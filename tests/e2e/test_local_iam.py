@@ -20,8 +20,8 @@ from typing import Any
 
 import pytest
 
-from pipeline.local.provision import DEFAULT_TEMPLATE, load_sam_template
-from pipeline.local.stack import LocalStack, StackOptions, free_port
+from imgpipe.local.provision import DEFAULT_TEMPLATE, load_sam_template
+from imgpipe.local.stack import LocalStack, StackOptions, free_port
 from tests.iam_calls import check_calls, permissions_used
 
 pytestmark = pytest.mark.e2e

@@ -20,9 +20,8 @@ from typing import Any
 
 import pytest
 
-from pipeline.errors import PermanentError
-from pipeline.local.functions import FunctionHost, invoke_url
-from pipeline.local.stack import (
+from imgpipe.local.functions import FunctionHost, invoke_url
+from imgpipe.local.stack import (
     LocalStack,
     StackOptions,
     _spawn_emulator,
@@ -30,6 +29,7 @@ from pipeline.local.stack import (
     _wait_until_listening,
     free_port,
 )
+from pipeline.errors import PermanentError
 
 pytestmark = pytest.mark.e2e
 
@@ -132,7 +132,7 @@ def test_emulator_keeps_connections_alive_and_ignores_ctrl_c(
 def test_emulator_exits_when_its_parent_dies() -> None:
     parent = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
         import os, subprocess, sys, time
-        child = subprocess.Popen([sys.executable, "-m", "pipeline.local.emulator",
+        child = subprocess.Popen([sys.executable, "-m", "imgpipe.local.emulator",
                                   "--port", "{free_port()}", "--functions", "http://x",
                                   "--parent-pid", str(os.getpid())])
         print(child.pid, flush=True)
@@ -195,7 +195,7 @@ def test_imgpipe_local_says_so_and_exits_when_its_emulator_dies(tmp_path: Any) -
 
     lp = start_local(tmp_path)
     (emulator_pid,) = [pid for pid, cmd in _children(lp.proc.pid).items()
-                       if "pipeline.local.emulator" in cmd]
+                       if "imgpipe.local.emulator" in cmd]
     os.kill(emulator_pid, signal.SIGKILL)
     try:
         lp.proc.wait(timeout=60)

@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 from PIL import Image
 
+from imgpipe.report import build_report
 from pipeline.classifier import LabelScore
 from pipeline.records import PredictionRecord
-from pipeline.report import build_report
 from tests.browser import artifact_path, open_page
 
 pytestmark = pytest.mark.e2e

@@ -1,6 +1,6 @@
 """The HTTP API's core (`pipeline.api.HttpApi`) over moto in-process and the real model:
 the refusals and stored objects a request can produce, one payload 2.0 event at a time
-(the local function URL builds the same events: `pipeline.local.frontdoor.url_event`)."""
+(the local function URL builds the same events: `imgpipe.local.frontdoor.url_event`)."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ from typing import Any
 import pytest
 from PIL import Image
 
+from imgpipe.local.frontdoor import url_event
 from pipeline.api import HttpApi
 from pipeline.classifier import Classifier
 from pipeline.factory import build_api
-from pipeline.local.frontdoor import url_event
 from pipeline.settings import Settings
 from tests.functional.conftest import BUCKET, TABLE, Clients, sample
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from imgpipe.local.planner import listing_item, plan_batches
 from pipeline.backfill import BackfillIncomplete, parse_batch, run_batch
-from pipeline.local.planner import listing_item, plan_batches
 from tests.conftest import load_event
 from tests.functional.conftest import BUCKET, Harness, sample
 

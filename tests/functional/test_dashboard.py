@@ -8,7 +8,7 @@ import json
 import re
 from typing import Any
 
-from pipeline.local.provision import DEFAULT_TEMPLATE, translate_template
+from imgpipe.local.provision import DEFAULT_TEMPLATE, translate_template
 from pipeline.observe import TIMING_METRICS
 
 STATUSES = ("classified", "rejected", "gone", "skipped", "superseded", "failed")

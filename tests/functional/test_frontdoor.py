@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from pipeline.local.frontdoor import MAX_EVENT_BYTES, FrontDoor
+from imgpipe.local.frontdoor import MAX_EVENT_BYTES, FrontDoor
 
 
 class Function:

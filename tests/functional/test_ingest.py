@@ -442,7 +442,7 @@ def test_the_writes_of_different_images_overlap(harness: Harness) -> None:
 
 
 def test_an_image_overwritten_by_a_non_image_loses_its_old_document(harness: Harness) -> None:
-    from pipeline.reconcile import reconcile
+    from imgpipe.reconcile import reconcile
 
     first = harness.upload("incoming/x.jpg", sample("coffee.jpg"))
     invoke(s3_event(first))

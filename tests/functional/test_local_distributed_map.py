@@ -1,4 +1,4 @@
-"""The emulator's Distributed Map behaves as AWS documents it (pipeline.local.distributed_map):
+"""The emulator's Distributed Map behaves as AWS documents it (imgpipe.local.distributed_map):
 children's failures past the tolerated percentage fail the run, EXPRESS children stop at
 their time limit, the ResultWriter writes its files, map-run lookups of a starting
 execution and `list-executions --map-run-arn` answer."""
@@ -16,10 +16,10 @@ from typing import Any
 import boto3
 import pytest
 
+from imgpipe.local import distributed_map
+from imgpipe.local.planner import make_planner
+from imgpipe.local.provision import LOCAL_PLANNER, LocalResources, provision
 from pipeline.backfill import summarize
-from pipeline.local import distributed_map
-from pipeline.local.planner import make_planner
-from pipeline.local.provision import LOCAL_PLANNER, LocalResources, provision
 from tests.functional.conftest import execute_state_machines
 
 

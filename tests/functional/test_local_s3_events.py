@@ -1,4 +1,4 @@
-"""The local stack's mends of moto's S3 events (`pipeline.local.s3_events`), in moto
+"""The local stack's mends of moto's S3 events (`imgpipe.local.s3_events`), in moto
 in-process: what a queue receives for an upload is what S3 sends."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from tests.functional.conftest import BUCKET
 def mended(mocked_aws: None, monkeypatch: pytest.MonkeyPatch) -> None:
     from moto.s3 import notifications
 
-    from pipeline.local.s3_events import one_event_per_multipart_upload
+    from imgpipe.local.s3_events import one_event_per_multipart_upload
 
     # monkeypatch puts moto's own send_event back after the test.
     monkeypatch.setattr(notifications, "send_event", notifications.send_event)

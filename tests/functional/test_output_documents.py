@@ -9,10 +9,10 @@ from typing import Any
 import pytest
 
 import handlers.ingest
+from imgpipe.reconcile import reconcile
 from pipeline.classifier import Classifier
 from pipeline.errors import ConfigError, TransientError
 from pipeline.factory import build_service
-from pipeline.reconcile import reconcile
 from pipeline.settings import Settings
 from tests.functional.conftest import (
     BUCKET,

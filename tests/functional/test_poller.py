@@ -18,7 +18,7 @@ from typing import Any
 import boto3
 import pytest
 
-from pipeline.local.poller import BatchResult, SqsPoller
+from imgpipe.local.poller import BatchResult, SqsPoller
 
 REGION = "us-east-1"
 MAX_RECEIVES = 5

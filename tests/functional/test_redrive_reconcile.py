@@ -9,15 +9,15 @@ from typing import Any
 
 import pytest
 
+from imgpipe.cli import main
+from imgpipe.local.poller import SqsPoller
+from imgpipe.reconcile import ReconcileReport, reconcile
+from imgpipe.redrive import RedriveError, redrive
 from pipeline.aws import Clients, DynamoResultSink, S3ObjectStore
 from pipeline.classifier import LabelScore, Prediction
-from pipeline.cli import main
 from pipeline.events import ObjectRef
 from pipeline.keys import output_key_for
-from pipeline.local.poller import SqsPoller
-from pipeline.reconcile import ReconcileReport, reconcile
 from pipeline.records import classified_record, gone_record, rejected_record
-from pipeline.redrive import RedriveError, redrive
 from tests.functional.conftest import BUCKET, MODEL, TABLE
 
 QUEUE = "imgpipe-ingest"

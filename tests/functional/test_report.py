@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 import handlers.ingest
-from pipeline.cli import main
+from imgpipe.cli import main
 from tests.functional.conftest import BUCKET, MODEL, Context, Harness, s3_event, sample, sqs_event
 
 
@@ -115,9 +115,9 @@ def test_out_under_a_file_is_one_line_and_a_failure(
 def test_bidi_controls_in_keys_are_shown_not_obeyed() -> None:
     """"photo<U+202E>gpj.exe" would display as "photoexe.jpg": the report shows the code
     point instead of letting it reorder the name."""
+    from imgpipe.report.collect import report_document
     from pipeline.events import ObjectRef
     from pipeline.records import rejected_record
-    from pipeline.report.collect import report_document
 
     controls = [chr(c) for c in (*range(0x202A, 0x202F), *range(0x2066, 0x206A))]
     keys = ["photo\u202egpj.exe", *(f"a{c}b.jpg" for c in controls)]

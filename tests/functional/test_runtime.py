@@ -20,10 +20,10 @@ from typing import Any
 import boto3
 import pytest
 
-from pipeline.local.functions import FunctionHost
-from pipeline.local.poller import BatchResult, SqsPoller
-from pipeline.local.runtime import FunctionPool, FunctionSpec, InvokeResult, cpu_shares
-from pipeline.local.stack import SOURCE_ROOT
+from imgpipe.local.functions import FunctionHost
+from imgpipe.local.poller import BatchResult, SqsPoller
+from imgpipe.local.runtime import FunctionPool, FunctionSpec, InvokeResult, cpu_shares
+from imgpipe.local.stack import SOURCE_ROOT
 from tests.functional.conftest import s3_event
 
 FUNCTIONS = Path(__file__).resolve().parents[1] / "functions"
@@ -250,7 +250,7 @@ def test_an_init_error_is_reported_as_lambda_does_and_no_message_is_lost(
 def test_runtime_api_serves_one_invocation_and_refuses_what_lambda_refuses() -> None:
     import http.client
 
-    from pipeline.local.runtime import MAX_RESPONSE_BYTES, _Invocation, _RuntimeApi
+    from imgpipe.local.runtime import MAX_RESPONSE_BYTES, _Invocation, _RuntimeApi
 
     api = _RuntimeApi()
     try:
@@ -285,7 +285,7 @@ def test_runtime_api_serves_one_invocation_and_refuses_what_lambda_refuses() -> 
 
 
 def test_worker_environment_is_lambdas_not_the_stacks(monkeypatch: pytest.MonkeyPatch) -> None:
-    from pipeline.local.runtime import worker_environment
+    from imgpipe.local.runtime import worker_environment
 
     monkeypatch.setenv("SOME_SECRET_OF_THE_DEVELOPER", "x")
     env = worker_environment(_spec("probe.echo", env={"IMGPIPE_TABLE": "t"}), "127.0.0.1:9",
@@ -300,7 +300,7 @@ def test_worker_environment_is_lambdas_not_the_stacks(monkeypatch: pytest.Monkey
 def test_an_event_invocation_is_accepted_at_once_and_a_failure_retried(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    import pipeline.local.functions as functions
+    import imgpipe.local.functions as functions
 
     monkeypatch.setattr(functions, "ASYNC_RETRY_DELAYS_S", (0.0, 0.0))
     calls: list[dict[str, Any]] = []
@@ -320,8 +320,8 @@ def test_an_event_invocation_is_accepted_at_once_and_a_failure_retried(
 
 
 def test_package_mode_says_what_is_missing(tmp_path: Path) -> None:
+    from imgpipe.local.stack import LocalStack, StackOptions
     from pipeline.errors import ConfigError
-    from pipeline.local.stack import LocalStack, StackOptions
 
     package = tmp_path / "package"
     with pytest.raises(ConfigError, match="run `make package` first"):

@@ -1,6 +1,6 @@
 """`--state-dir` against a real emulator process and a state directory damaged on purpose:
 flipped bytes, truncation, a full filesystem, a read-only directory, a file, the previous
-journal format. The emulator (`python -m pipeline.local.emulator`) runs without the rest
+journal format. The emulator (`python -m imgpipe.local.emulator`) runs without the rest
 of the stack: these tests are about what its journals keep."""
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
-from pipeline.local.provision import local_session
-from pipeline.local.stack import _spawn_emulator, _wait_until_listening, free_port
-from pipeline.local.state import (
+from imgpipe.local.provision import local_session
+from imgpipe.local.stack import _spawn_emulator, _wait_until_listening, free_port
+from imgpipe.local.state import (
     FILE_HEADER,
     Journal,
     StateDirError,
@@ -376,7 +376,7 @@ def test_imgpipe_local_says_why_it_cannot_use_a_state_dir_in_one_line(
             held = undo.enter_context(open(state / ".lock", "a"))
             fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
         done = subprocess.run(
-            [sys.executable, "-m", "pipeline.cli", "local", "--port", str(free_port()),
+            [sys.executable, "-m", "imgpipe.cli", "local", "--port", str(free_port()),
              "--state-dir", str(state)],
             capture_output=True, text=True, timeout=120)
     assert done.returncode == 1

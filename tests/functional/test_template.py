@@ -14,11 +14,10 @@ from urllib.parse import unquote_plus
 
 import pytest
 
-from pipeline.errors import ConfigError
-from pipeline.local import distributed_map
-from pipeline.local.distributed_map import EXPRESS_MARKER
-from pipeline.local.planner import make_planner
-from pipeline.local.provision import (
+from imgpipe.local import distributed_map
+from imgpipe.local.distributed_map import EXPRESS_MARKER
+from imgpipe.local.planner import make_planner
+from imgpipe.local.provision import (
     DEFAULT_TEMPLATE,
     LOCAL_PLANNER,
     LocalResources,
@@ -31,6 +30,7 @@ from pipeline.local.provision import (
     resolve_parameters,
     translate_template,
 )
+from pipeline.errors import ConfigError
 from tests.functional.conftest import execute_state_machines
 
 TEMPLATE = DEFAULT_TEMPLATE
@@ -553,7 +553,7 @@ def test_emulator_definition_is_accepted_by_motos_interpreter(cfn: dict[str, Any
         "execution.$": "$$.Execution.Name"}
     assert "ItemBatcher" not in state
     # The ResultWriter and the tolerance stay: the emulator applies them
-    # (pipeline.local.distributed_map).
+    # (imgpipe.local.distributed_map).
     assert state["ResultWriter"]["Parameters"] == {"Bucket": "x-ResultBucket",
                                                    "Prefix": "x-ResultPrefix"}
     assert state["ToleratedFailurePercentagePath"] == "$.limits.tolerated_failure_percentage"

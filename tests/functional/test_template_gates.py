@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
-from pipeline.local.provision import load_sam_template, translate_template
+from imgpipe.local.provision import load_sam_template, translate_template
 from tests import template_gates as gates
 
 

@@ -9,14 +9,14 @@ from typing import Any
 
 import pytest
 
-from pipeline.errors import ConfigError
-from pipeline.local.provision import (
+from imgpipe.local.provision import (
     check_parameter_rules,
     load_sam_template,
     local_parameters,
     provision,
     resolve_parameters,
 )
+from pipeline.errors import ConfigError
 from pipeline.settings import Settings
 
 

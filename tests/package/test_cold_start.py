@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from pipeline.bench import measure_cold_start, packaged_runtime
+from imgpipe.bench import measure_cold_start, packaged_runtime
 
 from .conftest import HOST_ARCH, ROOT
 

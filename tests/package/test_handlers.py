@@ -20,7 +20,7 @@ from urllib.parse import quote_plus
 
 import pytest
 
-from pipeline.local.stack import LocalStack, StackOptions, free_port
+from imgpipe.local.stack import LocalStack, StackOptions, free_port
 from pipeline.modelstore import model_id_of
 from tests.conftest import load_event
 
@@ -273,7 +273,7 @@ def test_a_package_on_the_wrong_architecture_says_so(
 def test_packaged_api_handler_classifies_a_posted_photo_and_serves_the_page(
         stack: Stack, package: Callable[[str], Path], runtime_python: Path,
         tmp_path: Path) -> None:
-    from pipeline.local.frontdoor import url_event
+    from imgpipe.local.frontdoor import url_event
 
     root = package(HOST_ARCH)
     event = url_event("POST", "/classify", {"Content-Type": "image/jpeg"},

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.local.provision import DEFAULT_TEMPLATE, load_sam_template
+from imgpipe.local.provision import DEFAULT_TEMPLATE, load_sam_template
 from tools.lambda_package import (
     CODE_DIR,
     CONTENTS,
@@ -110,7 +110,7 @@ def test_the_local_stack_runs_the_summary_from_the_lean_package(tmp_path: Path) 
     """`imgpipe local --package build/package/<arch>` runs each function from the package it
     is deployed with: the summary from `<arch>-lean` beside it, when `make package` built
     it; the others (and the summary without a lean package) from the full one."""
-    from pipeline.local.stack import lean_package_for
+    from imgpipe.local.stack import lean_package_for
 
     full = tmp_path / "x86_64"
     assert lean_package_for("handlers.summary.handler", full) is None

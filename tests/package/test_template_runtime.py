@@ -7,8 +7,8 @@ import platform
 from pathlib import Path
 from typing import Any
 
-from pipeline.local.provision import DEFAULT_TEMPLATE, load_sam_template
-from pipeline.local.stack import LocalStack, StackOptions, free_port
+from imgpipe.local.provision import DEFAULT_TEMPLATE, load_sam_template
+from imgpipe.local.stack import LocalStack, StackOptions, free_port
 from tools.lambda_deps import MACHINES, RUNTIME
 from tools.lambda_package import sam_architecture
 

@@ -9,8 +9,8 @@ import configparser
 
 import pytest
 
-from pipeline.local import awscli_endpoints
-from pipeline.local.awscli_endpoints import CONFIG_FILE, use_configured_endpoint
+from imgpipe.local import awscli_endpoints
+from imgpipe.local.awscli_endpoints import CONFIG_FILE, use_configured_endpoint
 
 awscli_override = pytest.importorskip("awscli.customizations.overridesslcommonname")
 LOCAL = "http://127.0.0.1:4566"

@@ -6,7 +6,7 @@ import dataclasses
 import json
 from pathlib import Path
 
-from pipeline.bench import BenchContext, Row, packaged_runtime, run_benchmark
+from imgpipe.bench import BenchContext, Row, packaged_runtime, run_benchmark
 
 EXPECTED_KEYS = [
     *(f"model.b{b}.ips" for b in (1, 8, 16, 32)),
@@ -59,7 +59,7 @@ def test_quick_run_writes_a_complete_report(tmp_path: Path) -> None:
 
     # `imgpipe cost` reads the per-image CPU time a run measured (a quick run beside its
     # results; a full one into bench/cost-inputs.json).
-    from pipeline.cost import load_cost_inputs
+    from imgpipe.cost import load_cost_inputs
 
     inputs = load_cost_inputs(tmp_path / "out" / "cost-inputs.json")
     values = {r.key: r.value for r in result.rows}
@@ -72,7 +72,7 @@ def test_quick_run_writes_a_complete_report(tmp_path: Path) -> None:
 
 
 def test_int8_and_short_run_sections_add_their_rows_and_target(tmp_path: Path) -> None:
-    from pipeline.bench.int8 import section_int8, section_short_runs
+    from imgpipe.bench.int8 import section_int8, section_short_runs
 
     result = run_benchmark(
         tmp_path / "out", quick=True, images=2, big_size=(320, 240), web_size=(160, 120),
@@ -92,7 +92,7 @@ def test_int8_and_short_run_sections_add_their_rows_and_target(tmp_path: Path) -
 def test_a_run_of_some_sections_leaves_the_cost_inputs_alone(tmp_path: Path) -> None:
     """bench/cost-inputs.json holds a full run's core figures: a run of other sections only
     (no core rows) must not replace it with an empty one."""
-    from pipeline.bench.run import default_bench_dir
+    from imgpipe.bench.run import default_bench_dir
 
     committed = default_bench_dir() / "cost-inputs.json"
     before = committed.read_bytes()
@@ -110,8 +110,8 @@ def test_a_run_of_some_sections_leaves_the_cost_inputs_alone(tmp_path: Path) -> 
 def test_a_quick_run_says_its_numbers_are_not_meaningful_and_judges_nothing() -> None:
     """`imgpipe bench --quick` printed four FAIL lines and no word about quick numbers
     (run_benchmark marks a quick run's targets `judged=False`, as the test above checks)."""
-    from pipeline.bench.context import Target
-    from pipeline.commands.bench import verdict_lines
+    from imgpipe.bench.context import Target
+    from imgpipe.commands.bench import verdict_lines
 
     slow = Target("cold start <= 0.5 s", 2.0, 0.5, "s", False, "how")
     quick = verdict_lines([dataclasses.replace(slow, judged=False)], quick=True)

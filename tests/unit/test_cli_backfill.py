@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError
 
-from pipeline.cli import main
-from pipeline.commands.backfill import Rate, _cause, _print_summary, _progress_line
+from imgpipe.cli import main
+from imgpipe.commands.backfill import Rate, _cause, _print_summary, _progress_line
 
 
 def test_a_uri_that_is_not_s3_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
@@ -242,7 +242,7 @@ def test_follow_and_a_uri_together_or_neither_are_usage_errors(
 def test_the_emulators_engine_log_is_one_short_line() -> None:
     import logging
 
-    from pipeline.local.emulator import ENGINE_LINE_LIMIT, EngineLogFormatter
+    from imgpipe.local.emulator import ENGINE_LINE_LIMIT, EngineLogFormatter
 
     tree = "(PayloadBindingStringExpressionSimple| {'field': 'bucket'}) " * 60
     message = ("Exception=FailureEventException, Error=GoneError, Details={\"taskFailedEvent"
@@ -259,7 +259,7 @@ def test_the_emulators_engine_log_is_one_short_line() -> None:
 
 
 def test_the_total_comes_from_the_plan_locally_and_from_a_listing_on_aws() -> None:
-    from pipeline.commands.backfill import TotalCounter
+    from imgpipe.commands.backfill import TotalCounter
 
     class History:
         def get_execution_history(self, **kwargs: Any) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from pipeline.cli import main
+from imgpipe.cli import main
 from pipeline.settings import ENV_VARS
 from tests.tiny_models import KERAS_NHWC, TinyModel
 
@@ -208,7 +208,7 @@ def test_python_dash_m_entry_point(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("IMGPIPE_")}
     env["PYTHONPATH"] = str(ROOT)
     proc = subprocess.run(
-        [sys.executable, "-m", "pipeline", "classify", "--json", COFFEE, str(text)],
+        [sys.executable, "-m", "imgpipe", "classify", "--json", COFFEE, str(text)],
         capture_output=True, text=True, timeout=120, cwd=tmp_path, env=env,
     )
     assert proc.returncode == 1, proc.stderr

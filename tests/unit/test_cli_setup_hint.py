@@ -9,10 +9,10 @@ from typing import Any
 import pytest
 from botocore.exceptions import EndpointConnectionError, NoCredentialsError
 
-import pipeline.commands.backfill
-import pipeline.commands.reconcile
-import pipeline.commands.redrive
-from pipeline.cli import main
+import imgpipe.commands.backfill
+import imgpipe.commands.reconcile
+import imgpipe.commands.redrive
+from imgpipe.cli import main
 from pipeline.errors import ImgpipeError
 
 
@@ -25,7 +25,7 @@ def _fail_with(monkeypatch: pytest.MonkeyPatch, module: Any, error: Exception) -
 
 def test_a_stack_that_is_not_running_is_named(monkeypatch: pytest.MonkeyPatch,
                                               capsys: pytest.CaptureFixture[str]) -> None:
-    _fail_with(monkeypatch, pipeline.commands.backfill,
+    _fail_with(monkeypatch, imgpipe.commands.backfill,
                EndpointConnectionError(endpoint_url="http://127.0.0.1:4566/"))
     assert main(["backfill", "s3://imgpipe-local/old/"]) == 1
     err = capsys.readouterr().err
@@ -43,7 +43,7 @@ def test_a_wrapped_connection_error_gets_the_same_sentence(
         except EndpointConnectionError as e:
             raise ImgpipeError("reading table imgpipe-predictions: ...") from e
     except ImgpipeError as wrapped:
-        _fail_with(monkeypatch, pipeline.commands.reconcile, wrapped)
+        _fail_with(monkeypatch, imgpipe.commands.reconcile, wrapped)
     assert main(["reconcile"]) == 1
     err = capsys.readouterr().err
     assert "paste the export lines `imgpipe local` prints (AWS_ENDPOINT_URL=...)" in err
@@ -52,13 +52,13 @@ def test_a_wrapped_connection_error_gets_the_same_sentence(
 
 def test_no_credentials_says_where_they_come_from(monkeypatch: pytest.MonkeyPatch,
                                                   capsys: pytest.CaptureFixture[str]) -> None:
-    _fail_with(monkeypatch, pipeline.commands.redrive, NoCredentialsError())
+    _fail_with(monkeypatch, imgpipe.commands.redrive, NoCredentialsError())
     assert main(["redrive"]) == 1
     err = capsys.readouterr().err
     assert "no AWS credentials in this terminal" in err and "AWS_ACCESS_KEY_ID=test" in err
 
 
 def test_other_errors_are_not_hidden(monkeypatch: pytest.MonkeyPatch) -> None:
-    _fail_with(monkeypatch, pipeline.commands.redrive, RuntimeError("a bug"))
+    _fail_with(monkeypatch, imgpipe.commands.redrive, RuntimeError("a bug"))
     with pytest.raises(RuntimeError, match="a bug"):
         main(["redrive"])

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.cli import main
-from pipeline.cost import PhotoCost, Scenario, bill_for, load_cost_inputs, load_prices
-from pipeline.cost.model import PRICES_PATH
+from imgpipe.cli import main
+from imgpipe.cost import PhotoCost, Scenario, bill_for, load_cost_inputs, load_prices
+from imgpipe.cost.model import PRICES_PATH
 from pipeline.errors import ConfigError
 
 PHOTO = PhotoCost(name="test", cpu_ms_per_image=100.0, decode_ms=60.0, inference_ms=15.0,

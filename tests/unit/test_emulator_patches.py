@@ -11,7 +11,7 @@ from moto import mock_aws
 def test_the_retention_check_reads_the_queue_period_and_agrees_with_motos() -> None:
     from moto.sqs.models import SQSBackend, sqs_backends
 
-    from pipeline.local.emulator import within_retention
+    from imgpipe.local.emulator import within_retention
 
     with mock_aws():
         sqs = boto3.client("sqs", region_name="us-east-1")

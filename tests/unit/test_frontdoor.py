@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import json
 
-from pipeline.local.frontdoor import FrontDoor, http_response, url_event
+from imgpipe.local.frontdoor import FrontDoor, http_response, url_event
 
 
 def test_a_binary_body_is_base64_and_headers_are_lower_case() -> None:

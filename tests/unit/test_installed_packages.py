@@ -20,9 +20,10 @@ def _config() -> dict[str, object]:
 def test_every_package_folder_is_listed_in_pyproject() -> None:
     listed = set(_config()["packages"])  # type: ignore[call-overload]
     folders = {init.parent.relative_to(ROOT).as_posix().replace("/", ".")
-               for top in ("pipeline", "handlers") for init in (ROOT / top).rglob("__init__.py")}
+               for top in ("pipeline", "imgpipe", "handlers")
+               for init in (ROOT / top).rglob("__init__.py")}
     data_folders = {d.relative_to(ROOT).as_posix().replace("/", ".")
-                    for top in ("pipeline", "handlers") for d in (ROOT / top).rglob("*")
+                    for top in ("pipeline", "imgpipe", "handlers") for d in (ROOT / top).rglob("*")
                     if d.is_dir() and d.name != "__pycache__"
                     and any(f.is_file() for f in d.iterdir())}
     wanted = folders | data_folders
@@ -33,7 +34,7 @@ def test_every_package_folder_is_listed_in_pyproject() -> None:
 def test_every_data_folder_ships_its_files() -> None:
     """A data-only package ships only what package-data names for it."""
     data = _config()["package-data"]
-    static = ROOT / "pipeline" / "report" / "static"
-    patterns = data["pipeline.report.static"]  # type: ignore[index]
+    static = ROOT / "imgpipe" / "report" / "static"
+    patterns = data["imgpipe.report.static"]  # type: ignore[index]
     shipped = {f.name for p in patterns for f in static.glob(p)}
     assert shipped == {f.name for f in static.iterdir() if f.is_file()}

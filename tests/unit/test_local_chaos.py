@@ -1,4 +1,4 @@
-"""The emulator's fault hook for fault-injection runs (`pipeline.local.chaos`)."""
+"""The emulator's fault hook for fault-injection runs (`imgpipe.local.chaos`)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import json
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from pipeline.local.chaos import LostPutReplies, chaos_from_env
+from imgpipe.local.chaos import LostPutReplies, chaos_from_env
 
 
 class Table:

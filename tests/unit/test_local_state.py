@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from pipeline.local.state import (
+from imgpipe.local.state import (
     FILE_HEADER,
     Journal,
     StateDirError,
@@ -148,7 +148,7 @@ def test_writes_are_recognised_by_what_they_do_not_how_they_are_signed(
 
 
 def test_a_first_line_cut_by_a_kill_is_an_empty_journal(tmp_path: Path) -> None:
-    from pipeline.local.state import check_state_dir
+    from imgpipe.local.state import check_state_dir
 
     (tmp_path / "requests.journal").write_bytes(FILE_HEADER[:7])  # killed while creating it
     check_state_dir(tmp_path)

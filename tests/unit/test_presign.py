@@ -16,8 +16,8 @@ import pytest
 from botocore.config import Config
 from botocore.credentials import Credentials
 
+from imgpipe.local.emulator import sigv2_post_refusal
 from pipeline.aws import presigning_client
-from pipeline.local.emulator import sigv2_post_refusal
 from pipeline.settings import Settings
 
 EVENTS = Path(__file__).resolve().parents[1] / "events"
@@ -105,7 +105,7 @@ def _wsgi(app: Any, environ: dict[str, str]) -> tuple[str, bytes]:
 def test_sigv2_signed_s3_requests_are_refused_before_moto() -> None:
     """A SigV2 Authorization header or presigned URL (what botocore makes with
     signature_version="s3" or "s3-query") is refused; SigV4 ones pass to the emulator."""
-    from pipeline.local.emulator import refuse_sigv2_requests
+    from imgpipe.local.emulator import refuse_sigv2_requests
 
     def moto(environ: Any, start_response: Any) -> list[bytes]:
         start_response("200 OK", [])

@@ -30,7 +30,7 @@ def test_make_demo_installs_the_aws_cli_and_imgpipe() -> None:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
     local = project["optional-dependencies"]["local"]
     assert any(re.match(r"awscli\b", dep) for dep in local), local
-    assert project["scripts"]["imgpipe"] == "pipeline.cli:main"
+    assert project["scripts"]["imgpipe"] == "imgpipe.cli:main"
     demo = re.search(r"^demo: (.*)$", (ROOT / "Makefile").read_text(), flags=re.M)
     assert demo and "installed-local" in demo.group(1)
 
@@ -69,7 +69,7 @@ def _uploaded(command: str, folder: Path) -> list[str]:
 def test_uploading_the_samples_folder_sends_photos_only() -> None:
     """`aws s3 cp samples/ ... --recursive` used to send README.md and make_samples.py too:
     two surprising rejected records for a new user."""
-    banner = (ROOT / "pipeline" / "commands" / "local.py").read_text(encoding="utf-8")
+    banner = (ROOT / "imgpipe" / "commands" / "local.py").read_text(encoding="utf-8")
     banner_cmds = [" ".join(m.split()) for m in re.findall(
         r"(aws s3 cp samples/ .*?--recursive.*?)'\n", banner.replace("\\\\\n", " "))]
     readme_cmds = [line.split("#")[0] for line in code_lines(README)

@@ -161,8 +161,8 @@ def test_every_region_option_names_both_variables_and_both_work(
     AWS_REGION. Both are read, and every command's --help says so."""
     import argparse
 
-    from pipeline.cli import build_parser
-    from pipeline.commands import settings_from
+    from imgpipe.cli import build_parser
+    from imgpipe.commands import settings_from
 
     parser = build_parser()
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
