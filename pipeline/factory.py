@@ -11,7 +11,6 @@ from typing import Any
 from pipeline.api import HttpApi
 from pipeline.aws import (
     Clients,
-    DynamoResultSink,
     S3ObjectStore,
     create_clients,
     presigning_client,
@@ -22,6 +21,7 @@ from pipeline.modelstore import resolve_model
 from pipeline.observe import NO_SPANS, Spans
 from pipeline.service import ClassificationService
 from pipeline.settings import Settings
+from pipeline.table import PredictionsTable
 
 __all__ = ["build_api", "build_classifier", "build_service"]
 
@@ -54,7 +54,7 @@ def build_service(
     return ClassificationService(
         classifier,
         S3ObjectStore(clients.s3),
-        DynamoResultSink(clients.dynamodb, settings.table_name),
+        PredictionsTable(clients.dynamodb, settings.table_name),
         settings,
         logger=logger,
         spans=spans,

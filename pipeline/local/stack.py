@@ -367,11 +367,11 @@ class LocalStack:
     ) -> dict[str, PredictionRecord]:
         """Wait until every `s3://...` image has an item for `model` (`wait_for_items`),
         then read the records."""
-        from pipeline.aws import DynamoResultSink
+        from pipeline.table import PredictionsTable
 
         assert self.resources is not None
         wanted = self.wait_for_items(images, model, timeout_s, progress)
-        sink = DynamoResultSink(self.client("dynamodb"), self.resources.table)
+        sink = PredictionsTable(self.client("dynamodb"), self.resources.table)
         return {image: record for (image, _), record in
                 sink.get_many((i, model) for i in wanted).items()}
 
@@ -384,10 +384,10 @@ class LocalStack:
         One keys-only BatchGetItem per 100 missing images every half second: the emulator
         shares the CPUs with the pipeline it is watching.
         """
-        from pipeline.aws import DynamoResultSink
+        from pipeline.table import PredictionsTable
 
         assert self.resources is not None
-        sink = DynamoResultSink(self.client("dynamodb"), self.resources.table)
+        sink = PredictionsTable(self.client("dynamodb"), self.resources.table)
         wanted = list(dict.fromkeys(images))
         found: set[str] = set()
         deadline = time.monotonic() + timeout_s
