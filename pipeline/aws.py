@@ -30,7 +30,6 @@ from pipeline.settings import Settings
 __all__ = [
     "Clients",
     "client_for",
-    "is_loopback",
     "presigning_client",
     "read_object",
     "FetchedObject",
@@ -166,18 +165,7 @@ def _new_client(service: str, settings: Settings, session: Any) -> Any:
     kwargs: dict[str, Any] = {"config": config, "region_name": settings.region}
     if settings.endpoint_url:
         kwargs["endpoint_url"] = settings.endpoint_url
-        if is_loopback(settings.endpoint_url):
-            # The local emulator: no network to protect against, and a CRC32 over every
-            # 3 MB photo read is CPU the emulator and the decoder share.
-            kwargs["config"] = config.merge(Config(response_checksum_validation="when_required"))
     return session.client(service, **kwargs)
-
-
-def is_loopback(url: str) -> bool:
-    from urllib.parse import urlparse
-
-    host = urlparse(url).hostname or ""
-    return host in ("localhost", "::1") or host.startswith("127.")
 
 
 def presigning_client(settings: Settings, bucket: str, session: Any | None = None) -> Any:

@@ -19,6 +19,7 @@ from pipeline.classifier import Classifier
 from pipeline.decode import DecodeLimits
 from pipeline.modelstore import resolve_model
 from pipeline.observe import NO_SPANS, Spans
+from pipeline.outputs import output_documents_for
 from pipeline.service import ClassificationService
 from pipeline.settings import Settings
 from pipeline.table import PredictionsTable
@@ -51,13 +52,11 @@ def build_service(
     `spans`: X-Ray subsegments (the handlers' `XRaySpans`), none by default."""
     clients = clients or create_clients(settings)
     classifier = classifier or build_classifier(settings, clients.s3, spans)
+    store = S3ObjectStore(clients.s3)
+    table = PredictionsTable(clients.dynamodb, settings.table_name)
     return ClassificationService(
-        classifier,
-        S3ObjectStore(clients.s3),
-        PredictionsTable(clients.dynamodb, settings.table_name),
-        settings,
-        logger=logger,
-        spans=spans,
+        classifier, store, table, settings, logger=logger, spans=spans,
+        documents=output_documents_for(settings, store, table),
     )
 
 

@@ -48,7 +48,7 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pipeline.aws import client_for, is_loopback
+    from pipeline.aws import client_for
     from pipeline.keys import parse_s3_uri
 
     if bool(args.uri) == bool(args.follow):
@@ -64,9 +64,6 @@ def run(args: argparse.Namespace) -> int:
             return 2
     settings = settings_from(args)
     sfn = client_for("stepfunctions", settings)
-    # On AWS a map run counts objects; the local stack's Map runs over batches of them.
-    unit = "batches" if settings.endpoint_url and is_loopback(settings.endpoint_url) \
-        else "objects"
     started = time.monotonic()
     if args.follow:
         execution_arn = args.follow
@@ -99,6 +96,7 @@ def run(args: argparse.Namespace) -> int:
         if not args.wait:
             print(execution_arn)
             return 0
+    unit = _progress_unit(sfn, execution_arn)
     total = TotalCounter(sfn, execution_arn, unit, client_for("s3", settings), bucket, prefix)
     try:
         desc = _follow(sfn, execution_arn, started, unit, total)
@@ -244,6 +242,18 @@ class TotalCounter:
         except Exception:  # no ListBucket for this caller: the bar goes without a total
             return
         self._value = n
+
+
+def _progress_unit(sfn: Any, execution_arn: str) -> str:
+    """What the execution's map run counts, as its state machine says: objects on AWS;
+    batches where the Map reads the batches the local stack's planner step wrote."""
+    from pipeline.local.provision import LOCAL_PLANNER
+
+    try:
+        described = sfn.describe_state_machine_for_execution(executionArn=execution_arn)
+    except Exception:  # not allowed to look: AWS's unit
+        return "objects"
+    return "batches" if LOCAL_PLANNER in str(described.get("definition", "")) else "objects"
 
 
 def _planned_batches(sfn: Any, execution_arn: str) -> int | None:

@@ -311,6 +311,11 @@ class LocalStack:
             "POWERTOOLS_METRICS_DISABLED": "true",
             "POWERTOOLS_LOG_LEVEL": self.options.log_level,
             "POWERTOOLS_SERVICE_NAME": "imgpipe",
+            # botocore's documented switches (AWS SDKs and Tools guide, "Data Integrity
+            # Protections for Amazon S3"): no CRC over every photo read from the emulator,
+            # CPU it and the decoder share; on AWS the functions keep the defaults.
+            "AWS_REQUEST_CHECKSUM_CALCULATION": "when_required",
+            "AWS_RESPONSE_CHECKSUM_VALIDATION": "when_required",
         }
         env.update(template_env)
         if "IMGPIPE_MODEL" in template_env and self.options.model_source:

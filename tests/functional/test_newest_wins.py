@@ -27,6 +27,7 @@ from PIL import Image
 
 from pipeline.aws import Clients, S3ObjectStore
 from pipeline.classifier import Classifier, create_session
+from pipeline.ingest import process_messages
 from pipeline.keys import output_key_for
 from pipeline.manifest import ModelManifest, load_manifest
 from pipeline.service import ClassificationService
@@ -151,7 +152,7 @@ class Race:
 
         def run() -> None:
             try:
-                report = service.process_messages([(f"m{actor}", body)])
+                report = process_messages(service, [(f"m{actor}", body)])
                 if report.failed_message_ids:
                     self.pending.append(body)  # SQS redelivers it
             except BaseException as e:  # noqa: BLE001 - reported by the test
