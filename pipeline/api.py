@@ -42,7 +42,7 @@ from pipeline.errors import (
 )
 from pipeline.events import ObjectRef
 from pipeline.records import classified_record
-from pipeline.table import PredictionsTable
+from pipeline.table import read_one
 
 __all__ = ["HttpApi", "MAX_BODY_BYTES", "CONTENT_TYPES", "WEB_ROOT", "Response"]
 
@@ -118,9 +118,10 @@ class HttpApi:
 
     classifier: Classifier
     s3: Any  # boto3 S3 client
-    records: PredictionsTable  # GET /results reads the event path's records here
+    dynamodb: Any  # boto3 DynamoDB client
     bucket: str  # the pipeline's bucket: the only one read, written and presigned
     input_prefix: str
+    table: str
     max_object_bytes: int  # for {"s3": ...} reads and presigned uploads
     # signs POST /uploads (`pipeline.aws.presigning_client`: SigV4, regional endpoint);
     # None: `s3`, which must then sign with SigV4 itself
@@ -259,7 +260,7 @@ class HttpApi:
                                 f"?image=s3://{self.bucket}/{self.input_prefix}...")
         ref = self._s3_ref(request.query.get("image"))
         model = self.classifier.model_id
-        record = self.records.read_one(ref.uri, model)
+        record = read_one(self.dynamodb, self.table, ref.uri, model)
         if record is None:
             return json_response(200, {"image": ref.uri, "model": model, "status": "pending"})
         return json_response(200, record.to_document())

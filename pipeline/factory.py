@@ -66,9 +66,8 @@ def build_api(settings: Settings, bucket: str, clients: Clients | None = None,
     with SigV4 (`presigning_client`), whatever `clients` are."""
     clients = clients or create_clients(settings, session)
     return HttpApi(
-        classifier or build_classifier(settings, clients.s3), clients.s3,
-        PredictionsTable(clients.dynamodb, settings.table_name),
-        bucket=bucket, input_prefix=settings.input_prefix,
+        classifier or build_classifier(settings, clients.s3), clients.s3, clients.dynamodb,
+        bucket=bucket, input_prefix=settings.input_prefix, table=settings.table_name,
         max_object_bytes=settings.max_object_bytes,
         presigner=presigning_client(settings, bucket, session),
     )

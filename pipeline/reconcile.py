@@ -229,6 +229,6 @@ def _list(s3_client: Any, bucket: str, prefix: str) -> Iterator[tuple[str, str, 
 def scan_records(ddb_client: Any, table: str, image_prefix: str,
                  model: str) -> Iterator[PredictionRecord]:
     """Every record of `model` whose image URI starts with `image_prefix` (a table scan)."""
-    from pipeline.table import PredictionsTable
+    from pipeline.table import scan_records as scan
 
-    return PredictionsTable(ddb_client, table).scan(image_prefix, model)
+    return scan(ddb_client, table, image_prefix, model)

@@ -2,9 +2,9 @@
 
 Every reader of the table (the service's conditional writes, the watcher's probe, the
 `results` command, reconcile and report's scan, the API's `GET /results`) comes through
-`PredictionsTable`, so an item becomes a `PredictionRecord` in one place, by one
-deserializer. Errors are translated by `pipeline.aws.translate_client_error`, except where
-a method says its caller reads them itself.
+this module, so an item becomes a `PredictionRecord` in one place, by one deserializer
+(`record_of`). Errors are translated by `pipeline.aws.translate_client_error`,
+except where a function says its caller reads them itself.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import random
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from decimal import Decimal
+from functools import cache
 from typing import Any
 
 from pipeline.aws import error_code, translate_client_error
@@ -20,7 +21,7 @@ from pipeline.documents import token_of
 from pipeline.errors import TransientError
 from pipeline.records import PredictionRecord
 
-__all__ = ["BATCH_GET_ATTEMPTS", "PredictionsTable"]
+__all__ = ["BATCH_GET_ATTEMPTS", "PredictionsTable", "read_one", "record_of", "scan_records"]
 
 # BatchGetItem rounds per 100 keys before unprocessed keys become a TransientError (the
 # message is redelivered). Between rounds: exponential backoff with full jitter, as AWS
@@ -36,12 +37,11 @@ class PredictionsTable:
     def __init__(self, client: Any, table: str, *,
                  sleep: Callable[[float], None] = time.sleep,
                  jitter: Callable[[float, float], float] = random.uniform) -> None:
-        from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
+        from boto3.dynamodb.types import TypeSerializer
 
         self.client = client
         self.table = table
         self._ser = TypeSerializer()
-        self._de = TypeDeserializer()
         self._sleep = sleep
         self._jitter = jitter
 
@@ -51,7 +51,7 @@ class PredictionsTable:
         self, keys: Iterable[tuple[str, str]]
     ) -> dict[tuple[str, str], PredictionRecord]:
         """Existing records for (image, model) pairs: BatchGetItem, 100 keys a call."""
-        records = (self.record(raw) for raw in self._batch_get(keys))
+        records = (record_of(raw) for raw in self._batch_get(keys))
         return {(r.image, r.model): r for r in records}
 
     def get(self, image: str, model: str) -> PredictionRecord | None:
@@ -72,29 +72,6 @@ class PredictionsTable:
                             raw["processed_at"]["S"])
         return None
 
-    def read_one(self, image: str, model: str) -> PredictionRecord | None:
-        """One record by GetItem (consistent); botocore's errors reach the caller as they
-        are (the API answers them itself)."""
-        item = self.client.get_item(
-            TableName=self.table, ConsistentRead=True,
-            Key={"image": {"S": image}, "model": {"S": model}}).get("Item")
-        return self.record(item) if item else None
-
-    def scan(self, image_prefix: str, model: str) -> Iterator[PredictionRecord]:
-        """Every record of `model` whose image URI starts with `image_prefix` (a table
-        scan); botocore's errors reach the caller as they are (reconcile and report name
-        the missing table themselves)."""
-        pages = self.client.get_paginator("scan").paginate(
-            TableName=self.table,
-            FilterExpression="begins_with(#i, :b) AND #m = :m",
-            ExpressionAttributeNames={"#i": "image", "#m": "model"},
-            ExpressionAttributeValues={":b": {"S": image_prefix}, ":m": {"S": model}},
-            ConsistentRead=True,
-        )
-        for page in pages:
-            for raw in page.get("Items", []):
-                yield self.record(raw)
-
     def query_label(
         self, model: str, label: str, min_score: float | None = None, limit: int | None = None
     ) -> list[PredictionRecord]:
@@ -112,10 +89,6 @@ class PredictionsTable:
                 Decimal(str(min_score))
             )
         return self._collect("query", kwargs, f"querying {self.table}", limit)
-
-    def record(self, raw: Mapping[str, Any]) -> PredictionRecord:
-        """A DynamoDB item (attribute-value form) as the record it stores."""
-        return PredictionRecord.from_item({k: self._de.deserialize(v) for k, v in raw.items()})
 
     # ---- writes -----------------------------------------------------------------------
 
@@ -196,9 +169,54 @@ class PredictionsTable:
                 resp = call(**kwargs)
             except Exception as e:
                 raise translate_client_error(e, what) from e
-            out.extend(self.record(i) for i in resp["Items"])
+            out.extend(record_of(i) for i in resp["Items"])
             if limit is not None and len(out) >= limit:
                 return out[:limit]
             if "LastEvaluatedKey" not in resp:
                 return out
             kwargs["ExclusiveStartKey"] = resp["LastEvaluatedKey"]
+
+
+# Reads that only some callers make live outside the class: a function's role is checked
+# against the calls reachable from its handler (tests/template_gates.py), and a class
+# counts with all its methods, so the API's role (GetItem only) would need BatchGetItem and
+# PutItem, and the ingest function's GetItem and Scan.
+
+
+def record_of(raw: Mapping[str, Any]) -> PredictionRecord:
+    """A DynamoDB item (attribute-value form) as the record it stores."""
+    de = _deserializer()
+    return PredictionRecord.from_item({k: de.deserialize(v) for k, v in raw.items()})
+
+
+@cache
+def _deserializer() -> Any:
+    from boto3.dynamodb.types import TypeDeserializer
+
+    return TypeDeserializer()
+
+
+def read_one(client: Any, table: str, image: str, model: str) -> PredictionRecord | None:
+    """One record by GetItem (consistent), for the API's `GET /results`; botocore's errors
+    reach the caller as they are (the API answers them itself)."""
+    item = client.get_item(
+        TableName=table, ConsistentRead=True,
+        Key={"image": {"S": image}, "model": {"S": model}}).get("Item")
+    return record_of(item) if item else None
+
+
+def scan_records(client: Any, table: str, image_prefix: str,
+                 model: str) -> Iterator[PredictionRecord]:
+    """Every record of `model` whose image URI starts with `image_prefix` (a table scan,
+    for reconcile and report); botocore's errors reach the caller as they are (they name
+    a missing table themselves)."""
+    pages = client.get_paginator("scan").paginate(
+        TableName=table,
+        FilterExpression="begins_with(#i, :b) AND #m = :m",
+        ExpressionAttributeNames={"#i": "image", "#m": "model"},
+        ExpressionAttributeValues={":b": {"S": image_prefix}, ":m": {"S": model}},
+        ConsistentRead=True,
+    )
+    for page in pages:
+        for raw in page.get("Items", []):
+            yield record_of(raw)

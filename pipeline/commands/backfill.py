@@ -8,7 +8,7 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from pipeline.commands import add_aws_options, settings_from
@@ -245,15 +245,28 @@ class TotalCounter:
 
 
 def _progress_unit(sfn: Any, execution_arn: str) -> str:
-    """What the execution's map run counts, as its state machine says: objects on AWS;
-    batches where the Map reads the batches the local stack's planner step wrote."""
-    from pipeline.local.provision import LOCAL_PLANNER
-
+    """What the execution's map run counts, as its state machine says: objects where its
+    Map lists the prefix (ItemReader `s3:listObjectsV2`, as on AWS); batches where the Map
+    reads a JSON array of them (`s3:getObject`: the local stack lists and batches in a
+    step of its own before the Map)."""
     try:
         described = sfn.describe_state_machine_for_execution(executionArn=execution_arn)
+        document = json.loads(described.get("definition") or "{}")
     except Exception:  # not allowed to look: AWS's unit
         return "objects"
-    return "batches" if LOCAL_PLANNER in str(described.get("definition", "")) else "objects"
+    readers = [state["ItemReader"].get("Resource", "") for state in _states(document)
+               if state.get("Type") == "Map" and isinstance(state.get("ItemReader"), dict)]
+    return "batches" if any(str(r).endswith(":s3:getObject") for r in readers) else "objects"
+
+
+def _states(document: Any) -> Iterator[dict[str, Any]]:
+    """Every state of a definition, nested ones (Map processors, Parallel branches) too."""
+    for state in (document.get("States") or {}).values() if isinstance(document, dict) else ():
+        if isinstance(state, dict):
+            yield state
+            for inner in (state.get("ItemProcessor"), state.get("Iterator"),
+                          *(state.get("Branches") or [])):
+                yield from _states(inner)
 
 
 def _planned_batches(sfn: Any, execution_arn: str) -> int | None:

@@ -231,9 +231,13 @@ def test_ctrl_c_says_the_execution_goes_on_and_how_to_follow_it(
 AWS_DEFINITION = json.dumps({"StartAt": "Map", "States": {"Map": {
     "Type": "Map", "ItemReader": {"Resource": "arn:aws:states:::s3:listObjectsV2"},
     "End": True}}})
-LOCAL_DEFINITION = json.dumps({"StartAt": "Plan", "States": {"Plan": {
-    "Type": "Task", "Resource": "arn:aws:states:::lambda:invoke",
-    "Parameters": {"FunctionName": "imgpipe-local-planner"}, "End": True}}})
+LOCAL_DEFINITION = json.dumps({"StartAt": "Plan", "States": {
+    "Plan": {"Type": "Task", "Resource": "arn:aws:states:::lambda:invoke",
+             "Parameters": {"FunctionName": "imgpipe-local-planner"}, "Next": "Map"},
+    "Map": {"Type": "Map", "End": True, "ItemReader": {
+        "Resource": "arn:aws:states:::s3:getObject", "ReaderConfig": {"InputType": "JSON"}},
+        "ItemProcessor": {"StartAt": "Batch", "States": {"Batch": {
+            "Type": "Task", "End": True}}}}}})
 
 
 @pytest.mark.parametrize(("definition", "where"), [
