@@ -1,8 +1,8 @@
 """Lambda entry point for the SQS ingest queue (S3 ObjectCreated notifications).
 
-The whole SQS batch goes through the core as one batched classification; the response
-lists exactly the message IDs whose objects hit a transient fault, so SQS redelivers only
-those (ReportBatchItemFailures).
+The whole SQS batch goes through the core as one batched classification
+(`pipeline.ingest`); the response lists exactly the message IDs whose objects hit a
+transient fault, so SQS redelivers only those (ReportBatchItemFailures).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from aws_lambda_powertools.metrics import MetricUnit
 
 from pipeline.events import sqs_messages
 from pipeline.factory import build_service
+from pipeline.ingest import process_messages
 from pipeline.observe import XRaySpans, add_outcome_metrics, create_metrics
 from pipeline.service import ClassificationService, deadline_from
 from pipeline.settings import Settings
@@ -42,7 +43,7 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     spans.bind()
     messages = sqs_messages(event)  # a sentence, not KeyError, for an invoke with {}
     metrics.add_metric(name="MessagesReceived", unit=MetricUnit.Count, value=len(messages))
-    report = service.process_messages(messages, remaining_ms=deadline_from(context))
+    report = process_messages(service, messages, remaining_ms=deadline_from(context))
     add_outcome_metrics(metrics, (o for _, o in report.outcomes), len(messages))
     metrics.add_metric(name="MessagesFailed", unit=MetricUnit.Count,
                        value=len(report.failed_message_ids))

@@ -229,17 +229,6 @@ def _list(s3_client: Any, bucket: str, prefix: str) -> Iterator[tuple[str, str, 
 def scan_records(ddb_client: Any, table: str, image_prefix: str,
                  model: str) -> Iterator[PredictionRecord]:
     """Every record of `model` whose image URI starts with `image_prefix` (a table scan)."""
-    from boto3.dynamodb.types import TypeDeserializer
+    from pipeline.table import scan_records as scan
 
-    de = TypeDeserializer()
-    paginator = ddb_client.get_paginator("scan")
-    pages = paginator.paginate(
-        TableName=table,
-        FilterExpression="begins_with(#i, :b) AND #m = :m",
-        ExpressionAttributeNames={"#i": "image", "#m": "model"},
-        ExpressionAttributeValues={":b": {"S": image_prefix}, ":m": {"S": model}},
-        ConsistentRead=True,
-    )
-    for page in pages:
-        for raw in page.get("Items", []):
-            yield PredictionRecord.from_item({k: de.deserialize(v) for k, v in raw.items()})
+    return scan(ddb_client, table, image_prefix, model)

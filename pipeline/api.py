@@ -41,7 +41,8 @@ from pipeline.errors import (
     UnsupportedFormatError,
 )
 from pipeline.events import ObjectRef
-from pipeline.records import PredictionRecord, classified_record
+from pipeline.records import classified_record
+from pipeline.table import read_one
 
 __all__ = ["HttpApi", "MAX_BODY_BYTES", "CONTENT_TYPES", "WEB_ROOT", "Response"]
 
@@ -259,15 +260,9 @@ class HttpApi:
                                 f"?image=s3://{self.bucket}/{self.input_prefix}...")
         ref = self._s3_ref(request.query.get("image"))
         model = self.classifier.model_id
-        item = self.dynamodb.get_item(
-            TableName=self.table, ConsistentRead=True,
-            Key={"image": {"S": ref.uri}, "model": {"S": model}}).get("Item")
-        if not item:
+        record = read_one(self.dynamodb, self.table, ref.uri, model)
+        if record is None:
             return json_response(200, {"image": ref.uri, "model": model, "status": "pending"})
-        from boto3.dynamodb.types import TypeDeserializer
-
-        de = TypeDeserializer()
-        record = PredictionRecord.from_item({k: de.deserialize(v) for k, v in item.items()})
         return json_response(200, record.to_document())
 
     # ---- the page ---------------------------------------------------------------------

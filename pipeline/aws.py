@@ -10,11 +10,11 @@ from __future__ import annotations
 import json
 import re
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from pipeline.documents import RECORD_TOKEN_META, DocumentState, token_of
+from pipeline.documents import RECORD_TOKEN_META, DocumentState
 from pipeline.errors import (
     AccessDeniedError,
     GoneError,
@@ -25,16 +25,13 @@ from pipeline.errors import (
     too_large_message,
 )
 from pipeline.events import ObjectRef
-from pipeline.records import PredictionRecord
 from pipeline.settings import Settings
 
 __all__ = [
     "Clients",
     "client_for",
-    "is_loopback",
     "presigning_client",
     "read_object",
-    "DynamoResultSink",
     "FetchedObject",
     "S3ObjectStore",
     "create_clients",
@@ -168,18 +165,7 @@ def _new_client(service: str, settings: Settings, session: Any) -> Any:
     kwargs: dict[str, Any] = {"config": config, "region_name": settings.region}
     if settings.endpoint_url:
         kwargs["endpoint_url"] = settings.endpoint_url
-        if is_loopback(settings.endpoint_url):
-            # The local emulator: no network to protect against, and a CRC32 over every
-            # 3 MB photo read is CPU the emulator and the decoder share.
-            kwargs["config"] = config.merge(Config(response_checksum_validation="when_required"))
     return session.client(service, **kwargs)
-
-
-def is_loopback(url: str) -> bool:
-    from urllib.parse import urlparse
-
-    host = urlparse(url).hostname or ""
-    return host in ("localhost", "::1") or host.startswith("127.")
 
 
 def presigning_client(settings: Settings, bucket: str, session: Any | None = None) -> Any:
@@ -343,139 +329,3 @@ def _lost_condition(error: Exception) -> bool:
     """A conditional S3 write lost a race: 412, or 409 ConditionalRequestConflict."""
     return error_code(error) in ("PreconditionFailed", "412", "ConditionalRequestConflict",
                                   "409")
-
-
-class DynamoResultSink:
-    """The predictions table: one item per (image, model), written conditionally."""
-
-    def __init__(self, client: Any, table: str) -> None:
-        from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
-
-        self.client = client
-        self.table = table
-        self._ser = TypeSerializer()
-        self._de = TypeDeserializer()
-
-    def get_many(
-        self, keys: Iterable[tuple[str, str]]
-    ) -> dict[tuple[str, str], PredictionRecord]:
-        """Existing records for (image, model) pairs: BatchGetItem, 100 keys a call."""
-        records = (PredictionRecord.from_item(self._deserialize(raw))
-                   for raw in self._batch_get(keys))
-        return {(r.image, r.model): r for r in records}
-
-    def present(self, keys: Iterable[tuple[str, str]]) -> set[tuple[str, str]]:
-        """Which (image, model) pairs have an item, reading only the keys (a watcher's
-        probe: the items themselves are not read or sent)."""
-        return {(raw["image"]["S"], raw["model"]["S"])
-                for raw in self._batch_get(keys, fields=("image", "model"))}
-
-    def token(self, image: str, model: str) -> str | None:
-        """`record_token` of the stored record (None: no record), reading only the two
-        attributes it is made of: what a writer checks to know whether the record it holds
-        is still the one stored."""
-        for raw in self._batch_get([(image, model)], fields=("etag", "processed_at")):
-            return token_of(raw["etag"]["S"] if "etag" in raw else None,
-                            raw["processed_at"]["S"])
-        return None
-
-    def _batch_get(self, keys: Iterable[tuple[str, str]],
-                   fields: Sequence[str] = ()) -> list[dict[str, Any]]:
-        """BatchGetItem (consistent), 100 keys a call; only `fields` when given."""
-        wanted = list(dict.fromkeys(keys))
-        items: list[dict[str, Any]] = []
-        for start in range(0, len(wanted), 100):
-            table: dict[str, Any] = {
-                "Keys": [
-                    {"image": {"S": image}, "model": {"S": model}}
-                    for image, model in wanted[start:start + 100]
-                ],
-                "ConsistentRead": True,
-            }
-            if fields:
-                table["ProjectionExpression"] = ", ".join(f"#f{i}" for i in range(len(fields)))
-                table["ExpressionAttributeNames"] = {f"#f{i}": f for i, f in enumerate(fields)}
-            request: dict[str, Any] = {self.table: table}
-            for _ in range(8):
-                try:
-                    resp = self.client.batch_get_item(RequestItems=request)
-                except Exception as e:
-                    raise translate_client_error(e, f"reading table {self.table}") from e
-                items.extend(resp.get("Responses", {}).get(self.table, []))
-                request = resp.get("UnprocessedKeys") or {}
-                if not request:
-                    break
-            else:
-                raise TransientError(f"reading table {self.table}: keys left unprocessed")
-        return items
-
-    def get(self, image: str, model: str) -> PredictionRecord | None:
-        return self.get_many([(image, model)]).get((image, model))
-
-    def put(self, record: PredictionRecord, expected: PredictionRecord | None) -> bool:
-        """Write `record` only if the stored item is still `expected` (None: no item).
-
-        Returns False when someone else wrote in between; the caller re-reads and decides.
-        """
-        item = {k: self._ser.serialize(v) for k, v in record.to_item().items()}
-        kwargs: dict[str, Any] = {"TableName": self.table, "Item": item}
-        if expected is None:
-            kwargs["ConditionExpression"] = "attribute_not_exists(#i)"
-            kwargs["ExpressionAttributeNames"] = {"#i": "image"}
-        else:
-            # processed_at alone could repeat (milliseconds); with the ETag it names one write.
-            kwargs["ExpressionAttributeNames"] = {"#p": "processed_at", "#e": "etag"}
-            kwargs["ExpressionAttributeValues"] = {":p": {"S": expected.processed_at}}
-            if expected.etag is None:
-                kwargs["ConditionExpression"] = "#p = :p AND attribute_not_exists(#e)"
-            else:
-                kwargs["ConditionExpression"] = "#p = :p AND #e = :e"
-                kwargs["ExpressionAttributeValues"][":e"] = {"S": expected.etag}
-        try:
-            self.client.put_item(**kwargs)
-        except Exception as e:
-            if error_code(e) == "ConditionalCheckFailedException":
-                return False
-            raise translate_client_error(e, f"writing {record.image} to {self.table}") from e
-        return True
-
-    def query_label(
-        self, model: str, label: str, min_score: float | None = None, limit: int | None = None
-    ) -> list[PredictionRecord]:
-        """All classified images with `label` (by the `by-label` index), best first."""
-        from decimal import Decimal
-
-        kwargs: dict[str, Any] = {
-            "TableName": self.table,
-            "IndexName": "by-label",
-            "KeyConditionExpression": "label_key = :k",
-            "ExpressionAttributeValues": {":k": {"S": f"{model}#{label}"}},
-            "ScanIndexForward": False,
-        }
-        if min_score is not None:
-            kwargs["KeyConditionExpression"] += " AND score >= :s"
-            kwargs["ExpressionAttributeValues"][":s"] = self._ser.serialize(
-                Decimal(str(min_score))
-            )
-        return self._collect("query", kwargs, f"querying {self.table}", limit)
-
-    def _collect(
-        self, operation: str, kwargs: dict[str, Any], what: str, limit: int | None = None
-    ) -> list[PredictionRecord]:
-        """Every page of a query or scan, as records."""
-        call = getattr(self.client, operation)
-        out: list[PredictionRecord] = []
-        while True:
-            try:
-                resp = call(**kwargs)
-            except Exception as e:
-                raise translate_client_error(e, what) from e
-            out.extend(PredictionRecord.from_item(self._deserialize(i)) for i in resp["Items"])
-            if limit is not None and len(out) >= limit:
-                return out[:limit]
-            if "LastEvaluatedKey" not in resp:
-                return out
-            kwargs["ExclusiveStartKey"] = resp["LastEvaluatedKey"]
-
-    def _deserialize(self, raw: Mapping[str, Any]) -> dict[str, Any]:
-        return {k: self._de.deserialize(v) for k, v in raw.items()}

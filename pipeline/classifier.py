@@ -29,6 +29,7 @@ from pipeline.decode import DecodedImage, DecodeLimits, decode_image
 from pipeline.errors import ModelError
 from pipeline.manifest import ModelManifest
 from pipeline.observe import NO_SPANS, Spans
+from pipeline.prediction import ImageTimings, LabelScore, Prediction
 
 __all__ = [
     "Classifier",
@@ -44,34 +45,6 @@ __all__ = [
 K = TypeVar("K")
 Loader = Callable[[], bytes]
 Timed = tuple[float, float]  # (fetch ms, decode ms) of one image
-
-
-@dataclass(frozen=True)
-class LabelScore:
-    label: str
-    index: int
-    score: float
-
-
-@dataclass(frozen=True)
-class Prediction:
-    label: str
-    score: float
-    top_k: tuple[LabelScore, ...]
-    width: int
-    height: int
-    format: str
-
-
-@dataclass(frozen=True)
-class ImageTimings:
-    """Where one image's time went, in milliseconds: its loader (the S3 read), its decode,
-    and its share of its batch's model run (the batch's forward + postprocess time divided
-    by the images in it)."""
-
-    fetch_ms: float
-    decode_ms: float
-    inference_ms: float
 
 
 @dataclass(frozen=True)

@@ -236,8 +236,7 @@ def _parse_eventbridge(doc: Mapping[str, Any]) -> ParsedMessage:
     ref = ObjectRef(
         bucket=bucket,
         key=key,
-        # AWS spells it "etag"; moto's emulator sends "eTag".
-        etag=_optional_str(obj.get("etag", obj.get("eTag"))),
+        etag=_optional_str(obj.get("etag")),  # "eTag" in S3's notifications, not here
         size=size,
         version_id=_optional_str(obj.get("version-id")),
         sequencer=_optional_str(obj.get("sequencer")),

@@ -11,7 +11,6 @@ from typing import Any
 from pipeline.api import HttpApi
 from pipeline.aws import (
     Clients,
-    DynamoResultSink,
     S3ObjectStore,
     create_clients,
     presigning_client,
@@ -20,8 +19,10 @@ from pipeline.classifier import Classifier
 from pipeline.decode import DecodeLimits
 from pipeline.modelstore import resolve_model
 from pipeline.observe import NO_SPANS, Spans
+from pipeline.outputs import output_documents_for
 from pipeline.service import ClassificationService
 from pipeline.settings import Settings
+from pipeline.table import PredictionsTable
 
 __all__ = ["build_api", "build_classifier", "build_service"]
 
@@ -51,13 +52,11 @@ def build_service(
     `spans`: X-Ray subsegments (the handlers' `XRaySpans`), none by default."""
     clients = clients or create_clients(settings)
     classifier = classifier or build_classifier(settings, clients.s3, spans)
+    store = S3ObjectStore(clients.s3)
+    table = PredictionsTable(clients.dynamodb, settings.table_name)
     return ClassificationService(
-        classifier,
-        S3ObjectStore(clients.s3),
-        DynamoResultSink(clients.dynamodb, settings.table_name),
-        settings,
-        logger=logger,
-        spans=spans,
+        classifier, store, table, settings, logger=logger, spans=spans,
+        documents=output_documents_for(settings, store, table),
     )
 
 

@@ -12,14 +12,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any, Literal, get_args
+from typing import Any, Literal, get_args
 
 from pipeline.events import ObjectRef
-
-if TYPE_CHECKING:
-    from pipeline.classifier import ImageTimings, LabelScore, Prediction
-# LabelScore is imported where a record is built, not here: pipeline.classifier brings numpy,
-# and the summary function's lean package (which reads no record) has none.
+from pipeline.prediction import ImageTimings, LabelScore, Prediction
 
 __all__ = [
     "SCORE_PLACES",
@@ -106,8 +102,6 @@ class PredictionRecord:
             value = getattr(self, name)
             if value is not None:
                 object.__setattr__(self, name, round(float(value), MS_PLACES))
-        from pipeline.classifier import LabelScore
-
         object.__setattr__(
             self,
             "top_k",
@@ -207,8 +201,6 @@ def _to_int(value: Any, name: str) -> int:
 def _label_score(entry: Any) -> LabelScore:
     if not isinstance(entry, Mapping):
         raise ValueError(f"a top_k entry must be a map of label, index and score, got {entry!r}")
-    from pipeline.classifier import LabelScore
-
     try:
         return LabelScore(
             label=str(entry["label"]),

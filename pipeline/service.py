@@ -24,17 +24,12 @@ import threading
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal, Protocol
 
 from pipeline.classifier import Classifier, ImageTimings, ItemResult
-from pipeline.documents import (
-    DocumentStore,
-    document_is_current,
-    record_token,
-    sync_document,
-)
+from pipeline.documents import DocumentStore, record_token
 from pipeline.errors import (
     GoneError,
     ImgpipeError,
@@ -42,9 +37,10 @@ from pipeline.errors import (
     SupersededError,
     TransientError,
 )
-from pipeline.events import ObjectRef, ParsedMessage, parse_message_body
-from pipeline.keys import batch_output_key, compare_sequencers, output_key_for
+from pipeline.events import ObjectRef
+from pipeline.keys import batch_output_key, compare_sequencers
 from pipeline.observe import NO_SPANS, Spans
+from pipeline.outputs import OutputDocuments, output_documents_for
 from pipeline.records import PredictionRecord, classified_record, gone_record, rejected_record
 from pipeline.settings import Settings
 
@@ -52,7 +48,6 @@ __all__ = [
     "ClassificationService",
     "Outcome",
     "OutcomeStatus",
-    "BatchReport",
     "ObjectStore",
     "ResultSink",
     "FetchedLike",
@@ -108,24 +103,6 @@ class Outcome:
     record: PredictionRecord | None = None
 
 
-@dataclass
-class BatchReport:
-    """What became of an SQS batch: the failed message IDs and per-object outcomes."""
-
-    failed_message_ids: list[str] = field(default_factory=list)
-    outcomes: list[tuple[str, Outcome]] = field(default_factory=list)
-    skipped: list[tuple[str, str, str]] = field(default_factory=list)  # (msg id, what, why)
-
-    def counts(self) -> dict[str, int]:
-        counts: dict[str, int] = {}
-        for _, o in self.outcomes:
-            counts[o.status] = counts.get(o.status, 0) + 1
-        return counts
-
-    def response(self) -> dict[str, list[dict[str, str]]]:
-        return {"batchItemFailures": [{"itemIdentifier": m} for m in self.failed_message_ids]}
-
-
 class ClassificationService:
     def __init__(
         self,
@@ -137,6 +114,7 @@ class ClassificationService:
         clock: Callable[[], datetime] | None = None,
         logger: Any = None,
         spans: Spans = NO_SPANS,
+        documents: OutputDocuments | None = None,
     ) -> None:
         self.classifier = classifier
         self.store = store
@@ -145,6 +123,8 @@ class ClassificationService:
         self.clock = clock
         self.log = logger or log
         self.spans = spans  # X-Ray subsegments around each fetch and each image's writes
+        # IMGPIPE_OUTPUT_DOCUMENTS, chosen once (the factory passes it)
+        self.documents = documents or output_documents_for(settings, store, sink)
         self._writer_pool: ThreadPoolExecutor | None = None
         # The function's timeout: configured, or learnt from the first invocation's context
         # (at its start, the remaining time is the timeout, in whole seconds on Lambda).
@@ -154,78 +134,6 @@ class ClassificationService:
     @property
     def model_id(self) -> str:
         return self.classifier.model_id
-
-    # ---- SQS batches -------------------------------------------------------------------
-
-    def process_messages(
-        self,
-        messages: Sequence[tuple[str, str]],
-        remaining_ms: Callable[[], int] | None = None,
-    ) -> BatchReport:
-        """Process (message_id, body) pairs as one batched classification."""
-        report = BatchReport()
-        refs_by_msg: dict[str, list[ObjectRef]] = {}
-        for message_id, body in messages:
-            try:
-                parsed: ParsedMessage = parse_message_body(body)
-            except PermanentError as e:
-                # A body that will never parse: report it so that after maxReceiveCount it
-                # rests in the DLQ, body intact, for a person to look at.
-                self.log.error("unreadable message", extra={"message_id": message_id,
-                                                            "error": str(e)})
-                report.failed_message_ids.append(message_id)
-                continue
-            foreign = self._foreign(parsed.refs)
-            if foreign:
-                # Another bucket's event: a misrouted notification. Refused like a body
-                # that does not parse, so it rests in the DLQ for a person to look at,
-                # and nothing is recorded for objects this pipeline does not own.
-                self.log.error("message for another bucket", extra={
-                    "message_id": message_id, "error": foreign})
-                report.failed_message_ids.append(message_id)
-                continue
-            for what, why in parsed.skipped:
-                report.skipped.append((message_id, what, why))
-                self.log.info("skipped", extra={"message_id": message_id, "object": what,
-                                                "reason": why})
-            refs_by_msg[message_id] = list(parsed.refs)
-
-        all_refs = [r for refs in refs_by_msg.values() for r in refs]
-        outcomes = self.process(all_refs, remaining_ms=remaining_ms)
-        # `process` answers in the order of the distinct refs it was given.
-        by_ref = dict(zip(dict.fromkeys(all_refs), outcomes, strict=True))
-        for message_id, refs in refs_by_msg.items():
-            failed = False
-            for ref in refs:
-                outcome = by_ref[ref]
-                report.outcomes.append((message_id, outcome))
-                failed = failed or outcome.status == "failed"
-                self._log_outcome(message_id, outcome)
-            if failed:
-                report.failed_message_ids.append(message_id)
-        return report
-
-    def _foreign(self, refs: Sequence[ObjectRef]) -> str:
-        """The sentence refusing events for a bucket other than the pipeline's, or ""."""
-        mine = self.settings.bucket
-        others = sorted({r.bucket for r in refs if mine and r.bucket != mine})
-        if not others:
-            return ""
-        return (f"the event names bucket {', '.join(others)}, but this pipeline reads only "
-                f"{mine} (IMGPIPE_BUCKET): check which notifications target its queue")
-
-    def _log_outcome(self, message_id: str | None, o: Outcome) -> None:
-        extra: dict[str, Any] = {"object_key": o.ref.key, "bucket": o.ref.bucket,
-                                 "status": o.status, "model": self.model_id}
-        if message_id:
-            extra["message_id"] = message_id
-        if o.detail:
-            extra["detail"] = o.detail
-        if o.record is not None and o.record.label:
-            extra["label"] = o.record.label
-            extra["score"] = o.record.score
-        level = logging.WARNING if o.status in ("failed", "rejected") else logging.INFO
-        self.log.log(level, o.status, extra=extra)
 
     # ---- the core call -----------------------------------------------------------------
 
@@ -296,7 +204,7 @@ class ClassificationService:
             obj = fetched.get(result.key)
             if obj is not None:
                 ref = _with_object_facts(ref, obj)
-            if self.settings.output_documents == "batch" and result.prediction is not None:
+            if self.documents.collects and result.prediction is not None:
                 to_batch.append((todo[result.key], ref, result))
                 continue
             writes[todo[result.key]] = self._writers().submit(
@@ -378,8 +286,7 @@ class ClassificationService:
                 f"{type(error).__name__}: {error}")
             return Outcome(ref, "failed", detail)
         else:
-            out_key = (output_key_for(ref.key, model, self.settings.output_prefix)
-                       if self.settings.output_documents == "per-image" else None)
+            out_key = self.documents.output_key(ref, model)
             record = classified_record(ref, model, prediction, out_key, now, timings=timings)
         return self._write(record, ref, expected, overwrite)
 
@@ -410,16 +317,14 @@ class ClassificationService:
         try:
             for _attempt in range(3):
                 if self.sink.put(record, expected):
-                    if self.settings.output_documents == "per-image":
-                        self._sync_document(ref, record, just_written=True)
+                    self.documents.follow(ref, record, just_written=True)
                     return Outcome(ref, record.status, record.error or "", record)
                 expected = self._read_record(record.image, record.model)
                 if expected is not None and record_token(expected) == record_token(record):
                     # Our own put, applied although its reply was lost (a 5xx or a read
                     # timeout, then botocore's retry lost to it): this writer won, so it
                     # finishes the document as any winner does.
-                    if self.settings.output_documents == "per-image":
-                        self._sync_document(ref, expected)
+                    self.documents.follow(ref, expected)
                     return Outcome(ref, expected.status, expected.error or "", expected)
                 reason = None if overwrite else _already_done(ref, expected)
                 if reason:
@@ -454,36 +359,11 @@ class ClassificationService:
     def _read_record(self, image: str, model: str) -> PredictionRecord | None:
         return self.sink.get_many([(image, model)]).get((image, model))
 
-    def _document_location(self, ref: ObjectRef, model: str) -> tuple[str, str]:
-        bucket = self.settings.output_bucket or ref.bucket
-        return bucket, output_key_for(ref.key, model, self.settings.output_prefix)
-
-    def _sync_document(self, ref: ObjectRef, held: PredictionRecord,
-                       just_written: bool = False) -> None:
-        """`sync_document` for the record this writer holds (wrote or found): while it is
-        still the stored one, reading its token (two attributes) stands for reading it."""
-        bucket, key = self._document_location(ref, held.model)
-
-        def read_record() -> PredictionRecord | None:
-            token = self.sink.token(ref.uri, held.model)
-            if token is None:
-                return None
-            if token == record_token(held):
-                return held
-            return self._read_record(ref.uri, held.model)
-
-        sync_document(self.store, read_record, bucket, key,
-                      just_written=held if just_written else None)
-
     def _skip_done(self, ref: ObjectRef, reason: str, existing: PredictionRecord) -> Outcome:
         """Already done for this object: no inference, but make sure its document is there
         (a writer may have stopped between the record and the document)."""
-        if self.settings.output_documents != "per-image":
-            return Outcome(ref, "skipped", reason, existing)
-        bucket, key = self._document_location(ref, existing.model)
         try:
-            if not document_is_current(self.store, bucket, key, existing):
-                self._sync_document(ref, existing)
+            self.documents.ensure(ref, existing)
         except ImgpipeError as e:
             return Outcome(ref, "failed", str(e))
         return Outcome(ref, "skipped", reason, existing)

@@ -238,10 +238,10 @@ def _depth(sqs: Any, url: str) -> int:
 
 def _check(stack: Any, s3: Any, ddb: Any, sqs: Any, folder: str, images: Sequence[str],
            model: str, reconcile: Any, result: ChaosResult) -> None:
-    from pipeline.aws import DynamoResultSink
+    from pipeline.table import PredictionsTable
 
     r = stack.resources
-    records = DynamoResultSink(ddb, r.table).get_many((i, model) for i in images)
+    records = PredictionsTable(ddb, r.table).get_many((i, model) for i in images)
     result.records = len(records)
     result.statuses.update(rec.status for rec in records.values())
     missing = [i for i in images if (i, model) not in records]

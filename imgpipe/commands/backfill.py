@@ -8,7 +8,7 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from imgpipe.commands import add_aws_options, settings_from
@@ -48,7 +48,7 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pipeline.aws import client_for, is_loopback
+    from pipeline.aws import client_for
     from pipeline.keys import parse_s3_uri
 
     if bool(args.uri) == bool(args.follow):
@@ -64,9 +64,6 @@ def run(args: argparse.Namespace) -> int:
             return 2
     settings = settings_from(args)
     sfn = client_for("stepfunctions", settings)
-    # On AWS a map run counts objects; the local stack's Map runs over batches of them.
-    unit = "batches" if settings.endpoint_url and is_loopback(settings.endpoint_url) \
-        else "objects"
     started = time.monotonic()
     if args.follow:
         execution_arn = args.follow
@@ -99,6 +96,7 @@ def run(args: argparse.Namespace) -> int:
         if not args.wait:
             print(execution_arn)
             return 0
+    unit = _progress_unit(sfn, execution_arn)
     total = TotalCounter(sfn, execution_arn, unit, client_for("s3", settings), bucket, prefix)
     try:
         desc = _follow(sfn, execution_arn, started, unit, total)
@@ -244,6 +242,31 @@ class TotalCounter:
         except Exception:  # no ListBucket for this caller: the bar goes without a total
             return
         self._value = n
+
+
+def _progress_unit(sfn: Any, execution_arn: str) -> str:
+    """What the execution's map run counts, as its state machine says: objects where its
+    Map lists the prefix (ItemReader `s3:listObjectsV2`, as on AWS); batches where the Map
+    reads a JSON array of them (`s3:getObject`: the local stack lists and batches in a
+    step of its own before the Map)."""
+    try:
+        described = sfn.describe_state_machine_for_execution(executionArn=execution_arn)
+        document = json.loads(described.get("definition") or "{}")
+    except Exception:  # not allowed to look: AWS's unit
+        return "objects"
+    readers = [state["ItemReader"].get("Resource", "") for state in _states(document)
+               if state.get("Type") == "Map" and isinstance(state.get("ItemReader"), dict)]
+    return "batches" if any(str(r).endswith(":s3:getObject") for r in readers) else "objects"
+
+
+def _states(document: Any) -> Iterator[dict[str, Any]]:
+    """Every state of a definition, nested ones (Map processors, Parallel branches) too."""
+    for state in (document.get("States") or {}).values() if isinstance(document, dict) else ():
+        if isinstance(state, dict):
+            yield state
+            for inner in (state.get("ItemProcessor"), state.get("Iterator"),
+                          *(state.get("Branches") or [])):
+                yield from _states(inner)
 
 
 def _planned_batches(sfn: Any, execution_arn: str) -> int | None:

@@ -44,13 +44,14 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def _sink(args: argparse.Namespace) -> tuple[Any, str]:
-    from pipeline.aws import DynamoResultSink, create_clients
+    from pipeline.aws import create_clients
     from pipeline.modelstore import model_id_of
+    from pipeline.table import PredictionsTable
 
     settings = settings_from(args, table_name=args.table)
     model = args.model or model_id_of()
     clients = create_clients(settings)
-    return DynamoResultSink(clients.dynamodb, settings.table_name), model
+    return PredictionsTable(clients.dynamodb, settings.table_name), model
 
 
 def run_get(args: argparse.Namespace) -> int:

@@ -11,7 +11,9 @@ the events it emits differ from S3's:
   is never classified. Each event gets a fresh, increasing sequencer here;
 - `detail.object.key` is the raw key, where S3 URL-encodes it as in its notifications
   ("red flower.jpg" as "red+flower.jpg"; pipeline/events.py decodes it), so a key holding
-  `+` or `%` would be misread. It is encoded here the same way.
+  `+` or `%` would be misread. It is encoded here the same way;
+- `detail.object.eTag`, where S3 spells it `etag` in EventBridge events (tests/events has
+  AWS's example; `eTag` is the spelling of S3's own notifications). It is renamed here.
 
 And for every destination (queue notifications and EventBridge alike): a multipart upload
 is announced twice, `ObjectCreated:Put` (moto's completion stores the object through its
@@ -34,8 +36,8 @@ MOTO_CONSTANT_SEQUENCER = "617f08299329d189"
 
 
 def stamp_eventbridge_sequencers() -> None:
-    """Patch this process's moto: S3 events sent to EventBridge get increasing sequencers
-    and URL-encoded keys, as S3 sends them."""
+    """Patch this process's moto: S3 events sent to EventBridge get increasing sequencers,
+    URL-encoded keys and `etag` spelled as S3 sends them."""
     from moto.events.models import Rule
 
     original = Rule.send_to_targets
@@ -51,6 +53,8 @@ def stamp_eventbridge_sequencers() -> None:
                 # values (its sequencer is no longer moto's constant).
                 obj["sequencer"] = f"{next(counter):016X}"
                 obj["key"] = quote_plus(str(obj.get("key", "")), safe="/")
+                if "eTag" in obj and "etag" not in obj:
+                    obj["etag"] = obj.pop("eTag")
         original(rule, event, transform_input)
 
     setattr(Rule, "send_to_targets", send_to_targets)  # noqa: B010

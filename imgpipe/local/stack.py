@@ -311,6 +311,10 @@ class LocalStack:
             "POWERTOOLS_METRICS_DISABLED": "true",
             "POWERTOOLS_LOG_LEVEL": self.options.log_level,
             "POWERTOOLS_SERVICE_NAME": "imgpipe",
+            # botocore's documented switches ("Data Integrity Protections for Amazon S3"): no
+            # CRC over every photo read from the emulator; on AWS the defaults stay.
+            "AWS_REQUEST_CHECKSUM_CALCULATION": "when_required",
+            "AWS_RESPONSE_CHECKSUM_VALIDATION": "when_required",
         }
         env.update(template_env)
         if "IMGPIPE_MODEL" in template_env and self.options.model_source:
@@ -367,11 +371,11 @@ class LocalStack:
     ) -> dict[str, PredictionRecord]:
         """Wait until every `s3://...` image has an item for `model` (`wait_for_items`),
         then read the records."""
-        from pipeline.aws import DynamoResultSink
+        from pipeline.table import PredictionsTable
 
         assert self.resources is not None
         wanted = self.wait_for_items(images, model, timeout_s, progress)
-        sink = DynamoResultSink(self.client("dynamodb"), self.resources.table)
+        sink = PredictionsTable(self.client("dynamodb"), self.resources.table)
         return {image: record for (image, _), record in
                 sink.get_many((i, model) for i in wanted).items()}
 
@@ -384,10 +388,10 @@ class LocalStack:
         One keys-only BatchGetItem per 100 missing images every half second: the emulator
         shares the CPUs with the pipeline it is watching.
         """
-        from pipeline.aws import DynamoResultSink
+        from pipeline.table import PredictionsTable
 
         assert self.resources is not None
-        sink = DynamoResultSink(self.client("dynamodb"), self.resources.table)
+        sink = PredictionsTable(self.client("dynamodb"), self.resources.table)
         wanted = list(dict.fromkeys(images))
         found: set[str] = set()
         deadline = time.monotonic() + timeout_s

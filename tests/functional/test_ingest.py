@@ -10,6 +10,7 @@ import pytest
 
 import handlers.ingest
 from pipeline.errors import ModelError, TransientError
+from pipeline.ingest import process_messages
 from tests.functional.conftest import (
     BUCKET,
     MODEL,
@@ -494,7 +495,7 @@ def test_a_write_whose_reply_was_lost_finishes_its_document(
     obj = harness.upload("incoming/lost.jpg", sample("coffee.jpg"))
     attempts = lose_the_first_reply(harness.clients.dynamodb, "PutItem")
     event, ids = sqs_event(s3_event(obj))
-    report = harness.service.process_messages(
+    report = process_messages(harness.service,
         [(r["messageId"], r["body"]) for r in event["Records"]])
     assert attempts == ["applied, 200 lost", "retried"]
     assert report.failed_message_ids == []

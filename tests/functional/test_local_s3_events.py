@@ -55,3 +55,35 @@ def test_a_multipart_upload_is_announced_once_as_s3_does(mended: None) -> None:
 
     s3.put_object(Bucket=BUCKET, Key="incoming/small.jpg", Body=b"\xff\xd8")
     assert event_names(sqs, url) == ["ObjectCreated:Put"]
+
+
+def test_eventbridge_events_carry_s3s_etag_spelling(
+        mocked_aws: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """S3 spells the field `etag` in EventBridge events (tests/events has AWS's example);
+    moto sends `eTag`. The core reads AWS's spelling only, so the mend gives it that."""
+    from moto.events.models import Rule
+
+    from imgpipe.local.s3_events import stamp_eventbridge_sequencers
+    from pipeline.events import parse_message_body
+
+    monkeypatch.setattr(Rule, "send_to_targets", Rule.send_to_targets)
+    stamp_eventbridge_sequencers()
+    s3 = boto3.client("s3", region_name="us-east-1")
+    sqs = boto3.client("sqs", region_name="us-east-1")
+    events = boto3.client("events", region_name="us-east-1")
+    url = sqs.create_queue(QueueName="bridge")["QueueUrl"]
+    arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])[
+        "Attributes"]["QueueArn"]
+    s3.create_bucket(Bucket=BUCKET)
+    s3.put_bucket_notification_configuration(Bucket=BUCKET, NotificationConfiguration={
+        "EventBridgeConfiguration": {}})
+    events.put_rule(Name="created", EventPattern=json.dumps({
+        "source": ["aws.s3"], "detail-type": ["Object Created"]}))
+    events.put_targets(Rule="created", Targets=[{"Id": "q", "Arn": arn}])
+
+    etag = s3.put_object(Bucket=BUCKET, Key="incoming/a.jpg", Body=b"\xff\xd8")["ETag"]
+    (message,) = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10)["Messages"]
+    obj = json.loads(message["Body"])["detail"]["object"]
+    assert "eTag" not in obj and obj["etag"] == etag.strip('"')
+    (ref,) = parse_message_body(message["Body"]).refs
+    assert ref.etag == etag.strip('"')

@@ -25,12 +25,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from pipeline.aws import Clients, DynamoResultSink, S3ObjectStore
+from pipeline.aws import Clients, S3ObjectStore
 from pipeline.classifier import Classifier, create_session
+from pipeline.ingest import process_messages
 from pipeline.keys import output_key_for
 from pipeline.manifest import ModelManifest, load_manifest
 from pipeline.service import ClassificationService
 from pipeline.settings import Settings
+from pipeline.table import PredictionsTable
 from tests.functional.conftest import BUCKET, TABLE, s3_event
 from tests.tiny_models import EFFICIENTNET_LITE0, make_tiny_model
 
@@ -144,13 +146,13 @@ class Race:
         service = ClassificationService(
             classifier,
             Gated(S3ObjectStore(self.clients.s3), self.scheduler, actor),  # type: ignore[arg-type]
-            Gated(DynamoResultSink(self.clients.dynamodb, TABLE), self.scheduler, actor),  # type: ignore[arg-type]
+            Gated(PredictionsTable(self.clients.dynamodb, TABLE), self.scheduler, actor),  # type: ignore[arg-type]
             Settings(table_name=TABLE, fetch_workers=1),
         )
 
         def run() -> None:
             try:
-                report = service.process_messages([(f"m{actor}", body)])
+                report = process_messages(service, [(f"m{actor}", body)])
                 if report.failed_message_ids:
                     self.pending.append(body)  # SQS redelivers it
             except BaseException as e:  # noqa: BLE001 - reported by the test

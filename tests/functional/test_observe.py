@@ -11,6 +11,7 @@ import pytest
 import handlers.ingest
 from pipeline.classifier import Classifier
 from pipeline.factory import build_service
+from pipeline.ingest import process_messages
 from pipeline.observe import XRaySpans
 from pipeline.settings import Settings
 from tests.functional.conftest import (
@@ -119,7 +120,7 @@ def test_spans_hang_under_the_invocation_from_every_thread(
     objs = [harness.upload(f"incoming/{n}", sample(n)) for n in PHOTOS]
     segment = recorder.begin_segment("imgpipe-ingest")
     spans.bind()
-    report = service.process_messages([(f"m{i}", s3_event(o)) for i, o in enumerate(objs)])
+    report = process_messages(service, [(f"m{i}", s3_event(o)) for i, o in enumerate(objs)])
     recorder.end_segment()
     clf.close()
     assert report.counts() == {"classified": 3}

@@ -13,11 +13,12 @@ from imgpipe.cli import main
 from imgpipe.local.poller import SqsPoller
 from imgpipe.reconcile import ReconcileReport, reconcile
 from imgpipe.redrive import RedriveError, redrive
-from pipeline.aws import Clients, DynamoResultSink, S3ObjectStore
+from pipeline.aws import Clients, S3ObjectStore
 from pipeline.classifier import LabelScore, Prediction
 from pipeline.events import ObjectRef
 from pipeline.keys import output_key_for
 from pipeline.records import classified_record, gone_record, rejected_record
+from pipeline.table import PredictionsTable
 from tests.functional.conftest import BUCKET, MODEL, TABLE
 
 QUEUE = "imgpipe-ingest"
@@ -66,11 +67,11 @@ class Env:
         assert record.output_key is not None
         if write_output:
             S3ObjectStore(self.s3).put_json(BUCKET, record.output_key, record.to_document())
-        assert DynamoResultSink(self.clients.dynamodb, TABLE).put(record, None)
+        assert PredictionsTable(self.clients.dynamodb, TABLE).put(record, None)
 
     def rejected(self, ref: ObjectRef) -> None:
         record = rejected_record(ref, MODEL, "not an image: plain text")
-        assert DynamoResultSink(self.clients.dynamodb, TABLE).put(record, None)
+        assert PredictionsTable(self.clients.dynamodb, TABLE).put(record, None)
 
     def check(self, queues: bool = True) -> ReconcileReport:
         return reconcile(self.s3, self.clients.dynamodb, bucket=BUCKET,
@@ -233,7 +234,7 @@ def _stale_record(env: Env, refs: dict[str, ObjectRef]) -> None:
 
 def _gone_record_but_object_is_back(env: Env, refs: dict[str, ObjectRef]) -> None:
     ref = env.upload("incoming/back.jpg")
-    DynamoResultSink(env.clients.dynamodb, TABLE).put(gone_record(ref, MODEL), None)
+    PredictionsTable(env.clients.dynamodb, TABLE).put(gone_record(ref, MODEL), None)
 
 
 def _missing_output(env: Env, refs: dict[str, ObjectRef]) -> None:

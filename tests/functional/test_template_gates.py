@@ -157,7 +157,7 @@ def test_an_extra_or_missing_action_fails_the_iam_gate(
     assert "BackfillFunctionRole allows dynamodb:Query, which handlers.backfill.handler never " \
            "calls" in problems
     assert any(p.startswith("BackfillFunctionRole lacks dynamodb:BatchGetItem, called at "
-                            "pipeline/aws.py:") for p in problems), problems
+                            "pipeline/table.py:") for p in problems), problems
 
 
 def test_a_role_without_list_bucket_fails_the_iam_gate(

@@ -141,8 +141,9 @@ class FakeSfn:
     ARN = "arn:aws:states:us-east-1:123456789012:execution:imgpipe-backfill:run-1"
 
     def __init__(self, statuses: list[str], output: dict[str, Any] | None = None,
-                 interrupt_after: int | None = None) -> None:
+                 interrupt_after: int | None = None, definition: str = "") -> None:
         self.statuses = statuses
+        self.definition = definition
         self.output = output or {}
         self.interrupt_after = interrupt_after
         self.described = 0
@@ -168,6 +169,14 @@ class FakeSfn:
 
     def list_map_runs(self, executionArn: str) -> dict[str, Any]:  # noqa: N803
         return {"mapRuns": []}
+
+    def describe_state_machine_for_execution(self, executionArn: str  # noqa: N803
+                                             ) -> dict[str, Any]:
+        assert executionArn == self.ARN
+        if not self.definition:
+            raise ClientError({"Error": {"Code": "AccessDeniedException", "Message": "no"}},
+                              "DescribeStateMachineForExecution")
+        return {"stateMachineArn": "arn:sm", "definition": self.definition}
 
 
 class FakeS3:
@@ -217,6 +226,35 @@ def test_ctrl_c_says_the_execution_goes_on_and_how_to_follow_it(
     assert f"imgpipe backfill --follow {FakeSfn.ARN}" in err
     assert f"aws stepfunctions stop-execution --execution-arn {FakeSfn.ARN}" in err
     assert "interrupted" not in err
+
+
+AWS_DEFINITION = json.dumps({"StartAt": "Map", "States": {"Map": {
+    "Type": "Map", "ItemReader": {"Resource": "arn:aws:states:::s3:listObjectsV2"},
+    "End": True}}})
+LOCAL_DEFINITION = json.dumps({"StartAt": "Plan", "States": {
+    "Plan": {"Type": "Task", "Resource": "arn:aws:states:::lambda:invoke",
+             "Parameters": {"FunctionName": "imgpipe-local-planner"}, "Next": "Map"},
+    "Map": {"Type": "Map", "End": True, "ItemReader": {
+        "Resource": "arn:aws:states:::s3:getObject", "ReaderConfig": {"InputType": "JSON"}},
+        "ItemProcessor": {"StartAt": "Batch", "States": {"Batch": {
+            "Type": "Task", "End": True}}}}}})
+
+
+@pytest.mark.parametrize(("definition", "where"), [
+    (AWS_DEFINITION, "in AWS"),
+    (LOCAL_DEFINITION, "in the local stack"),
+    ("", "in AWS"),  # the state machine may not be described: AWS's unit
+])
+def test_the_unit_comes_from_the_state_machine_not_from_the_endpoint(
+    fake_aws: Callable[..., tuple[FakeSfn, FakeS3]], capsys: pytest.CaptureFixture[str],
+    definition: str, where: str,
+) -> None:
+    """A loopback endpoint (a tunnel, a proxy) says nothing about what the Map counts; the
+    state machine the execution runs does: the local stack's lists through its planner."""
+    fake_aws(FakeSfn(["RUNNING"], interrupt_after=1, definition=definition), FakeS3())
+    assert main(["backfill", "s3://photos/old/", "--endpoint-url",
+                 "http://127.0.0.1:4566"]) == 130
+    assert f"the execution goes on {where}" in capsys.readouterr().err
 
 
 def test_follow_picks_up_a_running_execution_to_its_summary(

@@ -324,3 +324,27 @@ def test_event_to_record_needs_an_event_time_and_never_goes_negative() -> None:
     assert event_to_record_ms("2026-11-22T01:02:04.000Z", NOW) == 0  # S3's clock ahead
     late = ObjectRef(bucket="b", key="k", event_time="2026-11-22T01:01:03.456789Z")
     assert rejected_record(late, MODEL, "not an image", now=NOW).event_to_record_ms == 60000
+
+
+def test_records_load_without_the_classifier_or_numpy() -> None:
+    """Reading and writing records (the summary function, reconcile, the report) needs no
+    inference code: a record round trip in a fresh interpreter loads neither."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = (
+        "import sys\n"
+        "from pipeline.records import PredictionRecord\n"
+        "from pipeline.prediction import LabelScore\n"
+        "r = PredictionRecord(image='s3://b/k', model='m@1', status='classified',\n"
+        "                     processed_at='2026-01-01T00:00:00.000Z', label='cat', score=0.5,\n"
+        "                     top_k=(LabelScore('cat', 1, 0.5),))\n"
+        "assert PredictionRecord.from_item(r.to_item()) == r\n"
+        "loaded = [m for m in ('pipeline.classifier', 'numpy', 'PIL') if m in sys.modules]\n"
+        "print(','.join(loaded))\n"
+    )
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True,
+                          text=True, check=True, env={"PYTHONPATH": str(root)})
+    assert done.stdout.strip() == ""
