@@ -13,16 +13,21 @@ from tests.e2e.conftest import BIN, ROOT, LocalProcess
 
 pytestmark = pytest.mark.e2e
 
-README = (ROOT / "README.md").read_text(encoding="utf-8")
+# The pages the commands live on: the README's deploy steps define `out`, the deploy page
+# holds the dead-letter runbook, the local stack's page the `aws lambda invoke` lines.
+README = "README.md"
+DEPLOY = "docs/deploy.md"
+LOCAL = "imgpipe/local/README.md"
 
 
-def _block_after(heading: str, first: str) -> str:
-    """The first fenced block after `heading` whose text starts with `first`."""
-    section = README[README.index(heading):]
+def _block_after(page: str, heading: str, first: str) -> str:
+    """The first fenced block of `page` after `heading` whose text starts with `first`."""
+    text = (ROOT / page).read_text(encoding="utf-8")
+    section = text[text.index(heading):]
     for block in re.findall(r"^```[a-z]*\n(.*?)^```", section, flags=re.S | re.M):
         if block.startswith(first):
             return str(block)
-    raise AssertionError(f"no block starting {first!r} after {heading!r}")
+    raise AssertionError(f"no block starting {first!r} after {heading!r} in {page}")
 
 
 def _bash(stack: LocalProcess, script: str) -> subprocess.CompletedProcess[str]:
@@ -47,8 +52,8 @@ def test_the_banner_exports_reach_the_stack_with_aws_sqs(local_stack: LocalProce
 
 def test_the_readme_dead_letter_runbook_runs_against_the_stack(
         local_stack: LocalProcess) -> None:
-    out = _block_after("### Build and deploy", "out() {").split("\nBUCKET=")[0]
-    runbook = _block_after("### When messages land in the dead-letter queue", "aws sqs ")
+    out = _block_after(README, "### Build and deploy", "out() {").split("\nBUCKET=")[0]
+    runbook = _block_after(DEPLOY, "## When messages land in the dead-letter queue", "aws sqs ")
     batches = sum(line.startswith("batch: ") for line in local_stack.output)
     done = _bash(local_stack, "\n".join([
         out,
@@ -74,7 +79,7 @@ def test_the_readme_invoke_lines_leave_nothing_in_the_repo_and_time_the_event_no
         local_stack: LocalProcess) -> None:
     """`aws lambda invoke ... out.json` left out.json in the repository, and the fixture's
     fixed eventTime gave the record an event_to_record_ms of days."""
-    block = _block_after("### Run a function by hand", "aws lambda list-functions")
+    block = _block_after(LOCAL, "## Run a function by hand", "aws lambda list-functions")
     ingest_part = block.split("\nBACKFILL=")[0]
     before = {p.name for p in ROOT.iterdir()}
     done = _bash(local_stack, ingest_part)

@@ -3,7 +3,7 @@ that classify (one `sam build` directory each) get byte-identical packages, and 
 which names each upload by a checksum of the directory's files and skips a name the bucket
 already has, uploads one. The summary function gets the lean package.
 
-Sizes (x86_64, measured by these builds) are in the README's packaging section."""
+Sizes (measured by these builds) are in docs/deploy.md, "The package"."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
-"""The README's commands work as written after `make demo`: the tools they name are in the
-venv `make demo` makes, the venv is activated before the first of them, and uploading the
-samples folder uploads photos only."""
+"""The README's commands, and those of the pages it links to, work as written after
+`make demo`: the tools they name are in the venv `make demo` makes, the venv is activated on
+each page before the first of them, and uploading the samples folder uploads photos only."""
 
 from __future__ import annotations
 
@@ -13,6 +13,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 README = (ROOT / "README.md").read_text(encoding="utf-8")
+# The pages the README's commands moved to, and the other pages that show commands.
+PAGES = {name: (ROOT / name).read_text(encoding="utf-8") for name in (
+    "imgpipe/local/README.md", "docs/deploy.md", "model/README.md", "bench/README.md",
+    "CONTRIBUTING.md")}
 ACTIVATE = "source .venv/bin/activate"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
@@ -35,13 +39,23 @@ def test_make_demo_installs_the_aws_cli_and_imgpipe() -> None:
     assert demo and "installed-local" in demo.group(1)
 
 
+def _assert_activated_first(lines: list[str], page: str) -> None:
+    commands = [i for i, line in enumerate(lines) if re.match(r"(imgpipe|aws|python3?) ", line)]
+    assert commands, f"{page} shows commands"
+    assert ACTIVATE in lines, page
+    assert lines.index(ACTIVATE) < commands[0], (page, lines[commands[0]])
+    assert not [line for line in lines if line.startswith(".venv/bin/")], page
+
+
 def test_the_venv_is_activated_before_the_first_bare_command() -> None:
-    lines = code_lines(README[README.index("## Try it"):])  # after the diagram
-    commands = [i for i, line in enumerate(lines) if re.match(r"(imgpipe|aws) ", line)]
-    assert commands, "the README shows imgpipe and aws commands"
-    assert ACTIVATE in lines
-    assert lines.index(ACTIVATE) < commands[0], lines[commands[0]]
-    assert not [line for line in lines if line.startswith(".venv/bin/")]
+    _assert_activated_first(code_lines(README[README.index("## Try it"):]),  # after the diagram
+                            "README.md")
+
+
+def test_each_page_with_commands_activates_the_venv_before_the_first() -> None:
+    """A reader who lands on a page from a link has not read the README's activation line."""
+    for page, text in PAGES.items():
+        _assert_activated_first(code_lines(text), page)
 
 
 def _uploaded(command: str, folder: Path) -> list[str]:
@@ -74,12 +88,24 @@ def test_uploading_the_samples_folder_sends_photos_only() -> None:
         r"(aws s3 cp samples/ .*?--recursive.*?)'\n", banner.replace("\\\\\n", " "))]
     readme_cmds = [line.split("#")[0] for line in code_lines(README)
                    if line.startswith("aws s3 cp samples/ ") and "--recursive" in line]
-    assert len(readme_cmds) >= 3 and banner_cmds
+    page_cmds = [line.split("#")[0] for text in PAGES.values() for line in code_lines(text)
+                 if line.startswith("aws s3 cp samples/ ") and "--recursive" in line]
+    assert len(readme_cmds) >= 3 and page_cmds and banner_cmds
     samples = ROOT / "samples"
     assert (samples / "README.md").exists() and (samples / "make_samples.py").exists()
-    for command in [*readme_cmds, *(c + "'" for c in banner_cmds)]:
+    for command in [*readme_cmds, *page_cmds, *(c + "'" for c in banner_cmds)]:
         sent = _uploaded(command.replace("{r.bucket}/{r.input_prefix}", "b/in/"), samples)
         assert sent, command
         assert all(s.lower().endswith(IMAGE_SUFFIXES) for s in sent), (command, sent)
         assert len(sent) == len([p for p in samples.iterdir()
                                  if p.suffix.lower() in IMAGE_SUFFIXES]), command
+
+
+def test_the_deploy_page_reads_the_outputs_as_the_readme_does() -> None:
+    """docs/deploy.md repeats the README's `out` for a reader who lands there; the two stay
+    one definition (tests/e2e/test_local_aws_cli.py runs the README's)."""
+    def out(text: str) -> str:
+        found = re.search(r"^out\(\) \{.*?\}", text, flags=re.S | re.M)
+        assert found, "no out() { ... } block"
+        return found.group(0)
+    assert out(PAGES["docs/deploy.md"]) == out(README)
