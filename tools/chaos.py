@@ -11,10 +11,11 @@ injects at random:
 - an ingest worker killed (SIGKILL) mid-flight: its batch comes back through SQS;
 - DynamoDB replies lost after the write (the emulator applies the PutItem and answers 500;
   botocore's retry then meets its own write: `imgpipe.local.chaos`);
-- the emulator frozen for a moment (SIGSTOP, then SIGCONT): every client waits on it.
-
-A disk filled for a moment is not injected: the local state directory's handling of a full
-disk is another change's, and this run keeps no state directory.
+- the emulator frozen for a moment (SIGSTOP, then SIGCONT): every client waits on it;
+- the disk filled for a moment: the stack keeps its state (`--state-dir`) on a small tmpfs
+  of its own, which a filler file fills to the last byte and then frees, so every write the
+  emulator cannot journal is refused with a retryable error. Mounting it needs root; run
+  otherwise, the run keeps no state directory and says the fault is not injected.
 
 Then it checks what the pipeline promises: exactly one record per photo, all classified,
 one document per photo at the record's output key, the queue and the DLQ empty, and
@@ -27,16 +28,18 @@ RETRY_VISIBILITY_S instead, so it stays bounded in time. Everything stays on 127
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import os
 import random
 import signal
+import subprocess
 import sys
 import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +48,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = ROOT / "samples"
 RETRY_VISIBILITY_S = 2
+FAULT_KINDS = ("worker killed", "emulator frozen", "disk full")
+STATE_DISK_SIZE = "256m"
 
 __all__ = ["ChaosResult", "generated_photos", "main", "run_chaos"]
 
@@ -128,6 +133,9 @@ class Faults:
                 elif kind == "emulator frozen":
                     self._freeze(self.rng.uniform(0.5, 2.0))
                     self.counts[kind] += 1
+                elif kind == "disk full":
+                    self._fill_disk(self.rng.uniform(0.5, 2.0))
+                    self.counts[kind] += 1
             except Exception as e:  # a worker that exited by itself, etc.: not a fault
                 self.log(f"chaos: {kind} not injected: {type(e).__name__}: {e}")
 
@@ -151,10 +159,37 @@ class Faults:
             os.kill(pid, signal.SIGCONT)
         self.log(f"chaos: froze the emulator for {seconds:.1f} s")
 
+    def _fill_disk(self, seconds: float) -> None:
+        """The state directory's own tmpfs, full for `seconds`, then freed."""
+        filler = Path(self.stack.options.state_dir).parent / "filler"
+        try:
+            with open(filler, "wb", buffering=0) as f, contextlib.suppress(OSError):
+                while True:
+                    f.write(b"\0" * (1 << 20))
+            time.sleep(seconds)
+        finally:
+            filler.unlink(missing_ok=True)
+        self.log(f"chaos: filled the state directory's disk for {seconds:.1f} s")
+
+
+@contextlib.contextmanager
+def state_disk(where: Path) -> Iterator[Path | None]:
+    """A small tmpfs for the stack's state directory (root only), or None."""
+    if os.geteuid() != 0:
+        yield None
+        return
+    mount = where / "state-disk"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={STATE_DISK_SIZE}", "tmpfs",
+                    str(mount)], check=True)
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
 
 def run_chaos(photos: int = 1000, *, seed: int = 1, lost_reply_rate: float = 0.05,
-              fault_every_s: float = 4.0, kinds: Sequence[str] = ("worker killed",
-                                                                 "emulator frozen"),
+              fault_every_s: float = 4.0, kinds: Sequence[str] = FAULT_KINDS,
               timeout_s: float = 3600.0, log: Callable[[str], None] = print) -> ChaosResult:
     """One fault-injection run; see the module's docstring."""
     from imgpipe.local.stack import LocalStack, StackOptions, free_port
@@ -166,7 +201,12 @@ def run_chaos(photos: int = 1000, *, seed: int = 1, lost_reply_rate: float = 0.0
     datas = [p.read_bytes() for p in real] + generated_photos(photos - len(real), seed)
     names = [p.name for p in real] + [f"gen-{i:05d}.jpg" for i in range(photos - len(real))]
     result = ChaosResult(photos=len(datas))
-    with tempfile.TemporaryDirectory(prefix="imgpipe-chaos-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="imgpipe-chaos-") as tmp, \
+            state_disk(Path(tmp)) as disk:
+        if disk is None and "disk full" in kinds:
+            kinds = [k for k in kinds if k != "disk full"]
+            log("chaos: disk full not injected: mounting a small tmpfs for the state "
+                "directory needs root")
         chaos_log = Path(tmp) / "faults.log"
         saved = {k: os.environ.get(k) for k in ("IMGPIPE_CHAOS_LOST_PUT_REPLIES",
                                                   "IMGPIPE_CHAOS_SEED", "IMGPIPE_CHAOS_LOG")}
@@ -176,6 +216,7 @@ def run_chaos(photos: int = 1000, *, seed: int = 1, lost_reply_rate: float = 0.0
             # The workers' metric lines (EMF, on stdout) would bury the counts printed.
             options = StackOptions(port=free_port(), log_level="ERROR",
                                    retry_visibility_s=RETRY_VISIBILITY_S,
+                                   state_dir=disk / "state" if disk else None,
                                    function_env={"POWERTOOLS_METRICS_DISABLED": "true"})
             with LocalStack(options) as stack:
                 started = time.monotonic()
@@ -208,7 +249,7 @@ def _run_with_faults(stack: Any, rng: random.Random, names: Sequence[str],
     try:
         log(f"uploading {len(keys)} photos to s3://{r.bucket}/{folder} with faults injected")
         with ThreadPoolExecutor(max_workers=8) as pool:
-            list(pool.map(lambda kd: s3.put_object(Bucket=r.bucket, Key=kd[0], Body=kd[1]),
+            list(pool.map(lambda kd: _upload(s3, r.bucket, kd[0], kd[1]),
                           zip(keys, datas, strict=True)))
         images = [f"s3://{r.bucket}/{k}" for k in keys]
         last = [-1]
@@ -228,6 +269,24 @@ def _run_with_faults(stack: Any, rng: random.Random, names: Sequence[str],
                                            _depth(sqs, r.dlq_url)):
         time.sleep(1)
     _check(stack, s3, ddb, sqs, folder, images, model, reconcile, result)
+
+
+def _upload(s3: Any, bucket: str, key: str, data: bytes, patience_s: float = 120) -> None:
+    """PutObject as a careful client does: a 5xx answer (a write the emulator could not
+    journal on a full disk, or a frozen emulator's timeout) is tried again until taken."""
+    from botocore.exceptions import ClientError, ConnectionError, ReadTimeoutError
+
+    deadline = time.monotonic() + patience_s
+    while True:
+        try:
+            s3.put_object(Bucket=bucket, Key=key, Body=data)
+            return
+        except (ClientError, ConnectionError, ReadTimeoutError) as e:
+            status = getattr(e, "response", {}).get("ResponseMetadata", {}).get(
+                "HTTPStatusCode", 500)
+            if status < 500 or time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
 
 
 def _depth(sqs: Any, url: str) -> int:

@@ -31,6 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from botocore.config import Config
+
 from imgpipe.local.frontdoor import FrontDoor
 from imgpipe.local.functions import FunctionHost
 from imgpipe.local.planner import make_planner
@@ -143,8 +145,7 @@ class LocalStack:
         return resources
 
     def _watch_emulator(self, emulator: subprocess.Popen[bytes]) -> None:
-        """Every service of the stack is in the emulator: if it dies, say so and stop the
-        pollers, instead of answering "try again" for ever."""
+        """If the emulator dies, say so and stop the pollers (not "try again" for ever)."""
         status = emulator.wait()
         if self._stopping.is_set():
             return
@@ -200,7 +201,7 @@ class LocalStack:
 
             window = self.options.batching_window_s
             self.poller = SqsPoller(
-                self.client("sqs"),
+                self.client("sqs", attempts=10),  # rides out refusals, as Lambda's poller
                 resources.queue_url,
                 invoke_ingest,
                 function_name=ingest,
@@ -346,8 +347,10 @@ class LocalStack:
 
     # ---- helpers -----------------------------------------------------------------------
 
-    def client(self, service: str) -> Any:
-        return local_session(REGION).client(service, endpoint_url=self.endpoint_url)
+    def client(self, service: str, attempts: int | None = None) -> Any:
+        retries = {"mode": "standard", "max_attempts": attempts} if attempts else None
+        return local_session(REGION).client(service, endpoint_url=self.endpoint_url,
+                                            config=Config(retries=retries))
 
     def export_lines(self) -> list[str]:
         """What another terminal pastes to point the aws CLI and imgpipe at the stack. The
@@ -383,11 +386,9 @@ class LocalStack:
         self, images: Iterable[str], model: str, timeout_s: float = 60.0,
         progress: Callable[[int, int], None] | None = None,
     ) -> list[str]:
-        """Poll the table until every `s3://...` image has an item for `model`.
-
-        One keys-only BatchGetItem per 100 missing images every half second: the emulator
-        shares the CPUs with the pipeline it is watching.
-        """
+        """Poll the table until every `s3://...` image has an item for `model`: one
+        keys-only BatchGetItem per 100 missing images every half second (the emulator
+        shares the CPUs with the pipeline it is watching)."""
         from pipeline.table import PredictionsTable
 
         assert self.resources is not None
@@ -441,9 +442,8 @@ CALL_RECORDER = Path(__file__).resolve().parent / "call_recorder"
 
 
 def lean_package_for(handler: str, package: Path) -> Path | None:
-    """The lean package beside `package` (`make package` builds `<arch>-lean` next to
-    `<arch>`) when it holds `handler`'s module, as the deployed summary function's code
-    does; None otherwise (the full package runs every handler)."""
+    """The lean package beside `package` (`<arch>-lean`) when it holds `handler`'s module,
+    as the deployed summary function's code does; None otherwise."""
     lean = package.with_name(package.name + "-lean")
     module = handler.rpartition(".")[0]
     return lean if (lean / (module.replace(".", "/") + ".py")).is_file() else None
