@@ -4,6 +4,7 @@ in-process: what a queue receives for an upload is what S3 sends."""
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import boto3
 import pytest
@@ -34,12 +35,17 @@ def event_names(sqs: object, url: str) -> list[str]:
             sqs.delete_message(QueueUrl=url, ReceiptHandle=m["ReceiptHandle"])  # type: ignore[attr-defined]
 
 
+
+def _queue(sqs: Any, name: str) -> tuple[str, str]:
+    """A new queue's URL and ARN."""
+    url = sqs.create_queue(QueueName=name)["QueueUrl"]
+    return url, sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])[
+        "Attributes"]["QueueArn"]
+
 def test_a_multipart_upload_is_announced_once_as_s3_does(mended: None) -> None:
     s3 = boto3.client("s3", region_name="us-east-1")
     sqs = boto3.client("sqs", region_name="us-east-1")
-    url = sqs.create_queue(QueueName="events")["QueueUrl"]
-    arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])[
-        "Attributes"]["QueueArn"]
+    url, arn = _queue(sqs, "events")
     s3.create_bucket(Bucket=BUCKET)
     s3.put_bucket_notification_configuration(Bucket=BUCKET, NotificationConfiguration={
         "QueueConfigurations": [{"QueueArn": arn, "Events": ["s3:ObjectCreated:*"]}]})
@@ -71,9 +77,7 @@ def test_eventbridge_events_carry_s3s_etag_spelling(
     s3 = boto3.client("s3", region_name="us-east-1")
     sqs = boto3.client("sqs", region_name="us-east-1")
     events = boto3.client("events", region_name="us-east-1")
-    url = sqs.create_queue(QueueName="bridge")["QueueUrl"]
-    arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])[
-        "Attributes"]["QueueArn"]
+    url, arn = _queue(sqs, "bridge")
     s3.create_bucket(Bucket=BUCKET)
     s3.put_bucket_notification_configuration(Bucket=BUCKET, NotificationConfiguration={
         "EventBridgeConfiguration": {}})
