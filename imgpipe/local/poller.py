@@ -237,13 +237,20 @@ class SqsPoller:
                             chunk[int(f["Id"])]["MessageId"], f.get("Code"))
         return deleted
 
+    def _retry_after(self, message: dict[str, Any]) -> int:
+        """`retry_visibility_s`, doubled for each earlier receive (at most 60 s): a fault
+        that lasts seconds does not use up a message's receives before the DLQ."""
+        assert self.retry_visibility_s is not None
+        count = int(message.get("Attributes", {}).get("ApproximateReceiveCount", "1"))
+        return int(min(60, self.retry_visibility_s * 2 ** max(0, count - 1)))
+
     def _retry_sooner(self, messages: list[dict[str, Any]]) -> None:
         for start in range(0, len(messages), 10):
             chunk = messages[start:start + 10]
             self.sqs.change_message_visibility_batch(
                 QueueUrl=self.queue_url,
                 Entries=[{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"],
-                          "VisibilityTimeout": self.retry_visibility_s}
+                          "VisibilityTimeout": self._retry_after(m)}
                          for i, m in enumerate(chunk)],
             )
 

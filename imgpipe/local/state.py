@@ -490,10 +490,13 @@ class StateKeeper:
                 try:
                     keeper.queues.append(_message_header(queue, message))
                 except JournalError as e:
-                    keeper._request.failure = e
-                    # A message that was received before is being moved to the DLQ: keep
-                    # it (the journal still has it in its queue); a new one is refused.
+                    # A message that was received before is being moved to the DLQ by a
+                    # ReceiveMessage: keep it (the journal still has it in its first queue,
+                    # so a restart puts it back there) and let the receive answer, or the
+                    # messages it took would stay invisible for the visibility timeout
+                    # without anyone holding them. A new message is refused.
                     if not int(getattr(message, "approximate_receive_count", 0) or 0):
+                        keeper._request.failure = e
                         raise _Refused() from e
             add(queue, message)
             if keeper.recording and message not in queue._messages:  # a FIFO duplicate

@@ -310,6 +310,37 @@ def test_a_full_disk_refuses_writes_before_applying_them_and_loses_nothing(
     assert restored["notes"] == [] and restored["failed"] == 0
 
 
+def test_a_receive_that_moves_a_message_to_the_dlq_on_a_full_disk_still_answers(
+        small_disk: _Disk) -> None:
+    # The move cannot be journaled; refusing the receive would leave the messages it took
+    # invisible for the visibility timeout with nobody holding them.
+    state = small_disk.mount / "state"
+    with emulator(state) as e:
+        e.restore()
+        sqs = e.client("sqs", NO_RETRY)
+        dlq = sqs.create_queue(QueueName="state-test-dlq")["QueueUrl"]
+        dlq_arn = sqs.get_queue_attributes(QueueUrl=dlq, AttributeNames=["QueueArn"])[
+            "Attributes"]["QueueArn"]
+        url = sqs.create_queue(QueueName="state-test-work", Attributes={
+            "RedrivePolicy": json.dumps({"deadLetterTargetArn": dlq_arn,
+                                         "maxReceiveCount": "1"})})["QueueUrl"]
+        for body in ("poison", "good"):  # more than the last page's room, as moved
+            sqs.send_message(QueueUrl=url, MessageBody=body + " " + "x" * 9000)
+        first = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10,
+                                    VisibilityTimeout=0, WaitTimeSeconds=1)["Messages"]
+        assert sorted(m["Body"][:6] for m in first) == ["good x", "poison"]
+        sqs.send_message(QueueUrl=url, MessageBody="new")
+        small_disk.fill(e)
+        answer = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10,
+                                     VisibilityTimeout=60, WaitTimeSeconds=1)
+        assert [m["Body"] for m in answer.get("Messages", [])] == ["new"], \
+            "the receive answered with the message it took"
+        small_disk.free(e)
+        moved = sqs.receive_message(QueueUrl=dlq, MaxNumberOfMessages=10,
+                                    WaitTimeSeconds=1)["Messages"]
+        assert sorted(m["Body"][:6] for m in moved) == ["good x", "poison"]
+
+
 def _make_unwritable(path: Path) -> contextlib.AbstractContextManager[None]:
     """Read-only for whoever runs the test: a read-only bind mount for root (whom
     permissions do not stop), the permission bits otherwise."""
