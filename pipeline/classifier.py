@@ -275,31 +275,6 @@ class Classifier:
         # thread waiting for one call's slot would hold up every other call's fetches.
         slots = threading.BoundedSemaphore(self.fetch_workers + self.decode_workers)
 
-        def start(loader: Loader) -> Future[tuple[DecodedImage, int, Timed]]:
-            decoded: Future[tuple[DecodedImage, int, Timed]] = Future()
-
-            def finish(future: Future[tuple[DecodedImage, int, Timed]]) -> None:
-                slots.release()
-                try:
-                    decoded.set_result(future.result())
-                except BaseException as e:  # noqa: BLE001 - handed to the item below
-                    decoded.set_exception(e)
-
-            def fetch_then_decode() -> None:
-                try:
-                    started = time.perf_counter()
-                    data = loader()
-                    future = decode_pool.submit(self._decode_sized, data,
-                                                (time.perf_counter() - started) * 1000)
-                except BaseException as e:  # noqa: BLE001 - handed to the item below
-                    slots.release()
-                    decoded.set_exception(e)
-                    return
-                future.add_done_callback(finish)
-
-            fetch_pool.submit(fetch_then_decode)
-            return decoded
-
         # Decoded tensors wait here (bounded by the window) until the session takes them;
         # results wait until every earlier item has one.
         window = max(2 * self.batch_size, 2 * self.decode_workers, self.fetch_workers)
@@ -317,7 +292,8 @@ class Classifier:
                     slots.release()
                     exhausted = True
                     break
-                pending.append(_Pending(key, start(loader)))
+                pending.append(_Pending(key, self._fetch_then_decode(
+                    loader, slots, fetch_pool, decode_pool)))
             while pending and pending[0].result is not None:
                 result = pending.popleft().result
                 assert result is not None
@@ -334,6 +310,37 @@ class Classifier:
             else:
                 wait([p.decoded for p in pending if p.result is None],
                      return_when=FIRST_COMPLETED)
+
+    def _fetch_then_decode(
+        self, loader: Loader, slots: threading.BoundedSemaphore,
+        fetch_pool: ThreadPoolExecutor, decode_pool: ThreadPoolExecutor,
+    ) -> Future[tuple[DecodedImage, int, Timed]]:
+        """Stages one and two for one item: queue `loader` on the fetch pool, hand its bytes
+        to the decode pool; the future is the decode's. The caller took a slot of `slots`;
+        it is given back when the decode ends, or when the fetch fails."""
+        decoded: Future[tuple[DecodedImage, int, Timed]] = Future()
+
+        def finish(future: Future[tuple[DecodedImage, int, Timed]]) -> None:
+            slots.release()
+            try:
+                decoded.set_result(future.result())
+            except BaseException as e:  # noqa: BLE001 - handed to the item below
+                decoded.set_exception(e)
+
+        def fetch_then_decode() -> None:
+            try:
+                started = time.perf_counter()
+                data = loader()
+                future = decode_pool.submit(self._decode_sized, data,
+                                            (time.perf_counter() - started) * 1000)
+            except BaseException as e:  # noqa: BLE001 - handed to the item below
+                slots.release()
+                decoded.set_exception(e)
+                return
+            future.add_done_callback(finish)
+
+        fetch_pool.submit(fetch_then_decode)
+        return decoded
 
     def _take_decoded(self, pending: Iterable[_Pending[K]]) -> list[_Pending[K]]:
         """Up to `batch_size` items whose decode has finished; failures get their result."""

@@ -17,6 +17,7 @@ import json
 import os
 import time
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from imgpipe.bench import BenchContext, Row
@@ -31,87 +32,112 @@ def section_local_stack(ctx: BenchContext) -> list[Row]:
 
     rows: list[Row] = []
     with LocalStack(StackOptions(port=free_port(), log_level="ERROR")) as stack:
-        r = stack.resources
-        assert r is not None
-        s3 = stack.client("s3")
         for name, image_set in ctx.sets.items():
             datas = [p.read_bytes() for p in image_set.paths]
-            # Enough photos that the fixed costs (the last batching window, starting the
-            # execution) do not dominate: 128 of each set in a full run.
-            copies = 1 if ctx.quick else max(1, 128 // len(datas))
-            keys = _keys(f"{r.input_prefix}bench/{name}/", copies, len(datas))
-            photos = datas * copies
-            # The core on the same photos right before and after each stack measurement,
-            # averaged: this VM's speed drifts by +-15 % over minutes, so the ratio is taken
-            # against the core at the time, not the one measured minutes earlier.
-            core_cpu = time.process_time()
-            core_before = _core_ips(ctx, photos)
-            core_cpu = time.process_time() - core_cpu
-            ctx.values[f"core.{name}.cpu_ms"] = 1000 * core_cpu / len(photos)
-            if name == next(iter(ctx.sets)):
-                cold_row, core_before = _cold_first_upload(ctx, stack, name, keys, photos,
-                                                           core_before)
-                rows.append(cold_row)
-            ctx.progress(f"local stack, {name}: uploading {len(keys)} photos to "
-                         f"s3://{r.bucket}/{r.input_prefix} and waiting for every record")
-            ingest_ips, stack_cpu = _ingest(stack, s3, keys, photos, ctx)
-            ctx.values[f"stack_ingest.{name}.cpu_ms"] = 1000 * stack_cpu / len(keys)
-
-            # Paired rounds, as for the core rows: core, backfill, core, backfill, core...;
-            # each backfill is compared with the core on the same photos right before and
-            # right after it, and the median round is reported. Each round backfills a fresh
-            # prefix (a first backfill, as users run one) of twice the ingest set: a
-            # backfill is for buckets of many photos, and at 128 the fixed costs (starting
-            # the execution, the last batch draining) were a tenth of the time.
-            rounds = 1 if ctx.quick else BACKFILL_ROUNDS
-            twice = 1 if ctx.quick else 2
-            backfill_photos = photos * twice
-            backfill_keys = [f"{c}-{k.rsplit('/', 1)[-1]}" for c in range(twice) for k in keys]
-            _upload(s3, r.bucket, _under(f"bench-backfill/{name}/0/", backfill_keys,
-                                         backfill_photos))
-            cores = [_core_ips(ctx, backfill_photos)]  # after the ingest, before round 1
-            ingest_core = (core_before + cores[0]) / 2
-            results: list[tuple[float, float]] = []  # (backfill img/s, ratio to the core)
-            for i in range(rounds):
-                ctx.progress(f"local stack, {name}: backfill of {len(backfill_keys)} photos "
-                             f"already in the bucket, round {i + 1} of {rounds}")
-                prefix = f"bench-backfill/{name}/{i}/"
-                seconds, summary = _backfill(stack.client("stepfunctions"),
-                                             r.state_machine_arn, r.bucket, prefix)
-                _delete(s3, r.bucket, [prefix + k for k in backfill_keys])  # bounded memory
-                if i + 1 < rounds:
-                    _upload(s3, r.bucket, _under(f"bench-backfill/{name}/{i + 1}/",
-                                                 backfill_keys, backfill_photos))
-                cores.append(_core_ips(ctx, backfill_photos))
-                classified = int(summary["counts"]["classified"])
-                if classified != len(backfill_keys):
-                    raise RuntimeError(f"backfill classified {classified} of "
-                                       f"{len(backfill_keys)}: {summary}")
-                ips = classified / seconds
-                results.append((ips, ips / ((cores[-2] + cores[-1]) / 2)))
-            ips, ratio = sorted(results, key=lambda x: x[1])[len(results) // 2]  # median round
-            ctx.details[f"stack_backfill.{name}.rounds"] = [
-                {"ips": round(a, 2), "vs_core": round(b, 3)} for a, b in results]
-            rows.append(_vs_core(ctx, f"stack_ingest.{name}.ips",
-                                 f"local stack, end of upload -> last DynamoDB item, {name} "
-                                 f"({len(keys)} photos, {_workers(stack, r.ingest_function)} "
-                                 f"ingest worker(s), warm)", ingest_ips,
-                                 ingest_core, "measured just before and after"))
-            stack_ms = ctx.values[f"stack_ingest.{name}.cpu_ms"]
-            core_ms = ctx.values[f"core.{name}.cpu_ms"]
-            rows.append(Row(f"stack_ingest.{name}.cpu_ms",
-                            f"local stack ingest, CPU per photo (emulator + workers + poller), "
-                            f"{name}", stack_ms, "ms/img", f"core {core_ms:.1f} ms/img",
-                            f"{100 * core_ms / stack_ms:.0f} % of the core's efficiency",
-                            section=f"stack-{name}"))
-            rows.append(_vs_core(ctx, f"stack_backfill.{name}.ips",
-                                 f"local stack, backfill (Step Functions), {name} "
-                                 f"({len(backfill_keys)} photos, median of {rounds} round(s): "
-                                 + ", ".join(f"{100 * b:.0f} %" for _, b in results) + ")",
-                                 ips, ips / ratio, "before and after each round",
-                                 ratio=ratio))
+            rows += _set_rows(ctx, stack, name, datas, first=name == next(iter(ctx.sets)))
         rows.append(_worker_starts(ctx, stack))
     return rows
+
+
+def _set_rows(ctx: BenchContext, stack: Any, name: str, datas: Sequence[bytes],
+              first: bool) -> list[Row]:
+    """One image set on the stack: (the cold first upload,) the ingest, its CPU per photo,
+    the backfill rounds; each compared with the core measured right around it."""
+    r = stack.resources
+    assert r is not None
+    s3 = stack.client("s3")
+    rows: list[Row] = []
+    # Enough photos that the fixed costs (the last batching window, starting the
+    # execution) do not dominate: 128 of each set in a full run.
+    copies = 1 if ctx.quick else max(1, 128 // len(datas))
+    keys = _keys(f"{r.input_prefix}bench/{name}/", copies, len(datas))
+    photos = list(datas) * copies
+    # The core on the same photos right before and after each stack measurement,
+    # averaged: this VM's speed drifts by +-15 % over minutes, so the ratio is taken
+    # against the core at the time, not the one measured minutes earlier.
+    core_cpu = time.process_time()
+    core_before = _core_ips(ctx, photos)
+    core_cpu = time.process_time() - core_cpu
+    ctx.values[f"core.{name}.cpu_ms"] = 1000 * core_cpu / len(photos)
+    if first:
+        cold_row, core_before = _cold_first_upload(ctx, stack, name, keys, photos,
+                                                   core_before)
+        rows.append(cold_row)
+    ctx.progress(f"local stack, {name}: uploading {len(keys)} photos to "
+                 f"s3://{r.bucket}/{r.input_prefix} and waiting for every record")
+    ingest_ips, stack_cpu = _ingest(stack, s3, keys, photos, ctx)
+    ctx.values[f"stack_ingest.{name}.cpu_ms"] = 1000 * stack_cpu / len(keys)
+    backfill = _backfill_rounds(ctx, stack, s3, name, keys, photos)
+    rows.append(_vs_core(ctx, f"stack_ingest.{name}.ips",
+                         f"local stack, end of upload -> last DynamoDB item, {name} "
+                         f"({len(keys)} photos, {_workers(stack, r.ingest_function)} "
+                         f"ingest worker(s), warm)", ingest_ips,
+                         (core_before + backfill.core_first) / 2,
+                         "measured just before and after"))
+    stack_ms = ctx.values[f"stack_ingest.{name}.cpu_ms"]
+    core_ms = ctx.values[f"core.{name}.cpu_ms"]
+    rows.append(Row(f"stack_ingest.{name}.cpu_ms",
+                    f"local stack ingest, CPU per photo (emulator + workers + poller), "
+                    f"{name}", stack_ms, "ms/img", f"core {core_ms:.1f} ms/img",
+                    f"{100 * core_ms / stack_ms:.0f} % of the core's efficiency",
+                    section=f"stack-{name}"))
+    results = backfill.results
+    ips, ratio = sorted(results, key=lambda x: x[1])[len(results) // 2]  # median round
+    ctx.details[f"stack_backfill.{name}.rounds"] = [
+        {"ips": round(a, 2), "vs_core": round(b, 3)} for a, b in results]
+    rows.append(_vs_core(ctx, f"stack_backfill.{name}.ips",
+                         f"local stack, backfill (Step Functions), {name} "
+                         f"({backfill.photos} photos, median of {len(results)} round(s): "
+                         + ", ".join(f"{100 * b:.0f} %" for _, b in results) + ")",
+                         ips, ips / ratio, "before and after each round",
+                         ratio=ratio))
+    return rows
+
+
+@dataclass(frozen=True)
+class _Backfills:
+    """What `_backfill_rounds` measured."""
+
+    core_first: float  # the core's images/s after the ingest, before round 1
+    results: list[tuple[float, float]]  # per round: (backfill img/s, ratio to the core)
+    photos: int  # backfilled per round
+
+
+def _backfill_rounds(ctx: BenchContext, stack: Any, s3: Any, name: str, keys: Sequence[str],
+                     photos: Sequence[bytes]) -> _Backfills:
+    """Paired rounds, as for the core rows: core, backfill, core, backfill, core...; each
+    backfill is compared with the core on the same photos right before and right after it
+    (the caller reports the median round). Each round backfills a fresh prefix (a first
+    backfill, as users run one) of twice the ingest set: a backfill is for buckets of many
+    photos, and at 128 the fixed costs (starting the execution, the last batch draining)
+    were a tenth of the time."""
+    r = stack.resources
+    rounds = 1 if ctx.quick else BACKFILL_ROUNDS
+    twice = 1 if ctx.quick else 2
+    backfill_photos = list(photos) * twice
+    backfill_keys = [f"{c}-{k.rsplit('/', 1)[-1]}" for c in range(twice) for k in keys]
+    _upload(s3, r.bucket, _under(f"bench-backfill/{name}/0/", backfill_keys,
+                                 backfill_photos))
+    cores = [_core_ips(ctx, backfill_photos)]  # after the ingest, before round 1
+    results: list[tuple[float, float]] = []
+    for i in range(rounds):
+        ctx.progress(f"local stack, {name}: backfill of {len(backfill_keys)} photos "
+                     f"already in the bucket, round {i + 1} of {rounds}")
+        prefix = f"bench-backfill/{name}/{i}/"
+        seconds, summary = _backfill(stack.client("stepfunctions"),
+                                     r.state_machine_arn, r.bucket, prefix)
+        _delete(s3, r.bucket, [prefix + k for k in backfill_keys])  # bounded memory
+        if i + 1 < rounds:
+            _upload(s3, r.bucket, _under(f"bench-backfill/{name}/{i + 1}/",
+                                         backfill_keys, backfill_photos))
+        cores.append(_core_ips(ctx, backfill_photos))
+        classified = int(summary["counts"]["classified"])
+        if classified != len(backfill_keys):
+            raise RuntimeError(f"backfill classified {classified} of "
+                               f"{len(backfill_keys)}: {summary}")
+        ips = classified / seconds
+        results.append((ips, ips / ((cores[-2] + cores[-1]) / 2)))
+    return _Backfills(cores[0], results, len(backfill_keys))
 
 
 def _cold_first_upload(ctx: BenchContext, stack: Any, name: str, keys: Sequence[str],
