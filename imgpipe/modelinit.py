@@ -192,15 +192,15 @@ def build_manifest(
     out_name = _output_name(graph, output, len(labels))
     width = graph.output_width(out_name)
     binary = width == 1 and len(labels) == 2
+    if width == 1 and len(labels) != 2:
+        raise InitError(f"output {out_name!r} has one value per photo (a binary classifier): "
+                        "give --labels a file with two labels, negative first, then positive")
     if width is not None and width != len(labels) and not binary:
         hint = (" (TensorFlow's ImageNet models often have a background class first: add it "
                 "as the first label)" if width == len(labels) + 1 else "")
         raise InitError(f"output {out_name!r} has {width} values per photo but the labels file "
                         f"has {len(labels)} labels: give --labels a file with one label per "
                         f"output, in order{hint}")
-    if width == 1 and len(labels) != 2:
-        raise InitError(f"output {out_name!r} has one value per photo (a binary classifier): "
-                        "give --labels a file with two labels, negative first, then positive")
     if binary and activation not in (None, "sigmoid"):
         raise InitError(f"output {out_name!r} has one value per photo and two labels: a binary "
                         "classifier reads it through a sigmoid; leave --activation out")
