@@ -155,6 +155,28 @@ def build_manifest(
         if not _NAME.fullmatch(value):
             raise InitError(f"{flag} {value!r}: use letters, digits and ! _ . ' ( ) - only "
                             "(it names a folder of the bucket the model is published to)")
+    chosen_layout, size = _layout_and_size(graph, layout, input_size)
+    out_name, binary = _scores_output(graph, output, labels, activation)
+
+    resize, normalize = _preset(preset, size, keras_mode)
+    manifest = ModelManifest(
+        name=name, version=version, file=onnx_path.name, sha256=_sha256(onnx_path),
+        input_size=size, labels=tuple(labels), input_name=graph.input_name,
+        output_name=out_name, layout=chosen_layout,  # type: ignore[arg-type]
+        resize=resize, normalize=normalize,
+        activation=(activation or ("sigmoid" if binary else "softmax")),  # type: ignore[arg-type]
+        labels_file=labels_file, directory=onnx_path.parent,
+    )
+    try:
+        manifest.validate()
+    except ImgpipeError as e:
+        raise InitError(str(e)) from e
+    return manifest
+
+
+def _layout_and_size(graph: GraphInfo, layout: str | None,
+                     input_size: tuple[int, int] | None) -> tuple[str, tuple[int, int]]:
+    """The input's layout and (height, width): from the graph, else the flags."""
     if not graph.input_type.startswith("tensor(float)"):
         raise InitError(f"the graph's input {graph.input_name!r} is {graph.input_type}; imgpipe "
                         "feeds float32 (export the model with a float input)")
@@ -188,7 +210,12 @@ def build_manifest(
         raise InitError(f"the graph's input {list(shape)} has no fixed height and width: give "
                         "--input-size (e.g. --input-size 224 or --input-size 224x224, "
                         "height x width), the size the model was trained at")
+    return chosen_layout, size
 
+
+def _scores_output(graph: GraphInfo, output: str | None, labels: Sequence[str],
+                  activation: str | None) -> tuple[str, bool]:
+    """The output with a score per label, and whether it is a binary classifier's."""
     out_name = _output_name(graph, output, len(labels))
     width = graph.output_width(out_name)
     binary = width == 1 and len(labels) == 2
@@ -204,21 +231,7 @@ def build_manifest(
     if binary and activation not in (None, "sigmoid"):
         raise InitError(f"output {out_name!r} has one value per photo and two labels: a binary "
                         "classifier reads it through a sigmoid; leave --activation out")
-
-    resize, normalize = _preset(preset, size, keras_mode)
-    manifest = ModelManifest(
-        name=name, version=version, file=onnx_path.name, sha256=_sha256(onnx_path),
-        input_size=size, labels=tuple(labels), input_name=graph.input_name,
-        output_name=out_name, layout=chosen_layout,  # type: ignore[arg-type]
-        resize=resize, normalize=normalize,
-        activation=(activation or ("sigmoid" if binary else "softmax")),  # type: ignore[arg-type]
-        labels_file=labels_file, directory=onnx_path.parent,
-    )
-    try:
-        manifest.validate()
-    except ImgpipeError as e:
-        raise InitError(str(e)) from e
-    return manifest
+    return out_name, binary
 
 
 def choose_activation(manifest: ModelManifest, raw: np.ndarray) -> tuple[str, str]:
