@@ -76,6 +76,8 @@ def register(sub: Any) -> None:
     pb.add_argument("source", metavar="DIR", type=Path, help="the model folder")
     pb.add_argument("uri", metavar="s3://BUCKET/PREFIX/NAME/VERSION/",
                     help="its folder in S3, ending with the manifest's name and version")
+    pb.add_argument("photos", nargs="*", metavar="PHOTO",
+                    help="photos for the check (default: the checkout's samples/*.jpg)")
     add_aws_options(pb)
     pb.set_defaults(run=run_publish)
 
@@ -163,11 +165,17 @@ def _probe(manifest: Any) -> Any:
                         f" {e}") from e
 
 
-def run_check(args: argparse.Namespace) -> int:
+def _photos(given: list[str]) -> list[Path]:
     from imgpipe.commands.classify import expand_paths
-    from imgpipe.modelcheck import check_model, default_photos, format_report
+    from imgpipe.modelcheck import default_photos
 
-    photos = [Path(p) for p in expand_paths(args.photos)] if args.photos else default_photos()
+    return [Path(p) for p in expand_paths(given)] if given else default_photos()
+
+
+def run_check(args: argparse.Namespace) -> int:
+    from imgpipe.modelcheck import check_model, format_report
+
+    photos = _photos(args.photos)
     if not photos:
         print("imgpipe model check: no photos to try: give PHOTO... (image files or folders)",
               file=sys.stderr)
@@ -185,7 +193,7 @@ def run_check(args: argparse.Namespace) -> int:
 
 
 def run_publish(args: argparse.Namespace) -> int:
-    from imgpipe.modelcheck import check_model, default_photos, format_report
+    from imgpipe.modelcheck import check_model, format_report
     from imgpipe.publish import PublishError, destination, publish_folder
     from pipeline.aws import client_for
     from pipeline.errors import ImgpipeError
@@ -202,7 +210,12 @@ def run_publish(args: argparse.Namespace) -> int:
     except ImgpipeError as e:
         print(f"imgpipe model publish: {e}", file=sys.stderr)
         return 1
-    report = check_model(str(path.parent), default_photos())
+    photos = _photos(args.photos)
+    if not photos:
+        print("imgpipe model publish: no photos to check the model with: give PHOTO... "
+              "(image files or folders)", file=sys.stderr)
+        return 2
+    report = check_model(str(path.parent), photos)
     for line in format_report(report):
         print(line)
     if not report.usable:
@@ -220,7 +233,7 @@ def run_publish(args: argparse.Namespace) -> int:
     else:
         print(f"published {manifest.model_id} to {done.uri} ({len(done.files)} file(s) written)")
     print(f"use it: ModelSource={done.uri} at deploy (`sam deploy --guided` asks for it)\n"
-          f"   or, for one run: imgpipe backfill s3://BUCKET/PREFIX/ --model {done.uri}\n"
+          f"or, for one run: imgpipe backfill s3://BUCKET/PREFIX/ --model {done.uri}\n"
           f"then: imgpipe results compare s3://BUCKET/PREFIX/ --model OLD@1 "
           f"--model {manifest.model_id}")
     return 0

@@ -164,6 +164,19 @@ def test_an_unusable_model_is_not_published(aws: Clients, tmp_path: Path,
     assert _keys(aws, "") == {}
 
 
+def test_the_check_runs_on_the_photos_given(aws: Clients, tmp_path: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    model = _model(tmp_path)
+    assert main(["model", "publish", str(model.directory), URI,
+                 str(SAMPLES / "coffee.jpg")]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("  ")]
+    assert [r.split()[0] for r in rows] == ["coffee.jpg"]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["model", "publish", str(model.directory), URI, str(empty)]) == 2
+    assert "no photos to check the model with" in capsys.readouterr().err
+
+
 def test_a_missing_bucket_or_manifest_is_said(aws: Clients, tmp_path: Path,
                                               capsys: pytest.CaptureFixture[str]) -> None:
     model = _model(tmp_path)
