@@ -43,7 +43,8 @@ def _keys(aws: Clients, prefix: str = "models/") -> dict[str, bytes]:
 
 
 def test_a_published_folder_is_what_the_functions_load(
-        aws: Clients, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        aws: Clients, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
     model = _model(tmp_path)
     assert main(["model", "publish", str(model.directory), URI]) == 0
     out = capsys.readouterr().out
@@ -61,6 +62,10 @@ def test_a_published_folder_is_what_the_functions_load(
         prediction = clf.classify_bytes((SAMPLES / "coffee.jpg").read_bytes())
     with build_classifier(Settings(model_source=str(model.directory))) as local:
         assert local.classify_bytes((SAMPLES / "coffee.jpg").read_bytes()) == prediction
+    capsys.readouterr()
+    monkeypatch.setenv("IMGPIPE_MODEL_CACHE", str(tmp_path / "check-cache"))
+    assert main(["model", "check", URI, str(SAMPLES / "coffee.jpg")]) == 0  # check reads S3 too
+    assert f"model tiny-resnet@18 from {URI}" in capsys.readouterr().out
 
 
 def test_publishing_the_same_model_again_changes_nothing(
