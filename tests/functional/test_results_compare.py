@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -125,3 +126,22 @@ def test_compare_records_alone() -> None:
     c = compare_records("s3://b/", A, B, a, b)
     assert (c.both, c.agree, c.only_a, c.only_b, c.agreement) == (1, 1, 1, 0, 1.0)
     assert c.labels == () and c.disagreements == ()
+
+
+def test_the_report_shows_both_models(records: PredictionsTable, tmp_path: Path,
+                                      capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "report"
+    assert main(["report", f"s3://{BUCKET}/incoming/", "--out", str(out), "--model", A,
+                 "--compare-with", B]) == 0
+    assert f"with {A} beside {B}: 7 image(s)" in capsys.readouterr().out
+    text = (out / "data.js").read_text(encoding="utf-8")
+    data = json.loads(text[len("window.IMGPIPE_REPORT = "):].rstrip().rstrip(";"))
+    assert (data["model"], data["model_b"], data["both"], data["agree"]) == (A, B, 5, 2)
+    rows = {row[0]: row for row in data["items"]}
+    assert [data["labels"][i] for i, _ in rows["3.jpg"][5]] == ["Egyptian cat", "other"]
+    assert rows["6.jpg"][5] is None  # no record of B
+    assert rows["8.jpg"][1] == "rejected"  # A's record; B's is shown beside it
+    assert main(["report", f"s3://{BUCKET}/incoming/", "--out", str(out), "--compare-with",
+                 "no-such-model"]) == 2
+    assert "--compare-with: model source 'no-such-model' does not exist" in \
+        capsys.readouterr().err
