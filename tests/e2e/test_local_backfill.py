@@ -177,6 +177,45 @@ def test_a_backfill_whose_batches_all_fail_fails_and_says_why(local_stack: Local
     assert [c["status"] for c in children] == ["FAILED"]
 
 
+def test_a_published_model_backfills_beside_the_default_and_compares(
+        local_stack: LocalProcess, tmp_path: Path) -> None:
+    """Issue 22's path to production on the local stack: `imgpipe model publish` to the
+    stack's bucket, `imgpipe backfill --model s3://...` with it, then `imgpipe results
+    compare` of the two models' records for the prefix."""
+    from tests.tiny_models import RESNET_IMAGENET, make_tiny_model
+
+    model = make_tiny_model(tmp_path / "tiny", RESNET_IMAGENET)
+    folder = f"s3://{BUCKET}/models/tiny-resnet/18/"
+
+    def imgpipe(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([str(BIN / "imgpipe"), *args], env=local_stack.env,
+                              capture_output=True, text=True, timeout=300)
+
+    done = imgpipe("model", "publish", str(model.directory), folder)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"published tiny-resnet@18 to {folder}" in done.stdout
+    again = imgpipe("model", "publish", str(model.directory), folder)
+    assert again.returncode == 0 and "already published" in again.stdout, again.stderr
+
+    s3, _ = _clients(local_stack)
+    names = ("coffee.jpg", "chelsea.jpg", "rocket.jpg")
+    for name in names:
+        s3.put_object(Bucket=BUCKET, Key=f"compare/{name}",
+                      Body=(ROOT / "samples" / name).read_bytes())
+    for extra in ([], ["--model", folder]):
+        done = imgpipe("backfill", f"s3://{BUCKET}/compare/", "--json", *extra)
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert json.loads(done.stdout.strip().splitlines()[-1])["counts"]["classified"] == 3
+    done = imgpipe("results", "compare", f"s3://{BUCKET}/compare/", "--model", MODEL,
+                   "--model", "tiny-resnet@18", "--json")
+    assert done.returncode == 0, done.stderr
+    compared = json.loads(done.stdout)
+    assert (compared["both"], compared["only_a"], compared["only_b"]) == (3, 0, 0)
+    assert compared["agree"] == 0  # ImageNet labels against the tiny model's four
+    assert {d["a_label"] for d in compared["disagreements"]} >= {"espresso"}
+    assert {d["b_label"] for d in compared["disagreements"]} <= set(RESNET_IMAGENET["labels"])
+
+
 def test_no_traceback_in_the_stacks_output_during_backfills(local_stack: LocalProcess) -> None:
     """Issue 20: about one backfill in four printed moto's traceback (`list_map_runs` of
     an execution whose worker had not built its environment yet). Runs after the module's
