@@ -225,3 +225,17 @@ def test_inputs_imgpipe_cannot_feed_are_refused(tmp_path: Path, shape: tuple[Any
     with pytest.raises(InitError, match=sentence):
         build_manifest(graph, onnx_path=onnx_path, labels=["a", "b", "c", "d"],
                        labels_file="labels.txt", preset="torchvision", name="m", version="1")
+
+
+def test_init_on_lite2_writes_the_manifest_its_export_wrote(tmp_path: Path) -> None:
+    """The exported Lite2 (260 px, crop 260/292) goes through `model init` to the same
+    manifest model/export.py wrote for it: the preset and the export agree off 224 too."""
+    lite2 = MODEL_DIR / "efficientnet-lite2"
+    folder = tmp_path / "lite2"
+    folder.mkdir()
+    shutil.copy(lite2 / "efficientnet_lite2.onnx", folder)
+    assert _init(str(folder / "efficientnet_lite2.onnx"), "--labels",
+                 str(lite2 / "labels.txt"), "--preset", "efficientnet",
+                 "--name", "efficientnet-lite2") == 0
+    assert load_manifest(folder).to_dict() == load_manifest(lite2).to_dict()
+    assert (folder / "manifest.json").read_bytes() == (lite2 / "manifest.json").read_bytes()
