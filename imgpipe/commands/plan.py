@@ -72,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
 
 def plan_lines(args: argparse.Namespace) -> list[str]:
     from imgpipe.cost import Scenario, load_cost_inputs, load_prices
-    from imgpipe.cost.plan import bills, budget_needs, checks, make_plan
+    from imgpipe.cost.plan import bills, checks, make_plan
     from imgpipe.cost.quotas import LABELS_MEASURED
 
     try:
@@ -133,41 +133,53 @@ def plan_lines(args: argparse.Namespace) -> list[str]:
                 for mode in ("per-image", "batch", "none")))
     if int8_note:
         lines.append(f"  {int8_note}")
-    found = checks(plan, share)
+    lines += _quota_lines(checks(plan, share), args.brief, args.hot_label_share, share)
+    if args.budget is not None:
+        cheapest = min(models, key=lambda m: models[m])
+        lines += _budget_lines(all_bills[(cheapest, "arm64", "batch")], args.budget, cheapest)
+    return [line for line in lines if line] if args.brief else lines
+
+
+def _quota_lines(found: list[Any], brief: bool, given_share: float | None,
+                 share: float) -> list[str]:
+    from imgpipe.cost.quotas import LABELS_MEASURED
+
     binding = [c for c in found if c.binds]
-    lines.append("")
-    if args.brief:
-        lines.append("quotas that bind:" + ("" if binding else " none"))
+    if brief:
+        lines = ["quotas that bind:" + ("" if binding else " none")]
         for c in binding:
             lines.append(f"  {c.quota.name}: needs {_num(c.needed)}, default {_num(c.limit)}")
             lines.append(f"    raise: {c.quota.to_raise}")
-    else:
-        lines.append(f"quotas ({sum(c.binds for c in found)} bind):")
-        for c in found:
-            lines.append(f"  {'BINDS' if c.binds else 'ok':5} {c.quota.name}: needs "
-                         f"{_num(c.needed)}, default {_num(c.limit)} {c.quota.unit}"
-                         + (f" ({c.note})" if c.note else ""))
-            lines.append(f"        raise: {c.quota.to_raise}; {c.quota.source}")
-        lines.append(f"  label distribution: {LABELS_MEASURED['source']}"
-                     if args.hot_label_share is None else
-                     f"  label distribution: yours, {100 * share:.0f} % under one label")
-    if args.budget is not None:
-        cheapest = min(models, key=lambda m: models[m])
-        bill = all_bills[(cheapest, "arm64", "batch")]
-        rest, ms = budget_needs(bill, args.budget)
-        verdict = "under it" if bill.total <= args.budget else "over it"
-        compute = bill.total - rest
-        lines += ["", f"budget ${args.budget:.2f} with batch documents, arm64, {cheapest}: "
-                  f"${bill.total:.2f} = compute ${compute:.2f} + the rest ${rest:.2f}, "
-                  f"{verdict}"]
-        if bill.total > args.budget:
-            top = sorted((ln for ln in bill.lines if not ln.price.startswith("lambda_gb_s")),
-                         key=lambda ln: -ln.usd)[:3]
-            lines.append("  the rest: " + ", ".join(f"{ln.name} ${ln.usd:.2f}" for ln in top))
-            lines.append(f"  under ${args.budget:.2f} needs at most {ms:.1f} ms of CPU an "
-                         f"image (this one takes {bill.scenario.cpu_ms:.1f})" if ms else
-                         f"  not even with free compute: the rest alone is ${rest:.2f}")
-    return [line for line in lines if line] if args.brief else lines
+        return lines
+    lines = ["", f"quotas ({len(binding)} bind):"]
+    for c in found:
+        lines.append(f"  {'BINDS' if c.binds else 'ok':5} {c.quota.name}: needs "
+                     f"{_num(c.needed)}, default {_num(c.limit)} {c.quota.unit}"
+                     + (f" ({c.note})" if c.note else ""))
+        lines.append(f"        raise: {c.quota.to_raise}; {c.quota.source}")
+    lines.append(f"  label distribution: {LABELS_MEASURED['source']}" if given_share is None
+                 else f"  label distribution: yours, {100 * share:.0f} % under one label")
+    return lines
+
+
+def _budget_lines(bill: Any, budget: float, model: str) -> list[str]:
+    """Whether the cheapest configuration is under `budget`, and if not what stands in the
+    way: the largest lines besides compute, and the CPU time that would fit."""
+    from imgpipe.cost.plan import budget_needs
+
+    rest, ms = budget_needs(bill, budget)
+    verdict = "under it" if bill.total <= budget else "over it"
+    lines = ["", f"budget ${budget:.2f} with batch documents, arm64, {model}: "
+             f"${bill.total:.2f} = compute ${bill.total - rest:.2f} + the rest ${rest:.2f}, "
+             f"{verdict}"]
+    if bill.total > budget:
+        top = sorted((ln for ln in bill.lines if not ln.price.startswith("lambda_gb_s")),
+                     key=lambda ln: -ln.usd)[:3]
+        lines.append("  the rest: " + ", ".join(f"{ln.name} ${ln.usd:.2f}" for ln in top))
+        lines.append(f"  under ${budget:.2f} needs at most {ms:.1f} ms of CPU an image (this "
+                     f"one takes {bill.scenario.cpu_ms:.1f})" if ms else
+                     f"  not even with free compute: the rest alone is ${rest:.2f}")
+    return lines
 
 
 def _shown(source: str) -> str:
