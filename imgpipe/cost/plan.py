@@ -136,7 +136,8 @@ def checks(plan: Plan, hot_label_share: float) -> list[Check]:
         Check(quota("s3_get_prefix"), ips, quota("s3_get_prefix").default,
               "the photos, all under one prefix"),
         Check(quota("s3_put_prefix"), ips, quota("s3_put_prefix").default,
-              f"per-image documents; batch: {plan.batches_per_s:,.0f}/s"),
+              f"per-image documents; batch: {plan.batches_per_s:,.0f}/s"
+              + ("; the uploads to the input prefix as many" if s.route == "ingest" else "")),
     ]
     return out
 

@@ -14,6 +14,14 @@ from typing import Any
 __all__ = ["Quota", "QUOTAS", "LABELS_MEASURED", "quota"]
 
 
+# Step Functions' throttling figures as the developer guide's source (AWS's own repository of
+# it, archived in 2023) lists them; the live page,
+# https://docs.aws.amazon.com/step-functions/latest/dg/service-quotas.html, adds that new
+# accounts start with lower state-transition quotas.
+SFN_QUOTAS = ("https://github.com/awsdocs/aws-step-functions-developer-guide/blob/main/"
+              "doc_source/limits-overview.md")
+
+
 @dataclass(frozen=True)
 class Quota:
     key: str
@@ -49,12 +57,10 @@ QUOTAS: tuple[Quota, ...] = (
           "https://docs.aws.amazon.com/step-functions/latest/dg/express-limits.html",
           "template parameter BackfillBatchSize (fewer keys a batch), or more memory"),
     Quota("sfn_express_start", "Step Functions StartExecution, Express (the Map's children), "
-          "us-east-1", 6000, "starts/s (refill)",
-          "https://docs.aws.amazon.com/step-functions/latest/dg/service-quotas.html",
+          "us-east-1", 6000, "starts/s (refill)", SFN_QUOTAS,
           "Service Quotas: AWS Step Functions > StartExecution throttle token refill rate"),
     Quota("sfn_standard_transitions", "Step Functions state transitions, Standard (the "
-          "backfill's own execution), us-east-1", 1500, "transitions/s (refill)",
-          "https://docs.aws.amazon.com/step-functions/latest/dg/service-quotas.html",
+          "backfill's own execution), us-east-1", 1500, "transitions/s (refill)", SFN_QUOTAS,
           "Service Quotas: AWS Step Functions > StateTransition throttle token refill rate"),
     Quota("ddb_table_writes", "DynamoDB on-demand table write throughput (table, and each "
           "index)", 40000, "write units/s",

@@ -91,7 +91,8 @@ def test_the_budget_arithmetic_prices_the_compute_it_leaves() -> None:
 
 def test_every_quota_names_its_page_and_what_to_raise() -> None:
     for q in QUOTAS:
-        assert q.source.startswith("https://docs.aws.amazon.com/"), q
+        assert q.source.startswith(("https://docs.aws.amazon.com/",
+                                    "https://github.com/awsdocs/")), q
         assert q.to_raise and q.default > 0, q
 
 
