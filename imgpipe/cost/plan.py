@@ -115,9 +115,9 @@ def checks(plan: Plan, hot_label_share: float) -> list[Check]:
                   "one batch's duration"),
             Check(quota("sfn_express_start"), plan.batches_per_s,
                   quota("sfn_express_start").default, "one child a batch"),
-            Check(quota("sfn_standard_transitions"), 2 * plan.batches_per_s,
+            Check(quota("sfn_standard_transitions"), plan.batches_per_s,
                   quota("sfn_standard_transitions").default,
-                  "at most 2 a child (the cost model's upper bound)"),
+                  "one a child started"),
         ]
     else:
         out.append(Check(quota("esm_max_concurrency"), c, quota("esm_max_concurrency").default,
@@ -143,9 +143,11 @@ def checks(plan: Plan, hot_label_share: float) -> list[Check]:
 
 
 def budget_needs(bill: Bill, budget: float) -> tuple[float, float]:
-    """(the bill without its compute line, the CPU ms per image at which the whole bill
-    equals `budget`; 0 when even free compute is over it)."""
-    compute = next(line for line in bill.lines if line.price.startswith("lambda_gb_s"))
-    rest = bill.total - compute.usd
-    ms = bill.scenario.cpu_ms * (budget - rest) / compute.usd if compute.usd else 0.0
+    """(the bill without the lines that grow with CPU time, the CPU ms per image at which
+    the whole bill equals `budget`; 0 when even free compute is over it). Those lines are
+    Lambda's compute and, for a backfill, the Express children's duration."""
+    scaling = sum(line.usd for line in bill.lines
+                  if line.price.startswith("lambda_gb_s") or line.price == "sfn_express_gb_s")
+    rest = bill.total - scaling
+    ms = bill.scenario.cpu_ms * (budget - rest) / scaling if scaling else 0.0
     return rest, max(0.0, ms)

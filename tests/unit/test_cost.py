@@ -69,7 +69,14 @@ def test_a_backfill_has_step_functions_and_a_listing_instead_of_sqs() -> None:
     bill = bill_for(Scenario(photo=PHOTO, route="backfill", images=64_000), load_prices())
     names = [x.name for x in bill.lines]
     assert not any(n.startswith("SQS") for n in names)
-    assert line(bill, "Step Functions") == pytest.approx((2 * 1000 + 8) * 0.025 / 1000)
+    # One transition a child (AWS's docs) and the parent's few; each child an Express
+    # request and its duration: 64 images x 100 ms over 1.16 vCPUs, in 64 MB.
+    assert line(bill, "Step Functions transitions") == pytest.approx((1000 + 8) * 0.025 / 1000)
+    assert line(bill, "Step Functions Express children (requests)") == pytest.approx(
+        1000 * 1.0 / 1e6)
+    child_s = 64 * 0.1 / (2048 / 1769)
+    assert line(bill, "Step Functions Express children (duration)") == pytest.approx(
+        1000 * child_s * 0.0625 * 0.00001667)
     assert line(bill, "S3 LIST") == pytest.approx(64 * 0.005 / 1000)
 
 
