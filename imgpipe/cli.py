@@ -19,8 +19,8 @@ from pipeline.errors import ImgpipeError
 
 __all__ = ["main", "build_parser"]
 
-COMMANDS: tuple[str, ...] = ("classify", "demo", "local", "backfill", "results", "bench",
-                             "redrive", "reconcile", "report", "cost")
+COMMANDS: tuple[str, ...] = ("classify", "demo", "local", "backfill", "results", "model",
+                             "bench", "redrive", "reconcile", "report", "cost", "plan")
 
 
 def build_parser() -> argparse.ArgumentParser:

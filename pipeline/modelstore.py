@@ -2,7 +2,10 @@
 
 Packaged models live in `model/` beside `pipeline/`: the default (fp32
 `efficientnet-lite0`) in `model/` itself and others, such as `efficientnet-lite0-int8`, in
-sub-directories of it. A source that is exactly one of their names selects it.
+sub-directories of it. A source that is exactly one of their names selects it. A folder
+holding a file named `NOT-PACKAGED` (`efficientnet-lite2`) is a model of the repository that
+the Lambda package leaves out: it is no packaged model, and is chosen by its path (or
+published to S3) instead.
 
 An `s3://bucket/prefix/` source is downloaded once per container into a cache directory
 (Lambda's `/tmp`), then verified against the manifest's sha256 like any other model, so a
@@ -21,7 +24,12 @@ from typing import Any
 from pipeline.errors import ModelError
 from pipeline.manifest import ModelManifest, load_manifest
 
-__all__ = ["default_model_dir", "model_id_of", "packaged_models", "resolve_model"]
+__all__ = ["NOT_PACKAGED", "default_model_dir", "model_id_of", "packaged_models",
+           "resolve_model"]
+
+# A model folder under model/ holding a file of this name stays out of the Lambda package
+# (tools/lambda_package.py) and so is not a packaged model either.
+NOT_PACKAGED = "NOT-PACKAGED"
 
 
 def default_model_dir() -> Path:
@@ -34,7 +42,7 @@ def packaged_models() -> dict[str, Path]:
     root = default_model_dir()
     found: dict[str, Path] = {}
     for directory in [root, *sorted(p for p in root.iterdir() if p.is_dir())]:
-        if (directory / "manifest.json").is_file():
+        if (directory / "manifest.json").is_file() and not (directory / NOT_PACKAGED).exists():
             found.setdefault(load_manifest(directory).name, directory)
     return found
 
@@ -49,6 +57,14 @@ def _local_path(source: str) -> Path:
             return named
     path = Path(source).expanduser()
     if not path.exists():
+        unpackaged = default_model_dir() / source
+        if "/" not in source and os.sep not in source and (unpackaged / NOT_PACKAGED).is_file():
+            raise ModelError(
+                f"model {source!r} is not packaged with the functions (too large for the "
+                f"Lambda package): give its folder, {unpackaged}, or publish it with "
+                "`imgpipe model publish` and give the s3:// folder (IMGPIPE_MODEL, --model, "
+                "ModelSource)"
+            )
         names = ", ".join(packaged_models())
         raise ModelError(
             f"model source {source!r} does not exist: give a packaged model's name ({names}), "

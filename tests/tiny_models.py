@@ -61,13 +61,21 @@ def build_onnx(
     outputs: int,
     input_name: str = "input",
     output_name: str = "logits",
+    input_shape: list[Any] | None = None,
+    last_op: str | None = None,
+    extra_output: str | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Write the tiny model to `path`; return its (weights, bias)."""
+    """Write the tiny model to `path`; return its (weights, bias).
+
+    `input_shape` replaces the declared input shape (a fixed batch, named sizes);
+    `last_op` ends the graph in "Softmax" or "Sigmoid" (probabilities out), or "NaN"
+    (every output NaN); `extra_output` names a second output (the pooled features).
+    """
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     w, b = weights_for(outputs)
-    shape: list[Any] = (
+    shape: list[Any] = input_shape or (
         ["batch", 3, height, width] if layout == "NCHW" else ["batch", height, width, 3]
     )
     nodes = []
@@ -75,18 +83,32 @@ def build_onnx(
     if layout == "NHWC":
         nodes.append(helper.make_node("Transpose", [input_name], ["nchw"], perm=[0, 3, 1, 2]))
         first = "nchw"
+    summed = output_name if last_op is None else "summed"
     nodes += [
         helper.make_node("GlobalAveragePool", [first], ["pooled"]),
         helper.make_node("Flatten", ["pooled"], ["flat"], axis=1),
         helper.make_node("MatMul", ["flat", "W"], ["scores"]),
-        helper.make_node("Add", ["scores", "B"], [output_name]),
+        helper.make_node("Add", ["scores", "B"], [summed]),
     ]
+    initializers = [numpy_helper.from_array(w, "W"), numpy_helper.from_array(b, "B")]
+    if last_op == "NaN":  # (x / 0) * 0
+        initializers.append(numpy_helper.from_array(np.zeros((1,), np.float32), "Z"))
+        nodes += [helper.make_node("Div", [summed, "Z"], ["inf"]),
+                  helper.make_node("Mul", ["inf", "Z"], [output_name])]
+    elif last_op is not None:
+        nodes.append(helper.make_node(last_op, [summed], [output_name]))
+    graph_outputs = [helper.make_tensor_value_info(output_name, TensorProto.FLOAT,
+                                                   ["batch", outputs])]
+    if extra_output:
+        nodes.append(helper.make_node("Identity", ["flat"], [extra_output]))
+        graph_outputs.append(helper.make_tensor_value_info(extra_output, TensorProto.FLOAT,
+                                                           ["batch", 3]))
     graph = helper.make_graph(
         nodes,
         "tiny",
         [helper.make_tensor_value_info(input_name, TensorProto.FLOAT, shape)],
-        [helper.make_tensor_value_info(output_name, TensorProto.FLOAT, ["batch", outputs])],
-        initializer=[numpy_helper.from_array(w, "W"), numpy_helper.from_array(b, "B")],
+        graph_outputs,
+        initializer=initializers,
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
     model.ir_version = IR_VERSION

@@ -20,7 +20,7 @@ injects at random:
 Then it checks what the pipeline promises: exactly one record per photo, all classified,
 one document per photo at the record's output key, the queue and the DLQ empty, and
 `imgpipe reconcile` of the folder ok; it prints the counts and exits 0 when all hold, 1
-otherwise. A killed batch would wait for the queue's visibility timeout (725 s with the
+otherwise. A killed batch would wait for the queue's visibility timeout (721 s with the
 template's defaults) as on AWS; the run has the stack's poller release failed batches after
 RETRY_VISIBILITY_S instead, so it stays bounded in time. Everything stays on 127.0.0.1.
 """

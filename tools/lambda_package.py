@@ -6,7 +6,8 @@ The package root holds what the functions run and nothing else:
   `imgpipe/`, never ships; tests/unit/test_import_contract.py keeps the core from importing
   it). The lean package holds a subset: the modules its one handler imports, traced from
   their import statements;
-- the packaged models: each `model/**/manifest.json` with the ONNX and labels files it names;
+- the packaged models: each `model/**/manifest.json` with the ONNX and labels files it names,
+  but for a folder marked `NOT-PACKAGED` (`model/efficientnet-lite2/`: published to S3 instead);
 - the upload page (`web/`), which the API function serves;
 - the pinned dependencies of `requirements-lambda.txt`, wheels for the target platform only;
 - byte code for python3.12, compiled with unchecked hashes: `/var/task` is read-only, so
@@ -51,6 +52,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipeline.modelstore import NOT_PACKAGED
 from tools.lambda_deps import (
     LOCK_FILE,
     MACHINES,
@@ -177,9 +179,12 @@ def traced_sources(root: Path = ROOT, entries: Sequence[str] = ()) -> list[Path]
 
 
 def model_files(root: Path = ROOT) -> list[Path]:
-    """Each packaged model: its manifest and the ONNX and labels files the manifest names."""
+    """Each packaged model: its manifest and the ONNX and labels files the manifest names.
+    A folder holding `NOT-PACKAGED` is left out (pipeline/modelstore.py's packaged_models())."""
     files: list[Path] = []
     for manifest in sorted((root / "model").rglob("manifest.json")):
+        if (manifest.parent / NOT_PACKAGED).exists():
+            continue
         doc = json.loads(manifest.read_text(encoding="utf-8"))
         named = [manifest] + [manifest.parent / doc[k] for k in ("file", "labels_file")
                               if doc.get(k)]

@@ -1,7 +1,8 @@
-"""Benchmark sections for issue 11: the int8 model next to fp32, and short runs.
+"""Benchmark sections: other models next to fp32 Lite0 (issues 11 and 22), and short runs.
 
-- `section_int8`: the int8 model's limit, the core with int8 and with fp32 on each image
-  set in paired rounds (with each model's CPU bound), cold start, peak RSS and file size;
+- `section_int8`, `section_lite2`: the other model's limit, the core with it and with fp32
+  on each image set in paired rounds (with each model's CPU bound), cold start, peak RSS
+  and file size;
 - `section_short_runs`: time to the first result and throughput of `classify_many` for
   3, 16, 48 and 512 photos, with today's batching (the model runs on whatever is decoded
   whenever it is free) and, as the reference, the batching before it (the model waits for
@@ -26,9 +27,11 @@ from imgpipe.bench.timing import cpu_snapshot, other_load_between, select_rounds
 from pipeline.classifier import Classifier, _Pending
 
 __all__ = ["INT8_MODEL", "INT8_SECTIONS", "TARGET_INT8_VS_FP32_WEB", "FullBatchClassifier",
-           "ModelRound", "ShortRun", "section_int8", "section_short_runs"]
+           "ModelRound", "ShortRun", "model_beside_fp32", "section_int8", "section_lite2",
+           "section_short_runs"]
 
 INT8_MODEL = "efficientnet-lite0-int8"
+LITE2_DIR = Path(__file__).resolve().parents[2] / "model" / "efficientnet-lite2"
 SHORT_RUNS = (3, 16, 48, 512)
 
 
@@ -84,27 +87,41 @@ def measure_model_rounds(fp32: Any, int8: Any, image_set: ImageSet, rounds: int,
 
 
 def section_int8(ctx: BenchContext) -> list[Row]:
+    return model_beside_fp32(ctx, INT8_MODEL, "int8", "int8")
+
+
+def section_lite2(ctx: BenchContext) -> list[Row]:
+    """EfficientNet-Lite2 (issue 22), from its folder: it is not packaged."""
+    return model_beside_fp32(ctx, str(LITE2_DIR), "lite2", "Lite2")
+
+
+def model_beside_fp32(ctx: BenchContext, source: str, key: str, label: str) -> list[Row]:
+    """Another model next to the default (fp32 Lite0): its limit, the core with each model
+    on each image set in paired rounds (with each one's CPU bound), cold start, peak RSS
+    and file size. Rows are keyed `<key>.*`; the other model's core figures also go to
+    `imgpipe cost`'s inputs (`core.<set>.ips@<model id>`). Long because it is one
+    measurement after another, each with its row."""
     from pipeline.modelstore import resolve_model
 
     fp32 = ctx.manifest
-    int8 = resolve_model(INT8_MODEL)
+    other = resolve_model(source)
     cpus = ctx.machine.cpus_available
     rows: list[Row] = []
-    ctx.progress(f"int8: model limit, batch {CORE_BATCH} on {cpus} thread(s) and on 1")
-    lim = measure_model(int8, CORE_BATCH, cpus, ctx.repeats, min_images=32 if ctx.quick else 96)
+    ctx.progress(f"{key}: model limit, batch {CORE_BATCH} on {cpus} thread(s) and on 1")
+    lim = measure_model(other, CORE_BATCH, cpus, ctx.repeats, min_images=32 if ctx.quick else 96)
     lim_f = ctx.values.get(f"model.b{CORE_BATCH}.ips") or measure_model(
         fp32, CORE_BATCH, cpus, ctx.repeats).images_per_s
-    rows.append(Row("int8.model.b16.ips", f"int8 model limit, pre-made tensors, batch "
+    rows.append(Row(f"{key}.model.b16.ips", f"{label} model limit, pre-made tensors, batch "
                     f"{CORE_BATCH}, {cpus} thread(s)", lim.images_per_s, "img/s",
                     f"fp32 {lim_f:.1f} img/s", f"{lim.images_per_s / lim_f:.2f}x fp32",
-                    section="int8"))
+                    section=key))
     for name, s in ctx.sets.items():
         n_rounds = 2 if ctx.quick else 5
-        ctx.progress(f"int8 {name}: {n_rounds} paired rounds of [draft decode, 1-thread "
-                     "inference fp32 and int8, core fp32, core int8]")
-        rounds = measure_model_rounds(fp32, int8, s, n_rounds,
+        ctx.progress(f"{key} {name}: {n_rounds} paired rounds of [draft decode, 1-thread "
+                     f"inference fp32 and {label}, core fp32, core {label}]")
+        rounds = measure_model_rounds(fp32, other, s, n_rounds,
                                       draft_limit=16 if name == "12mp" else None)
-        ctx.details[f"int8.rounds.{name}"] = rounds
+        ctx.details[f"{key}.rounds.{name}"] = rounds
         used, quiet = select_rounds(rounds)
         med = statistics.median
         ratio = med(r.int8_core_ips / r.fp32_core_ips for r in used)
@@ -113,38 +130,40 @@ def section_int8(ctx: BenchContext) -> list[Row]:
         bound_f = med(r.bound(cpus, r.fp32_infer_ms) for r in used)
         of_q = med(r.int8_core_ips / r.bound(cpus, r.int8_infer_ms) for r in used)
         of_f = med(r.fp32_core_ips / r.bound(cpus, r.fp32_infer_ms) for r in used)
-        ctx.values[f"int8_vs_fp32.core.{name}"] = ratio
+        ctx.values[f"{key}_vs_fp32.core.{name}"] = ratio
+        ctx.values[f"core.{name}.ips@{other.model_id}"] = core_q
+        ctx.values[f"infer.1t.ms@{other.model_id}"] = med(r.int8_infer_ms for r in used)
         note = "" if quiet else "; noisy rounds"
         rows += [
-            Row(f"int8.core.{name}.ips", f"core end to end with int8, {name}", core_q, "img/s",
-                f"fp32 core {core_f:.1f} img/s in the same rounds{note}",
-                f"{ratio:.2f}x fp32", section="int8"),
-            Row(f"int8.bound.{name}.ips", f"CPU bound with int8, {name} (draft decode "
+            Row(f"{key}.core.{name}.ips", f"core end to end with {label}, {name}", core_q,
+                "img/s", f"fp32 core {core_f:.1f} img/s in the same rounds{note}",
+                f"{ratio:.2f}x fp32", section=key),
+            Row(f"{key}.bound.{name}.ips", f"CPU bound with {label}, {name} (draft decode "
                 f"{med(r.draft_ms for r in used):.1f} + inference "
                 f"{med(r.int8_infer_ms for r in used):.2f} ms/img)", bound_q, "img/s",
                 f"fp32 bound {bound_f:.1f} img/s (inference "
                 f"{med(r.fp32_infer_ms for r in used):.2f} ms/img)",
                 f"core is {100 * of_q:.0f} % of its bound (fp32: {100 * of_f:.0f} %)",
-                section="int8"),
+                section=key),
         ]
     big = ctx.sets["12mp"]
     repeats = 2 if ctx.quick else 5
-    ctx.progress(f"int8: cold start, {repeats} fresh processes")
-    cold = measure_cold_start(big.paths[0], repeats, model=INT8_MODEL)
+    ctx.progress(f"{key}: cold start, {repeats} fresh processes")
+    cold = measure_cold_start(big.paths[0], repeats, model=source)
     cold_f = ctx.values.get("cold_start.s")
-    rows.append(Row("int8.cold_start.s", "int8 cold start: process spawn -> first prediction",
-                    cold.seconds, "s", f"fp32 {cold_f:.3f} s" if cold_f else "",
-                    f"session {cold.session_s:.3f} s", section="int8"))
-    ctx.progress("int8: peak RSS, core over the 12 MP set at batch 16")
-    rss = measure_peak_rss(big, CORE_BATCH, Path(ctx.details["out_dir"]), model=INT8_MODEL)
+    rows.append(Row(f"{key}.cold_start.s", f"{label} cold start: process spawn -> first "
+                    "prediction", cold.seconds, "s", f"fp32 {cold_f:.3f} s" if cold_f else "",
+                    f"session {cold.session_s:.3f} s", section=key))
+    ctx.progress(f"{key}: peak RSS, core over the 12 MP set at batch 16")
+    rss = measure_peak_rss(big, CORE_BATCH, Path(ctx.details["out_dir"]), model=source)
     rss_f = ctx.values.get("rss.b16.mib")
-    rows.append(Row("int8.rss.b16.mib", f"int8 peak RSS, core over {rss.images} x 12 MP, "
+    rows.append(Row(f"{key}.rss.b16.mib", f"{label} peak RSS, core over {rss.images} x 12 MP, "
                     "batch 16", rss.peak_mib, "MiB", f"fp32 {rss_f:.1f} MiB" if rss_f else "",
-                    section="int8"))
-    size_q, size_f = int8.onnx_path.stat().st_size, fp32.onnx_path.stat().st_size
-    rows.append(Row("int8.model.mib", "model file size, int8", size_q / 2**20, "MiB",
-                    f"fp32 {size_f / 2**20:.1f} MiB", f"{size_f / size_q:.1f}x smaller",
-                    section="int8"))
+                    section=key))
+    size_q, size_f = other.onnx_path.stat().st_size, fp32.onnx_path.stat().st_size
+    rows.append(Row(f"{key}.model.mib", f"model file size, {label}", size_q / 2**20, "MiB",
+                    f"fp32 {size_f / 2**20:.1f} MiB", f"{size_q / size_f:.2f}x fp32's",
+                    section=key))
     return rows
 
 
@@ -214,4 +233,4 @@ def section_short_runs(ctx: BenchContext) -> list[Row]:
     return rows
 
 
-INT8_SECTIONS = [section_int8, section_short_runs]
+INT8_SECTIONS = [section_int8, section_lite2, section_short_runs]

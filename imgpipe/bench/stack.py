@@ -146,7 +146,7 @@ def _cold_first_upload(ctx: BenchContext, stack: Any, name: str, keys: Sequence[
     imports, the model's verification and session), as a first burst on AWS starts cold
     execution environments; reported beside the steady state. The stack's s3:TestEvent is
     consumed first: sharing the upload's batches, it would leave a partial last batch
-    waiting out the 5 s window. Returns the row and the core's images/s measured after."""
+    waiting out the batching window. Returns the row and the core's images/s measured after."""
     r = stack.resources
     _drain(stack.client("sqs"), r.queue_url)
     stack.pools[r.ingest_function].stop_idle()

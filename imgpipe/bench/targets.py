@@ -14,6 +14,8 @@ TARGET_PEAK_RSS_MIB = 350.0
 TARGET_BACKFILL_VS_CORE = 0.70
 TARGET_INGEST_VS_CORE = 0.60
 TARGET_INT8_VS_FP32_WEB = 1.6
+TARGET_SINGLE_PHOTO_S = 1.5
+TARGET_WINDOW_COST_VS_WIDEST = 1.05
 
 
 def targets_from(values: dict[str, float], cpus: int) -> list[Target]:
@@ -59,6 +61,22 @@ def targets_from(values: dict[str, float], cpus: int) -> list[Target]:
             "median over paired rounds of the core's images/s with efficientnet-lite0-int8 / "
             "with efficientnet-lite0 (fp32), both over the same web-size photos, back to back "
             "in alternating order",
+        ))
+    if "window.template.single_s" in values:
+        out.append(Target(
+            "one warm photo recorded <= 1.5 s (local stack, the template's window)",
+            values["window.template.single_s"], TARGET_SINGLE_PHOTO_S, "s", False,
+            "median of single 12 MP uploads, one at a time, workers warm: end of PutObject "
+            "to its DynamoDB item (consistent GetItem every 25 ms), at the template's "
+            "MaximumBatchingWindowInSeconds",
+        ))
+    if "window.template.r100.vs_widest" in values:
+        out.append(Target(
+            "cost per photo at 100 photos/s <= 1.05x the 5 s window's (the template's window)",
+            values["window.template.r100.vs_widest"], TARGET_WINDOW_COST_VS_WIDEST, "x",
+            False, "Lambda (each invocation's duration rounded up to the ms x memory, and "
+            "the request) + SQS requests per photo, web-size photos uploaded at a steady "
+            "100 a second, at the template's window / the same at a 5 s window",
         ))
     if "cold_start.s" in values:
         out.append(Target(

@@ -54,8 +54,10 @@ def run(args: argparse.Namespace) -> int:
     extra: list[Any] = list(INT8_SECTIONS)
     if not args.no_stack:
         from imgpipe.bench.stack import STACK_SECTIONS
+        from imgpipe.bench.window import WINDOW_SECTIONS
 
         extra += STACK_SECTIONS
+        extra += WINDOW_SECTIONS
     result = run_benchmark(args.out, quick=args.quick, images=args.images,
                            report_path=args.report, repeats=args.repeats, progress=progress,
                            extra_sections=extra)

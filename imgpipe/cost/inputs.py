@@ -64,22 +64,31 @@ def default_path() -> Path:
 def cost_inputs_doc(values: Mapping[str, float], cpus: int, sets: Mapping[str, Any],
                     model_id: str, machine: str, date: str) -> dict[str, Any]:
     """What a full benchmark run measured, as `bench/cost-inputs.json` holds it. `values`
-    are the run's row values (`core.<set>.ips`, `decode.<set>.draft.ms`, `infer.1t.ms`);
-    `sets` the image sets (width, height, mean_bytes)."""
+    are the run's row values (`core.<set>.ips`, `decode.<set>.draft.ms`, `infer.1t.ms`),
+    the same with `@<model id>` for the other models a run measured beside the default
+    (int8, Lite2); `sets` the image sets (width, height, mean_bytes)."""
+    others = sorted({k.split("@", 1)[1] for k in values if k.startswith("core.") and "@" in k})
+    models = {model_id: _photos(values, cpus, sets, "")}
+    models.update({other: _photos(values, cpus, sets, "@" + other) for other in others})
+    return {"format_version": 1, "written_by": "imgpipe bench", "date": date,
+            "machine": machine, "cpus": cpus, "models": models}
+
+
+def _photos(values: Mapping[str, float], cpus: int, sets: Mapping[str, Any],
+            suffix: str) -> dict[str, Any]:
     photos: dict[str, Any] = {}
     for name, s in sets.items():
-        core = values.get(f"core.{name}.ips")
+        core = values.get(f"core.{name}.ips{suffix}")
         if not core:
             continue
         photos[name] = {
             "cpu_ms_per_image": round(cpus * 1000.0 / core, 2),
             "decode_ms": round(values.get(f"decode.{name}.draft.ms", 0.0), 2),
-            "inference_ms": round(values.get("infer.1t.ms", 0.0), 2),
+            "inference_ms": round(values.get(f"infer.1t.ms{suffix}", 0.0), 2),
             "core_images_per_s": round(core, 2),
             "width": s.width, "height": s.height, "mean_bytes": s.mean_bytes,
         }
-    return {"format_version": 1, "written_by": "imgpipe bench", "date": date,
-            "machine": machine, "cpus": cpus, "models": {model_id: photos}}
+    return photos
 
 
 def load_cost_inputs(path: Path | None = None) -> CostInputs:

@@ -156,12 +156,25 @@ def bill_for(s: Scenario, prices: Prices) -> Bill:
                           sqs * prices["sqs_request"], "sqs_request"))
     else:
         lists = math.ceil(n / 1000)
-        transitions = 2 * s.invocations + 8
+        # AWS bills the parent one state transition for each child a Distributed Map
+        # starts (concepts-transitions.html), plus the parent's own few states; the
+        # children are EXPRESS: a request each, and their duration (the batch's Lambda
+        # call) in 64 MB chunks, the smallest, as a child holds one batch of keys (its
+        # rounding up to 100 ms steps is left out: under 0.1 s a child).
+        transitions = s.invocations + 8
         lines.append(Line("S3 LIST (the backfill's listing)", lists, "requests",
                           lists * prices["s3_put"], "s3_put"))
-        lines.append(Line("Step Functions transitions (upper bound)", transitions,
+        lines.append(Line("Step Functions transitions (one a child)", transitions,
                           "transitions", transitions * prices["sfn_transition"],
                           "sfn_transition"))
+        child_s = s.backfill_batch * s.cpu_ms / 1000 / s.vcpus
+        express_gb_s = s.invocations * child_s * 64 / 1024
+        lines.append(Line("Step Functions Express children (requests)", s.invocations,
+                          "executions", s.invocations * prices["sfn_express_request"],
+                          "sfn_express_request"))
+        lines.append(Line("Step Functions Express children (duration)", express_gb_s,
+                          "GB-s", express_gb_s * prices["sfn_express_gb_s"],
+                          "sfn_express_gb_s"))
     writes = n * 2 * ITEM_KB
     lines.append(Line("DynamoDB writes (table + by-label index)", writes, "write units",
                       writes * prices["dynamodb_write_unit"], "dynamodb_write_unit"))

@@ -1,20 +1,25 @@
 """The translated template adapted for moto's CloudFormation, as pure functions of the
-template and the parameters (`adapt_for_emulator` lists each adaptation). What moto
-ignores is set aside as stack outputs, which `deferred.py` applies after the stack exists."""
+template and the parameters (`adapt_for_emulator` lists each adaptation): one function per
+resource kind (`ADAPTERS`, resource type -> function), and a driver that decides the
+template's conditions and mappings and applies them. What moto ignores is set aside as
+stack outputs, which `deferred.py` applies after the stack exists."""
 
 from __future__ import annotations
 
 import copy
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from imgpipe.local.errors import ProvisionError
 from imgpipe.local.translate import resolve_parameters
 from pipeline.errors import ConfigError
 
-__all__ = ["API_APPLIED_TYPES", "DEFERRED_OUTPUT_PREFIX", "DEFINITION_OUTPUT_PREFIX",
-           "IGNORED_PROPERTIES", "adapt_for_emulator"]
+__all__ = ["ADAPTERS", "API_APPLIED_TYPES", "DEFERRED_OUTPUT_PREFIX", "DEFINITION_OUTPUT_PREFIX",
+           "IGNORED_PROPERTIES", "Adapted", "adapt_for_emulator", "defer_to_api",
+           "disable_event_source_mapping", "inline_state_machine_definition",
+           "set_aside_ignored_properties"]
 
 # Resource types moto's CloudFormation has no model for; provision applies them through
 # the API after the stack exists (their properties are resolved by moto, see
@@ -72,28 +77,19 @@ def adapt_for_emulator(
          if conditions.get(r.get("Condition", ""), True)}, conditions)
     adapted["Resources"] = _resolve_find_in_map(adapted["Resources"],
                                                  adapted.get("Mappings", {}), values)
-    resources: dict[str, Any] = adapted["Resources"]
     outputs: dict[str, Any] = adapted.setdefault("Outputs", {})
-    removed = [lid for lid, r in resources.items() if r["Type"] in API_APPLIED_TYPES]
-    for logical_id in list(resources):
-        resource = resources[logical_id]
-        rtype = resource["Type"]
-        props = resource.setdefault("Properties", {})
-        if logical_id in removed:
-            outputs[_deferred_output(logical_id)] = {"Value": {"Fn::ToJsonString": props}}
-            del resources[logical_id]
-            continue
-        ignored = {k: props.pop(k) for k in IGNORED_PROPERTIES.get(rtype, ()) if k in props}
-        if ignored:
-            outputs[_deferred_output(logical_id)] = {"Value": {"Fn::ToJsonString": ignored}}
-        if rtype == "AWS::Lambda::EventSourceMapping":
-            props["Enabled"] = False
-        if rtype == "AWS::StepFunctions::StateMachine":
-            _inline_definition_substitutions(props)
-            # The resolved text, readable over HTTP whichever backend serves the API.
-            outputs[f"{DEFINITION_OUTPUT_PREFIX}{logical_id}"] = {
-                "Value": props["DefinitionString"]
-            }
+    resources: dict[str, Any] = {}
+    removed: list[str] = []
+    for logical_id, resource in adapted["Resources"].items():
+        resource = {**resource, "Properties": resource.get("Properties", {})}
+        adapter = ADAPTERS.get(resource["Type"])
+        result = adapter(logical_id, resource) if adapter else Adapted(resource)
+        outputs.update(result.outputs)
+        if result.resource is None:
+            removed.append(logical_id)
+        else:
+            resources[logical_id] = result.resource
+    adapted["Resources"] = resources
     # Outputs of removed resources (the function URL's address) have no local value.
     for name in [n for n, o in outputs.items() if _references(o, removed)]:
         del outputs[name]
@@ -107,6 +103,64 @@ def adapt_for_emulator(
             else:
                 del resource["DependsOn"]
     return adapted
+
+
+# ---- one adaptation per resource kind: pure functions of (logical id, resource) ----------
+
+
+@dataclass(frozen=True)
+class Adapted:
+    """What one resource becomes for moto: the resource (None: left out of the stack) and
+    the stack outputs it adds."""
+
+    resource: dict[str, Any] | None
+    outputs: dict[str, Any] = field(default_factory=dict)
+
+
+def defer_to_api(logical_id: str, resource: Mapping[str, Any]) -> Adapted:
+    """A type moto has no model for (`API_APPLIED_TYPES`): left out of the stack, its
+    properties an output that moto resolves, applied through the API afterwards."""
+    properties = copy.deepcopy(resource.get("Properties", {}))
+    return Adapted(None, {_deferred_output(logical_id): {"Value": {"Fn::ToJsonString":
+                                                                   properties}}})
+
+
+def set_aside_ignored_properties(logical_id: str, resource: Mapping[str, Any]) -> Adapted:
+    """A resource moto creates but some of whose properties it ignores
+    (`IGNORED_PROPERTIES`): those properties move to an output, applied afterwards."""
+    names = IGNORED_PROPERTIES[resource["Type"]]
+    properties = copy.deepcopy(dict(resource.get("Properties", {})))
+    ignored = {k: properties.pop(k) for k in names if k in properties}
+    outputs = ({_deferred_output(logical_id): {"Value": {"Fn::ToJsonString": ignored}}}
+               if ignored else {})
+    return Adapted({**copy.deepcopy(dict(resource)), "Properties": properties}, outputs)
+
+
+def disable_event_source_mapping(logical_id: str, resource: Mapping[str, Any]) -> Adapted:
+    """The SQS event source mapping, created disabled: moto's own trigger would consume
+    the messages and run the function in Docker; the local stack's poller plays its part."""
+    properties = {**copy.deepcopy(dict(resource.get("Properties", {}))), "Enabled": False}
+    return Adapted({**copy.deepcopy(dict(resource)), "Properties": properties})
+
+
+def inline_state_machine_definition(logical_id: str, resource: Mapping[str, Any]) -> Adapted:
+    """A state machine whose DefinitionSubstitutions are resolved into its
+    DefinitionString (moto ignores the property); the resolved text is also an output,
+    readable over HTTP whichever backend serves the API."""
+    properties = _inline_definition_substitutions(resource.get("Properties", {}))
+    return Adapted({**copy.deepcopy(dict(resource)), "Properties": properties},
+                   {f"{DEFINITION_OUTPUT_PREFIX}{logical_id}":
+                    {"Value": properties["DefinitionString"]}})
+
+
+Adapter = Callable[[str, Mapping[str, Any]], Adapted]
+# Resource type -> its adaptation; a type not listed is created as it is.
+ADAPTERS: dict[str, Adapter] = {
+    **{rtype: defer_to_api for rtype in API_APPLIED_TYPES},
+    **{rtype: set_aside_ignored_properties for rtype in IGNORED_PROPERTIES},
+    "AWS::Lambda::EventSourceMapping": disable_event_source_mapping,
+    "AWS::StepFunctions::StateMachine": inline_state_machine_definition,
+}
 
 
 def _references(node: Any, logical_ids: Sequence[str]) -> bool:
@@ -176,14 +230,15 @@ def _deferred_output(logical_id: str) -> str:
 _PLACEHOLDER = re.compile(r"\$\{([A-Za-z0-9_.:-]+)\}")
 
 
-def _inline_definition_substitutions(props: dict[str, Any]) -> None:
+def _inline_definition_substitutions(properties: Mapping[str, Any]) -> dict[str, Any]:
     """`DefinitionString` + `DefinitionSubstitutions` -> one `Fn::Join` whose pieces are the
-    definition text and the substitution values (intrinsics moto resolves). Fn::Sub would
-    also do it, but moto's Fn::Sub runs string.Template, which turns `$$` (the ASL context
-    object) into `$`."""
+    definition text and the substitution values (intrinsics moto resolves); a new copy of
+    `props`. Fn::Sub would also do it, but moto's Fn::Sub runs string.Template, which turns
+    `$$` (the ASL context object) into `$`."""
+    props: dict[str, Any] = copy.deepcopy(dict(properties))
     substitutions = props.pop("DefinitionSubstitutions", None)
     if not substitutions:
-        return
+        return props
     text = _definition_text(props.get("DefinitionString"))
     pieces: list[Any] = []
     last = 0
@@ -195,6 +250,7 @@ def _inline_definition_substitutions(props: dict[str, Any]) -> None:
         last = match.end()
     pieces.append(text[last:])
     props["DefinitionString"] = {"Fn::Join": ["", [p for p in pieces if p != ""]]}
+    return props
 
 
 def _definition_text(definition: Any) -> str:

@@ -132,25 +132,16 @@ def install(patch: Callable[[Any, str, Any], None] = setattr) -> None:
 
 
 def _patch_children(patch: Callable[[Any, str, Any], None]) -> None:
-    from moto.stepfunctions.parser.asl.component.common.timeouts.timeout import (
-        TimeoutSeconds,
-    )
     from moto.stepfunctions.parser.asl.component.state.exec.state_map.iteration.itemprocessor.distributed_item_processor_worker import (  # noqa: E501
         DistributedItemProcessorWorker,
     )
-    from moto.stepfunctions.parser.asl.eval.program_state import (
-        ProgramError,
-        ProgramStopped,
-        ProgramTimedOut,
-    )
-    from moto.stepfunctions.parser.asl.eval.states import ItemData, MapData
 
     def eval_job(worker: Any, env: Any, job: Any) -> None:
+        """One child execution: run it (unless the run has already failed) and record it
+        as AWS lists it (ListExecutions of the map run, the counters, the tolerance)."""
         record = worker._map_run_record
         results: MapRunResults = getattr(record, _ATTRIBUTE, None) or MapRunResults()
         setattr(record, _ATTRIBUTE, results)
-        program = job.job_program
-        express = EXPRESS_MARKER in str(getattr(program.comment, "comment", "") or "")
         items = _items_of(job.job_input)
         name = str(uuid.uuid4())
         started = _now()
@@ -169,57 +160,9 @@ def _patch_children(patch: Callable[[Any, str, Any], None]) -> None:
             results.add(entry, items)
             job.job_output = None
             return
-        record.item_counter.running.count()
-        record.execution_counter.running.count()
-        status, output, error, cause = "FAILED", None, "States.Runtime", ""
-        try:
-            env.states.context_object.context_object_data["Map"] = MapData(
-                Item=ItemData(Index=job.job_index, Value=job.job_input))
-            env.states.reset(job.job_input)
-            env.stack.append(env.states.get_input())
-            worker._eval_input(env_frame=env)
-            if express:
-                limit = express_limit_s()
-                program.timeout_seconds = TimeoutSeconds(
-                    timeout_seconds=max(1, int(limit)), is_default=False)
-            program.eval(env)
-            state = env.program_state()
-            if isinstance(state, ProgramTimedOut):
-                status, error = "TIMED_OUT", "States.Timeout"
-                cause = (f"the child execution ran longer than the {express_limit_s():.0f} s "
-                         "an EXPRESS execution may run (its Retry attempts and delays "
-                         "included); AWS stops it there")
-            elif isinstance(state, ProgramError):
-                details = state.error or {}
-                error = str(details.get("error") or "States.TaskFailed")
-                cause = str(details.get("cause") or "")
-            elif isinstance(state, ProgramStopped):
-                status, error, cause = "ABORTED", "States.Aborted", "the run was stopped"
-            else:
-                status, output = "SUCCEEDED", env.states.get_input()
-        except Exception as e:  # noqa: BLE001 - recorded as the child's failure
-            error, cause = "States.Runtime", f"{type(e).__name__}: {e}"
-        finally:
-            record.item_counter.running.offset(-1)
-            record.execution_counter.running.offset(-1)
-        counter = {"SUCCEEDED": "succeeded", "FAILED": "failed", "TIMED_OUT": "timed_out",
-                   "ABORTED": "aborted"}[status]
-        for counts in (record.item_counter, record.execution_counter):
-            getattr(counts, counter).count()
-            if status == "SUCCEEDED":
-                counts.results_written.count()
-        if status == "SUCCEEDED":
-            entry["Output"] = json.dumps(output, separators=(",", ":"))
-            entry["OutputDetails"] = {"Included": True}
-        else:
-            entry["Error"], entry["Cause"] = error, cause
-        entry.update(
-            RedriveCount=0,
-            RedriveStatus="NOT_REDRIVABLE" if status == "SUCCEEDED" else "REDRIVABLE",
-            StartDate=_iso(started), StateMachineArn=record.map_state_machine_arn,
-            Status=status, StopDate=_iso(_now()))
-        if status == "SUCCEEDED":
-            entry["RedriveStatusReason"] = "Execution is SUCCEEDED and cannot be redriven"
+        status, output, error, cause = _run_child(worker, env, job)
+        _count_child(record, status)
+        _finish_entry(entry, record, started, status, output, error, cause)
         results.add(entry, items)
         if status != "SUCCEEDED":
             with results.lock:
@@ -230,6 +173,84 @@ def _patch_children(patch: Callable[[Any, str, Any], None]) -> None:
         job.job_output = output
 
     patch(DistributedItemProcessorWorker, "_eval_job", eval_job)
+
+
+def _run_child(worker: Any, env: Any, job: Any) -> tuple[str, Any, str, str]:
+    """Run one child's program; (status, output, error, cause) as AWS reports them. An
+    EXPRESS child is stopped at the EXPRESS limit (`express_limit_s`)."""
+    from moto.stepfunctions.parser.asl.component.common.timeouts.timeout import (
+        TimeoutSeconds,
+    )
+    from moto.stepfunctions.parser.asl.eval.program_state import (
+        ProgramError,
+        ProgramStopped,
+        ProgramTimedOut,
+    )
+    from moto.stepfunctions.parser.asl.eval.states import ItemData, MapData
+
+    record, program = worker._map_run_record, job.job_program
+    express = EXPRESS_MARKER in str(getattr(program.comment, "comment", "") or "")
+    record.item_counter.running.count()
+    record.execution_counter.running.count()
+    status, output, error, cause = "FAILED", None, "States.Runtime", ""
+    try:
+        env.states.context_object.context_object_data["Map"] = MapData(
+            Item=ItemData(Index=job.job_index, Value=job.job_input))
+        env.states.reset(job.job_input)
+        env.stack.append(env.states.get_input())
+        worker._eval_input(env_frame=env)
+        if express:
+            limit = express_limit_s()
+            program.timeout_seconds = TimeoutSeconds(
+                timeout_seconds=max(1, int(limit)), is_default=False)
+        program.eval(env)
+        state = env.program_state()
+        if isinstance(state, ProgramTimedOut):
+            status, error = "TIMED_OUT", "States.Timeout"
+            cause = (f"the child execution ran longer than the {express_limit_s():.0f} s "
+                     "an EXPRESS execution may run (its Retry attempts and delays "
+                     "included); AWS stops it there")
+        elif isinstance(state, ProgramError):
+            details = state.error or {}
+            error = str(details.get("error") or "States.TaskFailed")
+            cause = str(details.get("cause") or "")
+        elif isinstance(state, ProgramStopped):
+            status, error, cause = "ABORTED", "States.Aborted", "the run was stopped"
+        else:
+            status, output = "SUCCEEDED", env.states.get_input()
+    except Exception as e:  # noqa: BLE001 - recorded as the child's failure
+        error, cause = "States.Runtime", f"{type(e).__name__}: {e}"
+    finally:
+        record.item_counter.running.offset(-1)
+        record.execution_counter.running.offset(-1)
+    return status, output, error, cause
+
+
+def _count_child(record: Any, status: str) -> None:
+    """The map run's item and execution counters for one finished child."""
+    counter = {"SUCCEEDED": "succeeded", "FAILED": "failed", "TIMED_OUT": "timed_out",
+               "ABORTED": "aborted"}[status]
+    for counts in (record.item_counter, record.execution_counter):
+        getattr(counts, counter).count()
+        if status == "SUCCEEDED":
+            counts.results_written.count()
+
+
+def _finish_entry(entry: dict[str, Any], record: Any, started: datetime.datetime, status: str,
+                  output: Any, error: str, cause: str) -> None:
+    """A finished child's ListExecutions entry: output or error, redrive fields, dates."""
+    if status == "SUCCEEDED":
+        entry["Output"] = json.dumps(output, separators=(",", ":"))
+        entry["OutputDetails"] = {"Included": True}
+    else:
+        entry["Error"], entry["Cause"] = error, cause
+    entry.update(
+        RedriveCount=0,
+        RedriveStatus="NOT_REDRIVABLE" if status == "SUCCEEDED" else "REDRIVABLE",
+        StartDate=_iso(started), StateMachineArn=record.map_state_machine_arn,
+        Status=status, StopDate=_iso(_now()))
+    if status == "SUCCEEDED":
+        entry["RedriveStatusReason"] = "Execution is SUCCEEDED and cannot be redriven"
 
 
 def _child_execution_arn(map_state_machine_arn: str, name: str) -> str:

@@ -118,93 +118,8 @@ class FrontDoor:
         return self._http.url
 
     def start(self) -> str:
-        door = self
-
-        class Request(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-            # An idle keep-alive connection (or a client that stops mid-request) is closed
-            # after this long: socketserver applies it to every read of the socket.
-            timeout = door.idle_timeout_s
-
-            def do_OPTIONS(self) -> None:  # noqa: N802 - http.server's name
-                if self.headers.get("Access-Control-Request-Method"):
-                    self._send(200, {**door.preflight_headers(self.headers.get("Origin"))},
-                               b"")
-                else:
-                    self._forward()
-
-            def do_GET(self) -> None:  # noqa: N802
-                self._forward()
-
-            def do_HEAD(self) -> None:  # noqa: N802 - the function answers; no body is sent
-                self._forward()
-
-            def do_POST(self) -> None:  # noqa: N802
-                self._forward()
-
-            def do_PUT(self) -> None:  # noqa: N802
-                self._forward()
-
-            def do_PATCH(self) -> None:  # noqa: N802
-                self._forward()
-
-            def do_DELETE(self) -> None:  # noqa: N802
-                self._forward()
-
-            def _forward(self) -> None:
-                origin = self.headers.get("Origin")
-                try:
-                    body = read_body(self.headers, self.rfile, MAX_EVENT_BYTES)
-                except FramingError as e:
-                    # The connection cannot be trusted to be at a request boundary any more
-                    # (or the rest of the body is not worth reading): answer and close it.
-                    self.close_connection = True
-                    self._send(e.status, {**door.cors_headers(origin), "Connection": "close"},
-                               json.dumps({"Message": str(e)}).encode())
-                    return
-                event = url_event(self.command, self.path, dict(self.headers.items()), body,
-                                  self.client_address[0],
-                                  self.headers.get("Host") or door.url[7:])
-                payload = json.dumps(event).encode()
-                if len(payload) > MAX_EVENT_BYTES:
-                    self._send(413, door.cors_headers(origin), json.dumps({
-                        "Message": _too_large()}).encode())
-                    return
-                status, result, error = door.invoke(payload)
-                if status != 200 or error:
-                    log.error("function URL: the function failed: %s",
-                              result.decode(errors="replace")[:500])
-                    self._send(502, door.cors_headers(origin),
-                               b'{"Message":"Internal Server Error"}')
-                    return
-                code, headers, out = http_response(result)
-                self._send(code, {**headers, **door.cors_headers(origin)}, out)
-
-            def _send(self, status: int, headers: Mapping[str, str], body: bytes) -> None:
-                self.send_response(status)
-                sent = {k.lower() for k in headers}
-                for name, value in headers.items():
-                    self.send_header(name, value)
-                if "content-type" not in sent and body:
-                    self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                if getattr(self, "command", None) != "HEAD":
-                    self.wfile.write(body)
-
-            def send_error(self, code: int, message: str | None = None,
-                           explain: str | None = None) -> None:
-                """http.server's own refusals (a bad request line, headers too long, an
-                unknown method) as JSON, like the function URL's, not an HTML page."""
-                self.close_connection = True
-                text = message or self.responses.get(code, ("error",))[0]
-                self._send(code, {"Connection": "close"},
-                           json.dumps({"Message": text}).encode())
-
-            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
-                pass  # the function logs for itself
-
-        self._http = BackgroundServer(Request, self.host, self.port, "imgpipe-function-url")
+        handler = type("Request", (_Request,), {"door": self, "timeout": self.idle_timeout_s})
+        self._http = BackgroundServer(handler, self.host, self.port, "imgpipe-function-url")
         return self.url
 
     def stop(self) -> None:
@@ -344,3 +259,92 @@ def _read_chunked(rfile: _Reader, limit: int) -> bytes:
         if not line.endswith(b"\n"):
             break
     raise FramingError(400, "the chunked body does not end with an empty line")
+
+
+class _Request(BaseHTTPRequestHandler):
+    """One connection to a function URL: each request becomes the function's event, and
+    its answer the HTTP response (`FrontDoor.start` binds `door` and `timeout`)."""
+
+    door: FrontDoor
+    protocol_version = "HTTP/1.1"
+    # An idle keep-alive connection (or a client that stops mid-request) is closed
+    # after this long: socketserver applies it to every read of the socket.
+    timeout = IDLE_TIMEOUT_S
+
+    def do_OPTIONS(self) -> None:  # noqa: N802 - http.server's name
+        if self.headers.get("Access-Control-Request-Method"):
+            self._send(200, {**self.door.preflight_headers(self.headers.get("Origin"))},
+                       b"")
+        else:
+            self._forward()
+
+    def do_GET(self) -> None:  # noqa: N802
+        self._forward()
+
+    def do_HEAD(self) -> None:  # noqa: N802 - the function answers; no body is sent
+        self._forward()
+
+    def do_POST(self) -> None:  # noqa: N802
+        self._forward()
+
+    def do_PUT(self) -> None:  # noqa: N802
+        self._forward()
+
+    def do_PATCH(self) -> None:  # noqa: N802
+        self._forward()
+
+    def do_DELETE(self) -> None:  # noqa: N802
+        self._forward()
+
+    def _forward(self) -> None:
+        origin = self.headers.get("Origin")
+        try:
+            body = read_body(self.headers, self.rfile, MAX_EVENT_BYTES)
+        except FramingError as e:
+            # The connection cannot be trusted to be at a request boundary any more
+            # (or the rest of the body is not worth reading): answer and close it.
+            self.close_connection = True
+            self._send(e.status, {**self.door.cors_headers(origin), "Connection": "close"},
+                       json.dumps({"Message": str(e)}).encode())
+            return
+        event = url_event(self.command, self.path, dict(self.headers.items()), body,
+                          self.client_address[0],
+                          self.headers.get("Host") or self.door.url[7:])
+        payload = json.dumps(event).encode()
+        if len(payload) > MAX_EVENT_BYTES:
+            self._send(413, self.door.cors_headers(origin), json.dumps({
+                "Message": _too_large()}).encode())
+            return
+        status, result, error = self.door.invoke(payload)
+        if status != 200 or error:
+            log.error("function URL: the function failed: %s",
+                      result.decode(errors="replace")[:500])
+            self._send(502, self.door.cors_headers(origin),
+                       b'{"Message":"Internal Server Error"}')
+            return
+        code, headers, out = http_response(result)
+        self._send(code, {**headers, **self.door.cors_headers(origin)}, out)
+
+    def _send(self, status: int, headers: Mapping[str, str], body: bytes) -> None:
+        self.send_response(status)
+        sent = {k.lower() for k in headers}
+        for name, value in headers.items():
+            self.send_header(name, value)
+        if "content-type" not in sent and body:
+            self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if getattr(self, "command", None) != "HEAD":
+            self.wfile.write(body)
+
+    def send_error(self, code: int, message: str | None = None,
+                   explain: str | None = None) -> None:
+        """http.server's own refusals (a bad request line, headers too long, an
+        unknown method) as JSON, like the function URL's, not an HTML page."""
+        self.close_connection = True
+        text = message or self.responses.get(code, ("error",))[0]
+        self._send(code, {"Connection": "close"},
+                   json.dumps({"Message": text}).encode())
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+        pass  # the function logs for itself

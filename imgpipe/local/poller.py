@@ -238,11 +238,13 @@ class SqsPoller:
         return deleted
 
     def _retry_after(self, message: dict[str, Any]) -> int:
-        """`retry_visibility_s`, doubled for each earlier receive (at most 60 s): a fault
-        that lasts seconds does not use up a message's receives before the DLQ."""
+        """`retry_visibility_s`, tripled for each earlier receive (at most 120 s): with
+        the template's maxReceiveCount of 5 the receives span 80 s and more, so a fault of
+        seconds does not use up a message's receives before the DLQ (on AWS the queue's
+        visibility timeout spaces them by minutes)."""
         assert self.retry_visibility_s is not None
         count = int(message.get("Attributes", {}).get("ApproximateReceiveCount", "1"))
-        return int(min(60, self.retry_visibility_s * 2 ** max(0, count - 1)))
+        return int(min(120, self.retry_visibility_s * 3 ** max(0, count - 1)))
 
     def _retry_sooner(self, messages: list[dict[str, Any]]) -> None:
         for start in range(0, len(messages), 10):

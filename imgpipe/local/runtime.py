@@ -32,7 +32,6 @@ import contextlib
 import json
 import logging
 import os
-import queue
 import signal
 import subprocess
 import sys
@@ -41,9 +40,9 @@ import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+
+from imgpipe.local.runtime_api import Invocation, RuntimeApi, lambda_error
 
 __all__ = ["FunctionSpec", "FunctionPool", "InvokeResult", "PoolStopped", "Worker",
            "cpu_shares", "lambda_error"]
@@ -51,12 +50,9 @@ __all__ = ["FunctionSpec", "FunctionPool", "InvokeResult", "PoolStopped", "Worke
 log = logging.getLogger("imgpipe.local")
 
 ACCOUNT = "123456789012"
-# Lambda's limit for a synchronous response.
-MAX_RESPONSE_BYTES = 6 * 1024 * 1024
 # Lambda gives an on-demand init 10 s before it retries it inside the first invocation,
 # under the function's timeout; locally both are one budget.
 INIT_TIMEOUT_S = 10.0
-_RUNTIME = "/2018-06-01/runtime"
 _WATCH_INTERVAL_S = 0.05
 
 
@@ -102,131 +98,6 @@ class PoolStopped(RuntimeError):
     """The pool was stopped: no invocation is started any more."""
 
 
-def lambda_error(error_type: str, message: str) -> bytes:
-    return json.dumps({"errorType": error_type, "errorMessage": message}).encode()
-
-
-# ---------------------------------------------------------------- the Runtime API
-
-
-@dataclass
-class _Invocation:
-    request_id: str
-    payload: bytes
-    function_arn: str
-    timeout_s: float
-    taken_at: float | None = None  # monotonic, when the runtime received it
-    result: bytes | None = None
-    error: bool = False
-    done: threading.Event = field(default_factory=threading.Event)
-
-    def finish(self, body: bytes, error: bool) -> bool:
-        if self.done.is_set():
-            return False
-        self.result, self.error = body, error
-        self.done.set()
-        return True
-
-
-class _RuntimeApi:
-    """The Runtime API for one worker process, on 127.0.0.1 and a port of its own."""
-
-    def __init__(self) -> None:
-        self.pending: queue.Queue[_Invocation] = queue.Queue(maxsize=1)
-        self.current: _Invocation | None = None
-        self.ready = threading.Event()  # the runtime asked for its first invocation
-        self.init_error: bytes | None = None
-        self.closed = threading.Event()
-        api = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"  # the runtime client keeps its connection
-            # Headers and body are two writes: with Nagle's algorithm the body waits for the
-            # client's delayed ACK (~40 ms an invocation).
-            disable_nagle_algorithm = True
-
-            def do_GET(self) -> None:  # noqa: N802 - http.server's name
-                if self.path != f"{_RUNTIME}/invocation/next":
-                    return self._answer(404, b'{"errorType": "NotFound"}')
-                api.ready.set()
-                invocation = api.next_invocation()
-                if invocation is None:  # stopping: the process is killed, nobody listens
-                    self.close_connection = True
-                    return None
-                deadline_ms = int((time.time() + invocation.timeout_s) * 1000)
-                self._answer(200, invocation.payload, {
-                    "Lambda-Runtime-Aws-Request-Id": invocation.request_id,
-                    "Lambda-Runtime-Deadline-Ms": str(deadline_ms),
-                    "Lambda-Runtime-Invoked-Function-Arn": invocation.function_arn,
-                })
-
-            def do_POST(self) -> None:  # noqa: N802
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                status, answer = api.posted(self.path, body)
-                self._answer(status, answer)
-
-            def _answer(self, status: int, body: bytes,
-                        headers: Mapping[str, str] | None = None) -> None:
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                for key, value in (headers or {}).items():
-                    self.send_header(key, value)
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self._thread = threading.Thread(target=self.server.serve_forever,
-                                        name="imgpipe-runtime-api", daemon=True)
-        self._thread.start()
-
-    @property
-    def address(self) -> str:
-        host, port = self.server.server_address[:2]
-        return f"{host!s}:{port}"
-
-    def next_invocation(self) -> _Invocation | None:
-        while not self.closed.is_set():
-            try:
-                invocation = self.pending.get(timeout=0.5)
-            except queue.Empty:
-                continue
-            invocation.taken_at = time.monotonic()
-            self.current = invocation
-            return invocation
-        return None
-
-    def posted(self, path: str, body: bytes) -> tuple[int, bytes]:
-        if path == f"{_RUNTIME}/init/error":
-            self.init_error = body or lambda_error("Runtime.Unknown", "init failed")
-            return 202, b'{"status": "OK"}'
-        prefix = f"{_RUNTIME}/invocation/"
-        request_id, _, outcome = path[len(prefix):].partition("/")
-        current = self.current
-        if not path.startswith(prefix) or outcome not in ("response", "error"):
-            return 404, b'{"errorType": "NotFound"}'
-        if current is None or current.request_id != request_id:
-            return 400, lambda_error("InvalidRequestID", f"no invocation {request_id} here")
-        if outcome == "response" and len(body) > MAX_RESPONSE_BYTES:
-            current.finish(lambda_error(
-                "Function.ResponseSizeTooLarge",
-                f"Response payload size exceeded maximum allowed payload size "
-                f"({MAX_RESPONSE_BYTES} bytes)."), error=True)
-            return 413, lambda_error("RequestEntityTooLarge", "response too large")
-        if not current.finish(body, error=outcome == "error"):
-            return 403, lambda_error("InvalidStateTransition", "already answered")
-        return 202, b'{"status": "OK"}'
-
-    def close(self) -> None:
-        self.closed.set()
-        self.server.shutdown()
-        self.server.server_close()
-
-
 # ---------------------------------------------------------------- one worker
 
 
@@ -238,7 +109,7 @@ class Worker:
         self.spec = spec
         self.cpus = tuple(cpus)
         self.extra_env = dict(extra_env or {})
-        self.api: _RuntimeApi | None = None
+        self.api: RuntimeApi | None = None
         self.proc: subprocess.Popen[bytes] | None = None
         self.started_at = 0.0
         self.init_s: float | None = None  # set once the runtime is ready
@@ -251,7 +122,7 @@ class Worker:
         return self.proc is not None and self.proc.poll() is None
 
     def start(self) -> None:
-        self.api = _RuntimeApi()
+        self.api = RuntimeApi()
         env = worker_environment(self.spec, self.api.address, self.extra_env)
         self.started_at = time.monotonic()
         self.proc = subprocess.Popen(
@@ -273,7 +144,7 @@ class Worker:
         if cold:
             self.start()
         assert self.api is not None and self.proc is not None
-        invocation = _Invocation(request_id=str(uuid.uuid4()), payload=payload,
+        invocation = Invocation(request_id=str(uuid.uuid4()), payload=payload,
                                  function_arn=self.spec.arn, timeout_s=self.spec.timeout_s)
         self.api.pending.put(invocation)
         error = self._watch(invocation, started)
@@ -296,7 +167,7 @@ class Worker:
                  " Status: error" if result.function_error else "")
         return result
 
-    def _watch(self, invocation: _Invocation, queued_at: float) -> bytes | None:
+    def _watch(self, invocation: Invocation, queued_at: float) -> bytes | None:
         """Wait for the answer while enforcing Lambda's limits; the error to report when
         the worker had to be killed or died."""
         assert self.api is not None and self.proc is not None

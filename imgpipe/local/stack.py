@@ -229,8 +229,8 @@ class LocalStack:
             # the queue, and the pollers are not kept waiting for a long function.
             self._functions.stop()
             self._functions = None
-        if self.poller is not None:
-            self.poller.stop()
+        if self.poller is not None:  # without an emulator its retries would be waited out
+            self.poller.stop(timeout=0.0 if self.emulator_failure else 30.0)
             self.poller = None
         if self._emulator is not None:
             _stop_process(self._emulator)

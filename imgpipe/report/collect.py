@@ -83,10 +83,13 @@ def build_report(
     source: str,
     model: str,
     workers: int = 8,
+    other: Iterable[PredictionRecord] = (),
+    other_model: str | None = None,
 ) -> ReportData:
     """Write the report of `records` into `out_dir`; `fetch(record)` reads an image's
     bytes (classified records only: the others are no pictures). `source` is the
-    `s3://bucket/prefix` the records are of."""
+    `s3://bucket/prefix` the records are of. With `other_model`, each card also shows
+    that model's top labels from `other` (its records for the same prefix)."""
     rows = sorted(records, key=lambda r: r.image)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "thumbs").mkdir(exist_ok=True)
@@ -110,7 +113,7 @@ def build_report(
                         strict=True))
 
     data = report_document(rows, {k: v[0] for k, v in made.items()}, source=source,
-                           model=model)
+                           model=model, other=other, other_model=other_model)
     (out_dir / "data.js").write_text(
         "window.IMGPIPE_REPORT = " + json.dumps(data, ensure_ascii=False,
                                                 separators=(",", ":")) + ";\n",
@@ -123,22 +126,36 @@ def build_report(
 
 
 def report_document(rows: list[PredictionRecord], thumbs: dict[str, str], *, source: str,
-                    model: str) -> dict[str, Any]:
+                    model: str, other: Iterable[PredictionRecord] = (),
+                    other_model: str | None = None) -> dict[str, Any]:
     """The page's data: header facts, interned labels, and one array per image:
-    `[key, status, thumbnail, [[label index, score], ...top 3], error]`."""
+    `[key, status, thumbnail, [[label index, score], ...top 3], error]`, and with
+    `other_model` a sixth element, that model's top 3 (null: no classified record of it)."""
     prefix = source if source.endswith("/") else source.rsplit("/", 1)[0] + "/"
     labels: dict[str, int] = {}
     counts: dict[str, int] = {}
     items: list[list[Any]] = []
+    theirs = {r.image: r for r in other if r.status == "classified"}
+    both = agree = 0
     for r in rows:
         counts[r.status] = counts.get(r.status, 0) + 1
         top = [[labels.setdefault(t.label, len(labels)), t.score]
                for t in r.top_k[:TOP_LABELS]]
         key = r.image[len(prefix):] if r.image.startswith(prefix) else r.image
-        items.append([visible(key), r.status, thumbs.get(r.image, ""), top,
-                      visible(r.error or "")])
+        item: list[Any] = [visible(key), r.status, thumbs.get(r.image, ""), top,
+                           visible(r.error or "")]
+        if other_model:
+            b = theirs.get(r.image)
+            item.append(None if b is None else [[labels.setdefault(t.label, len(labels)), t.score]
+                                                for t in b.top_k[:TOP_LABELS]])
+            if b is not None and r.status == "classified":
+                both += 1
+                agree += b.label == r.label
+        items.append(item)
     times = sorted(r.processed_at for r in rows)
+    compared = ({"model_b": other_model, "both": both, "agree": agree} if other_model else {})
     return {
+        **compared,
         "source": visible(source),
         "model": model,
         "generated_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),

@@ -31,7 +31,7 @@ def test_a_disk_full_for_moments_loses_no_photo() -> None:
     # Only the full disk (the state directory's own tmpfs), often: what the emulator cannot
     # journal is refused and tried again; nothing answered is lost, nothing is doubled.
     lines: list[str] = []
-    result = run_chaos(40, seed=5, lost_reply_rate=0.0, fault_every_s=0.5,
+    result = run_chaos(40, seed=5, lost_reply_rate=0.0, fault_every_s=2.0,
                        kinds=("disk full",), timeout_s=600, log=lines.append)
     assert result.ok, "\n".join(result.lines() + lines[-30:])
     assert (result.records, result.documents) == (40, 40)

@@ -1,4 +1,4 @@
-"""Backfill on the local stack: 500+ objects, driven with the aws CLI and `imgpipe backfill`."""
+"""Backfill on the local stack: 200+ objects, driven with the aws CLI and `imgpipe backfill`."""
 
 from __future__ import annotations
 
@@ -61,11 +61,11 @@ def _run_with_aws_cli(stack: LocalProcess, request: dict[str, Any]) -> dict[str,
         time.sleep(1)
 
 
-def test_backfill_500_objects(local_stack: LocalProcess, tmp_path: Path) -> None:
+def test_backfill_200_objects(local_stack: LocalProcess, tmp_path: Path) -> None:
     s3, ddb = _clients(local_stack)
     photos = [p.read_bytes() for p in sorted((ROOT / "samples").glob("*.jpg"))]
     images: list[str] = []
-    for i in range(500):
+    for i in range(200):
         # Copies of real photos, each with its own bytes (a trailing byte after the JPEG's
         # end marker changes the ETag, not the picture).
         data = photos[i % len(photos)] + bytes([i % 251])
@@ -88,7 +88,7 @@ def test_backfill_500_objects(local_stack: LocalProcess, tmp_path: Path) -> None
     for key in folders:
         s3.put_object(Bucket=BUCKET, Key=key, Body=b"")
     total = len(images) + len(bad) + len(folders)
-    assert total >= 500
+    assert total >= 200
 
     # Some are already classified: a first backfill of archive/early/ (40 photos).
     first = _run_with_aws_cli(local_stack, {"bucket": BUCKET, "prefix": "archive/early/"})
@@ -175,6 +175,45 @@ def test_a_backfill_whose_batches_all_fail_fails_and_says_why(local_stack: Local
     children = local_stack.aws("stepfunctions", "list-executions", "--map-run-arn",
                                map_runs[0]["mapRunArn"])["executions"]
     assert [c["status"] for c in children] == ["FAILED"]
+
+
+def test_a_published_model_backfills_beside_the_default_and_compares(
+        local_stack: LocalProcess, tmp_path: Path) -> None:
+    """Issue 22's path to production on the local stack: `imgpipe model publish` to the
+    stack's bucket, `imgpipe backfill --model s3://...` with it, then `imgpipe results
+    compare` of the two models' records for the prefix."""
+    from tests.tiny_models import RESNET_IMAGENET, make_tiny_model
+
+    model = make_tiny_model(tmp_path / "tiny", RESNET_IMAGENET)
+    folder = f"s3://{BUCKET}/models/tiny-resnet/18/"
+
+    def imgpipe(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([str(BIN / "imgpipe"), *args], env=local_stack.env,
+                              capture_output=True, text=True, timeout=300)
+
+    done = imgpipe("model", "publish", str(model.directory), folder)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"published tiny-resnet@18 to {folder}" in done.stdout
+    again = imgpipe("model", "publish", str(model.directory), folder)
+    assert again.returncode == 0 and "already published" in again.stdout, again.stderr
+
+    s3, _ = _clients(local_stack)
+    names = ("coffee.jpg", "chelsea.jpg", "rocket.jpg")
+    for name in names:
+        s3.put_object(Bucket=BUCKET, Key=f"compare/{name}",
+                      Body=(ROOT / "samples" / name).read_bytes())
+    for extra in ([], ["--model", folder]):
+        done = imgpipe("backfill", f"s3://{BUCKET}/compare/", "--json", *extra)
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert json.loads(done.stdout.strip().splitlines()[-1])["counts"]["classified"] == 3
+    done = imgpipe("results", "compare", f"s3://{BUCKET}/compare/", "--model", MODEL,
+                   "--model", "tiny-resnet@18", "--json")
+    assert done.returncode == 0, done.stderr
+    compared = json.loads(done.stdout)
+    assert (compared["both"], compared["only_a"], compared["only_b"]) == (3, 0, 0)
+    assert compared["agree"] == 0  # ImageNet labels against the tiny model's four
+    assert {d["a_label"] for d in compared["disagreements"]} >= {"espresso"}
+    assert {d["b_label"] for d in compared["disagreements"]} <= set(RESNET_IMAGENET["labels"])
 
 
 def test_no_traceback_in_the_stacks_output_during_backfills(local_stack: LocalProcess) -> None:

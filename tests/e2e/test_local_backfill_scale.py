@@ -1,6 +1,7 @@
-"""A local backfill of 10,000 objects, some of them hit by transient S3 faults.
+"""A local backfill of 3,000 objects, some of them hit by transient S3 faults.
 
-The listing is far above what one Step Functions state may carry (256 KB: ~1,500 keys),
+The listing is twice what one Step Functions state may carry (256 KB: ~1,500 keys) and
+three ListObjectsV2 pages,
 so this passes only if no state holds it; the faulty objects are classified only if the
 state machine's Retry on `BackfillIncomplete` runs their batches again. Plumbing, so tiny
 PNGs and a tiny model (tests/tiny_models.py); the functions are the real ones, in their
@@ -24,8 +25,8 @@ from tests.tiny_models import EFFICIENTNET_LITE0, make_tiny_model
 
 pytestmark = pytest.mark.e2e
 
-OBJECTS = 10_000
-FAULTY = "faulty-"  # every 250th key: 40 objects fail on their first read in a worker
+OBJECTS = 3_000
+FAULTY = "faulty-"  # every 100th key: 30 objects fail on their first read in a worker
 FAULTS = Path(__file__).resolve().parents[1] / "functions" / "faults"
 
 
@@ -48,7 +49,7 @@ def _count_items(ddb: Any, table: str) -> dict[str, int]:
         kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
 
 
-def test_backfill_of_10000_objects_with_transient_faults(tmp_path: Path) -> None:
+def test_backfill_of_3000_objects_with_transient_faults(tmp_path: Path) -> None:
     model = make_tiny_model(tmp_path / "tiny", EFFICIENTNET_LITE0)
     options = StackOptions(port=free_port(), log_level="ERROR", poll=False, function_env={
         "PYTHONPATH": str(FAULTS), "IMGPIPE_TEST_FAULTY_KEYS": FAULTY})
@@ -56,7 +57,7 @@ def test_backfill_of_10000_objects_with_transient_faults(tmp_path: Path) -> None
         r = stack.resources
         assert r is not None
         s3, sfn = stack.client("s3"), stack.client("stepfunctions")
-        keys = [f"archive/{FAULTY if i % 250 == 0 else ''}{i:05d}.png" for i in range(OBJECTS)]
+        keys = [f"archive/{FAULTY if i % 100 == 0 else ''}{i:05d}.png" for i in range(OBJECTS)]
         with ThreadPoolExecutor(max_workers=8) as pool:
             list(pool.map(lambda k: s3.put_object(Bucket=r.bucket, Key=k,
                                                   Body=_png(int(k[-9:-4]))), keys))

@@ -131,3 +131,30 @@ def test_ten_thousand_images_open_in_slices(tmp_path: Path) -> None:
         assert set(page.eval_on_selector_all(
             ".card .label.first", "els => els.map(e => e.textContent)")) == {"moped"}
         assert errors == []
+
+
+def test_a_report_beside_a_second_model_shows_both_and_filters_the_differences(
+        tmp_path: Path) -> None:
+    """`imgpipe report --compare-with B`: each card shows B's labels under A's, red where the
+    top-1 differs; the header says the agreement; a filter keeps the differing images."""
+    def record(i: int, model: str, label: str) -> PredictionRecord:
+        top = (LabelScore(label, 0, 0.8), LabelScore("other", 1, 0.1))
+        return PredictionRecord(image=f"s3://b/p/{i}.jpg", model=model, status="classified",
+                                processed_at="2026-12-04T10:00:00.000Z", etag=f"{i:032x}",
+                                label=label, score=0.8, top_k=top)
+
+    a = [record(i, "a@1", "tabby") for i in range(4)]
+    b = [record(i, "b@1", "tabby" if i < 3 else "lion") for i in range(3, -1, -1)][:3]
+    result = build_report(a, lambda r: _tiny_jpeg(2), tmp_path / "cmp", source="s3://b/p/",
+                          model="a@1", other=b, other_model="b@1")
+    with open_page() as page:
+        errors = open_report(page, result.index)
+        assert page.inner_text(".fact-compared-with") == "b@1"
+        assert page.inner_text(".fact-top-agreement") == "2 of 3 (66.7%)"
+        others = page.eval_on_selector_all(".card .other", "els => els.map(e => e.textContent)")
+        assert others == ["b@1: no result"] + ["b@1: tabby 80.0% · other 10.0%"] * 2 + \
+            ["b@1: lion 80.0% · other 10.0%"]
+        page.select_option("#status-filter", "differs")
+        assert visible_keys(page) == ["3.jpg"]
+        assert page.locator(".card .other.differs").count() == 1
+        assert errors == []

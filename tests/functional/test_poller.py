@@ -398,3 +398,12 @@ def test_a_stopped_poller_can_start_again(queues: Queues) -> None:
         time.sleep(0.05)
     p.stop(timeout=5)
     assert handler.events and handler.bodies() == ["after restart"]
+
+
+def test_a_quick_release_grows_with_each_receive(queues: Queues) -> None:
+    # The chaos run's quick release: 2, 6, 18, 54 s before the 5th and last receive, so a
+    # fault that lasts seconds cannot send a message to the DLQ.
+    p = poller(queues, FakeHandler(), retry_visibility_s=2)
+    waits = [p._retry_after({"Attributes": {"ApproximateReceiveCount": str(n)}})
+             for n in range(1, 7)]
+    assert waits == [2, 6, 18, 54, 120, 120]

@@ -250,13 +250,13 @@ def test_an_init_error_is_reported_as_lambda_does_and_no_message_is_lost(
 def test_runtime_api_serves_one_invocation_and_refuses_what_lambda_refuses() -> None:
     import http.client
 
-    from imgpipe.local.runtime import MAX_RESPONSE_BYTES, _Invocation, _RuntimeApi
+    from imgpipe.local.runtime_api import MAX_RESPONSE_BYTES, Invocation, RuntimeApi
 
-    api = _RuntimeApi()
+    api = RuntimeApi()
     try:
-        invocation = _Invocation(request_id="req-1", payload=b'{"a": 1}',
-                                 function_arn="arn:aws:lambda:us-east-1:1:function:f",
-                                 timeout_s=3)
+        invocation = Invocation(request_id="req-1", payload=b'{"a": 1}',
+                                function_arn="arn:aws:lambda:us-east-1:1:function:f",
+                                timeout_s=3)
         api.pending.put(invocation)
         conn = http.client.HTTPConnection(api.address, timeout=10)
         conn.request("GET", "/2018-06-01/runtime/invocation/next")

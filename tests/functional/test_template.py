@@ -64,7 +64,7 @@ def test_parameters_have_documented_defaults() -> None:
         "BucketName": "", "ExistingBucketName": "", "InputPrefix": "incoming/",
         "OutputPrefix": "predictions/", "TableName": "imgpipe-predictions",
         "QueueName": "imgpipe-ingest", "StateMachineName": "imgpipe-backfill",
-        "BatchSize": 16, "MaximumBatchingWindowInSeconds": 5, "MaximumConcurrency": 5,
+        "BatchSize": 16, "MaximumBatchingWindowInSeconds": 1, "MaximumConcurrency": 5,
         "FunctionTimeout": 120, "FunctionMemorySize": 2048, "BackfillBatchSize": 64,
         "BackfillMaxConcurrency": 10, "BackfillToleratedFailurePercentage": 5,
         "ModelSource": "", "AlarmEmail": "", "LogRetentionDays": 30, "KmsKeyArn": "",
@@ -642,9 +642,9 @@ def test_resources_come_from_the_template(deployed: tuple[LocalResources, Any]) 
         "imgpipe-local", "incoming/", "predictions/", "imgpipe-predictions")
     assert r.queue_url.endswith("/imgpipe-ingest") and r.dlq_url.endswith("/imgpipe-ingest-dlq")
     assert r.state_machine_arn.endswith(":stateMachine:imgpipe-backfill")
-    assert (r.batch_size, r.batching_window_s, r.max_concurrency) == (16, 5, 5)
+    assert (r.batch_size, r.batching_window_s, r.max_concurrency) == (16, 1, 5)
     assert r.function_response_types == ("ReportBatchItemFailures",)
-    assert (r.function_timeout_s, r.visibility_timeout_s, r.max_receive_count) == (120, 725, 5)
+    assert (r.function_timeout_s, r.visibility_timeout_s, r.max_receive_count) == (120, 721, 5)
     assert r.outputs["AlarmTopicArn"].startswith("arn:aws:sns:")
     assert r.function_environment["IMGPIPE_TABLE"] == "imgpipe-predictions"
     assert r.ingest_function and r.backfill_function
@@ -704,7 +704,7 @@ def test_queue_redrive_and_policy(deployed: tuple[LocalResources, Any]) -> None:
                                                AttributeNames=["All"])["Attributes"]
     redrive = json.loads(attrs["RedrivePolicy"])
     assert redrive == {"deadLetterTargetArn": r.dlq_arn, "maxReceiveCount": 5}
-    assert int(attrs["VisibilityTimeout"]) == 725
+    assert int(attrs["VisibilityTimeout"]) == 721
     statement = json.loads(attrs["Policy"])["Statement"][0]
     assert statement["Condition"]["ArnEquals"]["aws:SourceArn"] == "arn:aws:s3:::imgpipe-local"
     assert statement["Condition"]["StringEquals"]["aws:SourceAccount"] == "123456789012"

@@ -214,6 +214,6 @@ def test_the_local_check_reads_the_template_not_a_copy(sam: dict[str, Any]) -> N
     del without_rule["Rules"]["PrefixesDoNotOverlap"]
     check_parameter_rules(equal, without_rule)  # nothing else forbids it
     short_map = copy.deepcopy(sam)
-    del short_map["Mappings"]["QueueVisibility"]["120"]["5"]
-    with pytest.raises(ConfigError, match="no QueueVisibility entry for 120 / 5"):
+    del short_map["Mappings"]["QueueVisibility"]["120"]["1"]
+    with pytest.raises(ConfigError, match="no QueueVisibility entry for 120 / 1"):
         check_parameter_rules(values(sam), short_map)

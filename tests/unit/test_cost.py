@@ -69,7 +69,14 @@ def test_a_backfill_has_step_functions_and_a_listing_instead_of_sqs() -> None:
     bill = bill_for(Scenario(photo=PHOTO, route="backfill", images=64_000), load_prices())
     names = [x.name for x in bill.lines]
     assert not any(n.startswith("SQS") for n in names)
-    assert line(bill, "Step Functions") == pytest.approx((2 * 1000 + 8) * 0.025 / 1000)
+    # One transition a child (AWS's docs) and the parent's few; each child an Express
+    # request and its duration: 64 images x 100 ms over 1.16 vCPUs, in 64 MB.
+    assert line(bill, "Step Functions transitions") == pytest.approx((1000 + 8) * 0.025 / 1000)
+    assert line(bill, "Step Functions Express children (requests)") == pytest.approx(
+        1000 * 1.0 / 1e6)
+    child_s = 64 * 0.1 / (2048 / 1769)
+    assert line(bill, "Step Functions Express children (duration)") == pytest.approx(
+        1000 * child_s * 0.0625 * 0.00001667)
     assert line(bill, "S3 LIST") == pytest.approx(64 * 0.005 / 1000)
 
 
@@ -118,3 +125,20 @@ def test_the_command_takes_the_users_figures(capsys: pytest.CaptureFixture[str],
     assert main(["cost", "--price", "cheap"]) == 2
     assert main(["cost", "--inputs", str(tmp_path / "none.json")]) == 1
     assert "run `imgpipe bench`" in capsys.readouterr().err
+
+
+def test_a_benchmark_run_writes_each_model_it_measured_into_the_cost_inputs() -> None:
+    from types import SimpleNamespace
+
+    from imgpipe.cost import cost_inputs_doc
+
+    sets = {"12mp": SimpleNamespace(width=4000, height=3000, mean_bytes=3_000_000)}
+    values = {"core.12mp.ips": 20.0, "decode.12mp.draft.ms": 50.0, "infer.1t.ms": 16.0,
+              "core.12mp.ips@efficientnet-lite2@1": 10.0,
+              "infer.1t.ms@efficientnet-lite2@1": 40.0}
+    doc = cost_inputs_doc(values, 2, sets, "efficientnet-lite0@1", "cpu", "today")
+    assert sorted(doc["models"]) == ["efficientnet-lite0@1", "efficientnet-lite2@1"]
+    lite2 = doc["models"]["efficientnet-lite2@1"]["12mp"]
+    assert (lite2["cpu_ms_per_image"], lite2["inference_ms"], lite2["decode_ms"]) == (
+        200.0, 40.0, 50.0)
+    assert doc["models"]["efficientnet-lite0@1"]["12mp"]["cpu_ms_per_image"] == 100.0

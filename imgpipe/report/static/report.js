@@ -4,7 +4,7 @@
   "use strict";
   var data = window.IMGPIPE_REPORT;
   var SLICE = 120;  // cards added at a time, as the end of the grid comes into view
-  var STATUS = 1, THUMB = 2, TOP = 3, ERROR = 4;
+  var STATUS = 1, THUMB = 2, TOP = 3, ERROR = 4, OTHER = 5;  // OTHER: the compared model's top 3
 
   function el(tag, cls, text) {
     var node = document.createElement(tag);
@@ -27,6 +27,10 @@
   var facts = [["images", items.length]];
   Object.keys(data.counts).sort().forEach(function (s) { facts.push([s, data.counts[s]]); });
   facts.push(["model", data.model]);
+  if (data.model_b) {
+    facts.push(["compared with", data.model_b]);
+    facts.push(["top-1 agreement", data.both ? data.agree + " of " + data.both + " (" + pct(data.agree / data.both) + ")" : "no image classified by both"]);
+  }
   if (data.first) facts.push(["processed", data.first.replace("T", " ").slice(0, 19) + " → " + data.last.replace("T", " ").slice(0, 19) + " UTC"]);
   var t = data.timings || {};
   if (t.decode_ms !== undefined) facts.push(["median fetch / decode / inference", t.fetch_ms + " / " + t.decode_ms + " / " + t.inference_ms + " ms"]);
@@ -83,6 +87,13 @@
   Object.keys(data.counts).sort().forEach(function (s) {
     byId("status-filter").appendChild(el("option", "", s + " (" + data.counts[s] + ")")).value = s;
   });
+  function differs(it) {
+    var b = it[OTHER];
+    return it[STATUS] === "classified" && b && b.length && it[TOP].length && b[0][0] !== it[TOP][0][0];
+  }
+  if (data.model_b) {
+    byId("status-filter").appendChild(el("option", "", "top-1 differs from " + data.model_b + " (" + items.filter(differs).length + ")")).value = "differs";
+  }
   ranked.forEach(function (li) {
     byId("label-filter").appendChild(el("option", "", labels[li] + " (" + perLabel[li] + ")")).value = String(li);
   });
@@ -120,6 +131,13 @@
         scores.appendChild(row);
       });
       body.appendChild(scores);
+      if (data.model_b) {
+        var b = it[OTHER];
+        var line = el("div", "other" + (b && b.length && it[TOP].length && b[0][0] !== it[TOP][0][0] ? " differs" : ""));
+        line.appendChild(el("span", "who", data.model_b + ": "));
+        line.appendChild(el("span", "", b && b.length ? b.map(function (ls) { return labels[ls[0]] + " " + pct(ls[1]); }).join(" · ") : "no result"));
+        body.appendChild(line);
+      }
     } else {
       body.appendChild(el("div", "status", it[STATUS]));
       body.appendChild(el("div", "error", it[ERROR] || (it[STATUS] === "gone" ? "deleted before it was read" : "")));
@@ -145,7 +163,8 @@
     var label = byId("label-filter").value;
     var name = byId("name-filter").value.toLowerCase();
     shown = items.filter(function (it) {
-      if (status && it[STATUS] !== status) return false;
+      if (status === "differs") { if (!differs(it)) return false; }
+      else if (status && it[STATUS] !== status) return false;
       if (label !== "" && !(it[TOP].length && String(it[TOP][0][0]) === label)) return false;
       if (name && it[0].toLowerCase().indexOf(name) < 0) return false;
       return true;
