@@ -19,7 +19,6 @@ Anything neither the graph nor the flags settle is refused with a sentence namin
 
 from __future__ import annotations
 
-import hashlib
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -28,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.errors import ImgpipeError
-from pipeline.manifest import ModelManifest, Normalize, Resize
+from pipeline.manifest import ModelManifest, Normalize, Resize, sha256_file
 
 __all__ = ["KERAS_MODES", "PRESETS", "GraphInfo", "InitError", "build_manifest", "read_graph",
            "read_labels", "write_model_folder"]
@@ -160,7 +159,7 @@ def build_manifest(
 
     resize, normalize = _preset(preset, size, keras_mode)
     manifest = ModelManifest(
-        name=name, version=version, file=onnx_path.name, sha256=_sha256(onnx_path),
+        name=name, version=version, file=onnx_path.name, sha256=sha256_file(onnx_path),
         input_size=size, labels=tuple(labels), input_name=graph.input_name,
         output_name=out_name, layout=chosen_layout,  # type: ignore[arg-type]
         resize=resize, normalize=normalize,
@@ -291,14 +290,6 @@ def _preset(preset: str, size: tuple[int, int],
                         + (f" ({CAFFE_MODELS}' BGR mode cannot be fed)"
                            if keras_mode == "caffe" else ""))
     return Resize("stretch", "bilinear"), KERAS_MODES[keras_mode][0]
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def parse_size(text: str) -> tuple[int, int]:

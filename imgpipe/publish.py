@@ -20,7 +20,7 @@ from typing import Any
 
 from pipeline.aws import error_code
 from pipeline.errors import ImgpipeError
-from pipeline.manifest import ModelManifest
+from pipeline.manifest import ModelManifest, sha256_file
 
 __all__ = ["MODEL_FOLDER", "PublishError", "Published", "destination", "publish_folder"]
 
@@ -153,16 +153,10 @@ def _exists(s3: Any, bucket: str, key: str, folder: str) -> bool:
 
 def _put(s3: Any, bucket: str, key: str, path: Path, folder: str) -> None:
     """One file, in one PutObject with its SHA-256, which S3 checks on arrival."""
-    import hashlib
-
-    digest = hashlib.sha256()
+    checksum = base64.b64encode(bytes.fromhex(sha256_file(path))).decode()
     with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-        f.seek(0)
         try:
-            s3.put_object(Bucket=bucket, Key=key, Body=f,
-                          ChecksumSHA256=base64.b64encode(digest.digest()).decode())
+            s3.put_object(Bucket=bucket, Key=key, Body=f, ChecksumSHA256=checksum)
         except Exception as e:
             raise _write_error(e, folder + path.name) from e
 
