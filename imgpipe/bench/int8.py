@@ -37,13 +37,14 @@ SHORT_RUNS = (3, 16, 48, 512)
 
 @dataclass(frozen=True)
 class ModelRound:
-    """One paired round on one image set: both models' CPU-bound parts and cores."""
+    """One paired round on one image set: both models' CPU-bound parts and cores (fp32
+    Lite0, and the second model: int8 or Lite2)."""
 
     draft_ms: float
     fp32_infer_ms: float  # batch 16, 1 intra-op thread, per image
-    int8_infer_ms: float
+    second_infer_ms: float
     fp32_core_ips: float
-    int8_core_ips: float
+    second_core_ips: float
     other_load: float
 
     def bound(self, cpus: int, infer_ms: float) -> float:
@@ -61,12 +62,12 @@ class ShortRun:
     samples_ips: tuple[float, ...]
 
 
-def measure_model_rounds(fp32: Any, int8: Any, image_set: ImageSet, rounds: int,
+def measure_model_rounds(fp32: Any, second: Any, image_set: ImageSet, rounds: int,
                          draft_limit: int | None) -> list[ModelRound]:
     draft = draft_decoder(fp32, image_set, draft_limit)
-    infer_f, infer_q = one_thread_inference(fp32), one_thread_inference(int8)
+    infer_f, infer_q = one_thread_inference(fp32), one_thread_inference(second)
     core_f, close_f = core_runner(fp32, image_set.paths, CORE_BATCH)
-    core_q, close_q = core_runner(int8, image_set.paths, CORE_BATCH)
+    core_q, close_q = core_runner(second, image_set.paths, CORE_BATCH)
     out = []
     try:
         for fn in (draft, infer_f, infer_q, core_f, core_q):  # warm-up
@@ -124,15 +125,15 @@ def model_beside_fp32(ctx: BenchContext, source: str, key: str, label: str) -> l
         ctx.details[f"{key}.rounds.{name}"] = rounds
         used, quiet = select_rounds(rounds)
         med = statistics.median
-        ratio = med(r.int8_core_ips / r.fp32_core_ips for r in used)
-        core_q, core_f = med(r.int8_core_ips for r in used), med(r.fp32_core_ips for r in used)
-        bound_q = med(r.bound(cpus, r.int8_infer_ms) for r in used)
+        ratio = med(r.second_core_ips / r.fp32_core_ips for r in used)
+        core_q, core_f = med(r.second_core_ips for r in used), med(r.fp32_core_ips for r in used)
+        bound_q = med(r.bound(cpus, r.second_infer_ms) for r in used)
         bound_f = med(r.bound(cpus, r.fp32_infer_ms) for r in used)
-        of_q = med(r.int8_core_ips / r.bound(cpus, r.int8_infer_ms) for r in used)
+        of_q = med(r.second_core_ips / r.bound(cpus, r.second_infer_ms) for r in used)
         of_f = med(r.fp32_core_ips / r.bound(cpus, r.fp32_infer_ms) for r in used)
         ctx.values[f"{key}_vs_fp32.core.{name}"] = ratio
         ctx.values[f"core.{name}.ips@{other.model_id}"] = core_q
-        ctx.values[f"infer.1t.ms@{other.model_id}"] = med(r.int8_infer_ms for r in used)
+        ctx.values[f"infer.1t.ms@{other.model_id}"] = med(r.second_infer_ms for r in used)
         note = "" if quiet else "; noisy rounds"
         rows += [
             Row(f"{key}.core.{name}.ips", f"core end to end with {label}, {name}", core_q,
@@ -140,7 +141,7 @@ def model_beside_fp32(ctx: BenchContext, source: str, key: str, label: str) -> l
                 f"{ratio:.2f}x fp32", section=key),
             Row(f"{key}.bound.{name}.ips", f"CPU bound with {label}, {name} (draft decode "
                 f"{med(r.draft_ms for r in used):.1f} + inference "
-                f"{med(r.int8_infer_ms for r in used):.2f} ms/img)", bound_q, "img/s",
+                f"{med(r.second_infer_ms for r in used):.2f} ms/img)", bound_q, "img/s",
                 f"fp32 bound {bound_f:.1f} img/s (inference "
                 f"{med(r.fp32_infer_ms for r in used):.2f} ms/img)",
                 f"core is {100 * of_q:.0f} % of its bound (fp32: {100 * of_f:.0f} %)",
