@@ -165,7 +165,7 @@ def _quota_lines(found: list[Any], brief: bool, given_share: float | None,
 def _budget_lines(bill: Any, budget: float, model: str) -> list[str]:
     """Whether the cheapest configuration is under `budget`, and if not what stands in the
     way: the largest lines besides compute, and the CPU time that would fit."""
-    from imgpipe.cost.plan import budget_needs
+    from imgpipe.cost.plan import budget_needs, grows_with_cpu
 
     rest, ms = budget_needs(bill, budget)
     verdict = "under it" if bill.total <= budget else "over it"
@@ -173,7 +173,7 @@ def _budget_lines(bill: Any, budget: float, model: str) -> list[str]:
              f"${bill.total:.2f} = compute ${bill.total - rest:.2f} + the rest ${rest:.2f}, "
              f"{verdict}"]
     if bill.total > budget:
-        top = sorted((ln for ln in bill.lines if not ln.price.startswith("lambda_gb_s")),
+        top = sorted((ln for ln in bill.lines if not grows_with_cpu(ln)),
                      key=lambda ln: -ln.usd)[:3]
         lines.append("  the rest: " + ", ".join(f"{ln.name} ${ln.usd:.2f}" for ln in top))
         lines.append(f"  under ${budget:.2f} needs at most {ms:.1f} ms of CPU an image (this "

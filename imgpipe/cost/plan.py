@@ -16,7 +16,7 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
-from imgpipe.cost.model import ITEM_KB, Bill, Prices, Scenario, bill_for
+from imgpipe.cost.model import ITEM_KB, Bill, Line, Prices, Scenario, bill_for
 from imgpipe.cost.quotas import Quota, quota
 from pipeline.errors import ConfigError
 
@@ -142,12 +142,16 @@ def checks(plan: Plan, hot_label_share: float) -> list[Check]:
     return out
 
 
+def grows_with_cpu(line: Line) -> bool:
+    """Lambda's compute, and the Express children's duration (a batch's Lambda call)."""
+    return line.price.startswith("lambda_gb_s") or line.price == "sfn_express_gb_s"
+
+
 def budget_needs(bill: Bill, budget: float) -> tuple[float, float]:
     """(the bill without the lines that grow with CPU time, the CPU ms per image at which
     the whole bill equals `budget`; 0 when even free compute is over it). Those lines are
     Lambda's compute and, for a backfill, the Express children's duration."""
-    scaling = sum(line.usd for line in bill.lines
-                  if line.price.startswith("lambda_gb_s") or line.price == "sfn_express_gb_s")
+    scaling = sum(line.usd for line in bill.lines if grows_with_cpu(line))
     rest = bill.total - scaling
     ms = bill.scenario.cpu_ms * (budget - rest) / scaling if scaling else 0.0
     return rest, max(0.0, ms)
