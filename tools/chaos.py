@@ -125,8 +125,11 @@ class Faults:
             self._thread.join(timeout=30)
 
     def _run(self) -> None:
+        bag: list[str] = []  # every kind once, in a random order, before any repeats
         while not self._stop.wait(self.every_s * self.rng.uniform(0.5, 1.5)):
-            kind = self.rng.choice(self.kinds)
+            if not bag:
+                bag = self.rng.sample(self.kinds, len(self.kinds))
+            kind = bag.pop()
             try:
                 if kind == "worker killed" and self._kill_worker():
                     self.counts[kind] += 1
@@ -139,12 +142,15 @@ class Faults:
             except Exception as e:  # a worker that exited by itself, etc.: not a fault
                 self.log(f"chaos: {kind} not injected: {type(e).__name__}: {e}")
 
-    def _kill_worker(self) -> bool:
+    def _kill_worker(self, patience_s: float = 10.0) -> bool:
         r = self.stack.resources
         pool = self.stack.pools.get(r.ingest_function)
-        live = [w for w in (pool.workers if pool else []) if w.alive]
-        if not live:
-            return False
+        deadline = time.monotonic() + patience_s
+        # Between invocations (or just after a kill) no worker may be alive: wait for one.
+        while not (live := [w for w in (pool.workers if pool else []) if w.alive]):
+            if self._stop.wait(0.2) or time.monotonic() > deadline:
+                self.log("chaos: worker killed not injected: no ingest worker alive")
+                return False
         worker = self.rng.choice(live)
         os.kill(worker.proc.pid, signal.SIGKILL)
         self.log(f"chaos: killed ingest worker {worker.proc.pid}")
@@ -247,10 +253,19 @@ def _run_with_faults(stack: Any, rng: random.Random, names: Sequence[str],
     faults = Faults(stack, rng, every_s, kinds, log)
     faults.start()
     try:
-        log(f"uploading {len(keys)} photos to s3://{r.bucket}/{folder} with faults injected")
+        # The uploads are spread over time enough for every kind of fault to come while
+        # photos are still arriving: a small run is otherwise over before the first fault.
+        span_s = 1.5 * every_s * len(kinds)
+        log(f"uploading {len(keys)} photos to s3://{r.bucket}/{folder} over at least "
+            f"{span_s:.0f} s, with faults injected")
+        waves = min(len(keys), 10)
+        began = time.monotonic()
         with ThreadPoolExecutor(max_workers=8) as pool:
-            list(pool.map(lambda kd: _upload(s3, r.bucket, kd[0], kd[1]),
-                          zip(keys, datas, strict=True)))
+            for i in range(waves):
+                wave = slice(i * len(keys) // waves, (i + 1) * len(keys) // waves)
+                list(pool.map(lambda kd: _upload(s3, r.bucket, kd[0], kd[1]),
+                              zip(keys[wave], datas[wave], strict=True)))
+                time.sleep(max(0.0, began + span_s * (i + 1) / waves - time.monotonic()))
         images = [f"s3://{r.bucket}/{k}" for k in keys]
         last = [-1]
 
