@@ -87,6 +87,8 @@ class InvokeResult:
     init_s: float | None = None  # the cold start this invocation waited for; None: warm
     pid: int = 0
     max_memory_mb: int = 0  # the worker's peak resident memory as sampled so far
+    function: str = ""  # the function's name
+    cpus: int = 0  # the CPUs its worker may run on (0: not pinned)
 
     @property
     def error_type(self) -> str | None:
@@ -286,7 +288,8 @@ class Worker:
         result = InvokeResult(payload=body, function_error="Unhandled" if invocation.error
                               else None, request_id=invocation.request_id,
                               duration_s=time.monotonic() - started, init_s=init_s,
-                              pid=self.proc.pid, max_memory_mb=self.peak_rss >> 20)
+                              pid=self.proc.pid, max_memory_mb=self.peak_rss >> 20,
+                              function=self.spec.name, cpus=len(self.cpus))
         # Lambda's REPORT line (shown with `imgpipe local -v`).
         log.info("%s: REPORT RequestId: %s Duration: %.2f ms%s Memory Size: %d MB "
                  "Max Memory Used: %d MB%s", self.spec.name, result.request_id,
