@@ -14,6 +14,7 @@ TARGET_PEAK_RSS_MIB = 350.0
 TARGET_BACKFILL_VS_CORE = 0.70
 TARGET_INGEST_VS_CORE = 0.60
 TARGET_INT8_VS_FP32_WEB = 1.6
+TARGET_BILLED_VS_CPU = 1.1
 
 
 def targets_from(values: dict[str, float], cpus: int) -> list[Target]:
@@ -52,6 +53,18 @@ def targets_from(values: dict[str, float], cpus: int) -> list[Target]:
         if key in values:
             out.append(Target(f"{what} >= {100 * target:.0f} % of the core (12 MP, local "
                               f"stack)", values[key], target, "x", True, how))
+    for route in ("ingest", "backfill"):
+        key = f"billed_vs_cpu.12mp.{route}"
+        if key in values:
+            out.append(Target(
+                f"{route} billed duration under AWS-like latency <= 1.1x the CPU time "
+                "(12 MP)", values[key], TARGET_BILLED_VS_CPU, "x", False,
+                f"median over alternating rounds of the {route} function's billed duration "
+                "per photo (the sum of its invocations' durations, init left out, each "
+                "rounded up to the millisecond) on the local stack with the emulator's "
+                "latency_aws.json table, one worker on a CPU of its own / the core's CPU "
+                "time per photo (classify_many from memory, process time) on the same "
+                "photos"))
     if "int8_vs_fp32.core.web" in values:
         out.append(Target(
             "core with int8 >= 1.6x the core with fp32 (web-size)",

@@ -511,6 +511,24 @@ class FunctionPool:
         with self._cond:
             self._stop_idle(0.0)
 
+    def resize(self, max_workers: int, cpus: Sequence[int] | None = None) -> None:
+        """From now on up to `max_workers`, sharing `cpus` (default: every CPU this process
+        may use); the idle workers stop (the next invocations start cold). For measuring
+        one worker on a CPU of its own (`imgpipe bench`'s billed duration). Refused while a
+        worker is busy."""
+        if max_workers < 1:
+            raise ValueError("max_workers must be at least 1")
+        with self._cond:
+            busy = [w for i, w in enumerate(self._slots) if w is not None
+                    and i not in self._idle]
+            if busy:
+                raise RuntimeError(f"{self.spec.name}: {len(busy)} worker(s) busy")
+            self._stop_idle(0.0)
+            self.max_workers = max_workers
+            self._shares = cpu_shares(max_workers, cpus)
+            self._slots = [None] * max_workers
+            self._idle = []
+
     def _stop_idle(self, idle_s: float) -> None:
         now = time.monotonic()
         for slot in list(self._idle):
