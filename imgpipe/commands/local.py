@@ -100,6 +100,9 @@ def stack_options(args: argparse.Namespace) -> Any:
         package = Path(args.package) if args.package else _default_package(SOURCE_ROOT)
         python = python or str(SOURCE_ROOT / ".venv-runtime" / "bin" / "python")
     state_dir = getattr(args, "state_dir", None)
+    from imgpipe.local.latency import load_table
+
+    load_table(getattr(args, "latency", "none"))  # an unknown table: one sentence, now
     return StackOptions(port=args.port, parameters=params, model_source=args.model,
                         log_level="INFO" if args.verbose else "WARNING",
                         package=package, runtime_python=python,

@@ -90,9 +90,7 @@ class StackOptions:
     call_log: Path | None = None
     # The HTTP API's function URL on 127.0.0.1 (0: any free port).
     api_port: int = 0
-    # AWS-like request latency in the emulator (imgpipe.local.latency): "none", "aws" or a
-    # table's file. None by default: tests and the benchmark's other rows run at loopback.
-    latency: str = "none"
+    latency: str = "none"  # AWS-like latency in the emulator: none, aws, or a table's file
 
 
 class LocalStack:
@@ -136,9 +134,6 @@ class LocalStack:
             from imgpipe.local.state import check_state_dir
 
             check_state_dir(self.options.state_dir)  # one sentence, before any process
-        from imgpipe.local.latency import load_table
-
-        load_table(self.options.latency)  # an unknown profile: one sentence, before any process
         self._stopping.clear()
         try:
             resources = self._start(host, port)
@@ -427,9 +422,8 @@ def _port_in_use(host: str, port: int) -> bool:
         return s.connect_ex((host, port)) == 0
 
 
-def _spawn_emulator(host: str, port: int, functions_url: str,
-                    state_dir: Path | None = None, latency: str = "none"
-                    ) -> subprocess.Popen[bytes]:
+def _spawn_emulator(host: str, port: int, functions_url: str, state_dir: Path | None = None,
+                    latency: str = "none") -> subprocess.Popen[bytes]:
     import imgpipe
 
     # Importable however imgpipe was installed (or run from a checkout).
@@ -437,12 +431,10 @@ def _spawn_emulator(host: str, port: int, functions_url: str,
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
     state = ["--state-dir", str(state_dir)] if state_dir is not None else []
-    delays = ["--latency", latency] if latency not in ("", "none") else []
     return subprocess.Popen(
         [sys.executable, "-m", "imgpipe.local.emulator", "--host", host, "--port", str(port),
-         "--functions", functions_url, "--parent-pid", str(os.getpid()), *state, *delays],
-        env=env, stdin=subprocess.DEVNULL,
-    )
+         "--functions", functions_url, "--parent-pid", str(os.getpid()), "--latency", latency,
+         *state], env=env, stdin=subprocess.DEVNULL)
 
 
 # Its sitecustomize.py records the workers' AWS calls (StackOptions.call_log).
