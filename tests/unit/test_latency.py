@@ -226,3 +226,12 @@ def test_a_table_it_cannot_use_is_refused_with_one_sentence(tmp_path: Path) -> N
     good = tmp_path / "mine.json"
     good.write_text('{"operations": {"dynamodb": {"*": {"ms": 3}}}}')
     assert load_table(str(good)) == LatencyTable("mine", {"dynamodb": {"*": Delay(3)}})
+
+
+def test_imgpipe_local_refuses_an_unknown_table_before_starting_anything(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from imgpipe.cli import main
+
+    assert main(["local", "--latency", "fast", "--port", "1"]) != 0
+    err = capsys.readouterr().err
+    assert "--latency fast: no such profile or file (profiles: none, aws" in err
