@@ -11,7 +11,8 @@ noisy) machine, and the target ratios pair figures taken seconds apart (paired r
 - the core end to end (`Classifier.classify_many`, loaders reading file bytes as the Lambda
   reads S3 bytes) and a naive per-image handler written as tutorials write it;
 - cold start (fresh process to first prediction) and peak RSS, each in fresh subprocesses;
-- `imgpipe bench` adds the int8 model next to fp32, short runs, and the local stack.
+- `imgpipe bench` adds the int8 model next to fp32, short runs, the local stack and the
+  functions' billed duration under AWS-like latency.
 
 A run is a list of *sections*: callables taking the `BenchContext` and returning `Row`s.
 Add rows next to the core's figure with `run_benchmark(..., extra_sections=[...])`;
@@ -31,7 +32,8 @@ The modules, each with one job (read them in this order):
 - `report`: REPORT.md, results.json and the cost inputs;
 - `run`: `run_benchmark`, one run from the image sets to the written report;
 - `int8`: sections for the int8 model next to fp32, and short runs (first result);
-- `stack`: sections on the embedded stack (`imgpipe local`): ingest and backfill.
+- `stack`: sections on the embedded stack (`imgpipe local`): ingest and backfill;
+- `latency`: the functions' billed duration per photo under AWS-like latency, and none.
 """
 
 from imgpipe.bench.context import (

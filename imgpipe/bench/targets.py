@@ -16,6 +16,7 @@ TARGET_INGEST_VS_CORE = 0.60
 TARGET_INT8_VS_FP32_WEB = 1.6
 TARGET_SINGLE_PHOTO_S = 1.5
 TARGET_WINDOW_COST_VS_WIDEST = 1.05
+TARGET_BILLED_VS_CPU = 1.1
 
 
 def targets_from(values: dict[str, float], cpus: int) -> list[Target]:
@@ -37,23 +38,7 @@ def targets_from(values: dict[str, float], cpus: int) -> list[Target]:
             True, "median over paired rounds of core img/s / naive handler img/s (first 8 "
             "files of the same set)",
         ))
-    stack_targets = (
-        ("stack_ingest.12mp.vs_core", "ingest", TARGET_INGEST_VS_CORE,
-         "photos / seconds from the end of the upload to the last DynamoDB item on the local "
-         "stack (S3 notification, SQS, the poller, the ingest function's Runtime API "
-         "workers), template defaults, workers warm from a first upload (that upload's cold "
-         "start has its own row) / the core's images/s on the same photos (its session "
-         "made before the clock starts), measured right before and after and averaged"),
-        ("stack_backfill.12mp.vs_core", "backfill", TARGET_BACKFILL_VS_CORE,
-         "median over paired rounds of backfill images/s on the local stack "
-         "(StartExecution to SUCCEEDED, the emulator sharing the CPUs) / the core's "
-         "images/s (classify_many from memory) on the same photos, measured right before "
-         "and right after each backfill and averaged"),
-    )
-    for key, what, target, how in stack_targets:
-        if key in values:
-            out.append(Target(f"{what} >= {100 * target:.0f} % of the core (12 MP, local "
-                              f"stack)", values[key], target, "x", True, how))
+    out += _stack_targets(values)
     if "int8_vs_fp32.core.web" in values:
         out.append(Target(
             "core with int8 >= 1.6x the core with fp32 (web-size)",
@@ -91,3 +76,39 @@ def targets_from(values: dict[str, float], cpus: int) -> list[Target]:
         ))
     return out
 
+
+
+def _stack_targets(values: dict[str, float]) -> list[Target]:
+    """The local stack's: its throughput against the core, its billed duration against the
+    core's CPU time."""
+    out = []
+    stack_targets = (
+        ("stack_ingest.12mp.vs_core", "ingest", TARGET_INGEST_VS_CORE,
+         "photos / seconds from the end of the upload to the last DynamoDB item on the local "
+         "stack (S3 notification, SQS, the poller, the ingest function's Runtime API "
+         "workers), template defaults, workers warm from a first upload (that upload's cold "
+         "start has its own row) / the core's images/s on the same photos (its session "
+         "made before the clock starts), measured right before and after and averaged"),
+        ("stack_backfill.12mp.vs_core", "backfill", TARGET_BACKFILL_VS_CORE,
+         "median over paired rounds of backfill images/s on the local stack "
+         "(StartExecution to SUCCEEDED, the emulator sharing the CPUs) / the core's "
+         "images/s (classify_many from memory) on the same photos, measured right before "
+         "and right after each backfill and averaged"),
+    )
+    for key, what, target, how in stack_targets:
+        if key in values:
+            out.append(Target(f"{what} >= {100 * target:.0f} % of the core (12 MP, local "
+                              f"stack)", values[key], target, "x", True, how))
+    for route in ("ingest", "backfill"):
+        key = f"billed_vs_cpu.12mp.{route}"
+        if key in values:
+            out.append(Target(
+                f"{route} billed duration under AWS-like latency <= 1.1x the CPU time "
+                "(12 MP)", values[key], TARGET_BILLED_VS_CPU, "x", False,
+                f"median over alternating rounds of the {route} function's billed duration "
+                "per photo (the sum of its invocations' durations, init left out, each "
+                "rounded up to the millisecond) on the local stack with the emulator's "
+                "latency_aws.json table, one worker on a CPU of its own / the core's CPU "
+                "time per photo (classify_many from memory, process time) on the same "
+                "photos"))
+    return out

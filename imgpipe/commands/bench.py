@@ -32,7 +32,8 @@ def register(sub: Any) -> None:
                    help="timed repeats per measurement, median reported (default 5)")
     p.add_argument("--no-stack", action="store_true",
                    help="skip the rows measured on the embedded stack (local ingest and "
-                   "backfill; they need the [local] extras)")
+                   "backfill, billed duration under AWS-like latency; they need the [local] "
+                   "extras)")
     p.set_defaults(run=run)
 
 
@@ -53,11 +54,11 @@ def run(args: argparse.Namespace) -> int:
 
     extra: list[Any] = list(INT8_SECTIONS)
     if not args.no_stack:
+        from imgpipe.bench.latency import LATENCY_SECTIONS
         from imgpipe.bench.stack import STACK_SECTIONS
         from imgpipe.bench.window import WINDOW_SECTIONS
 
-        extra += STACK_SECTIONS
-        extra += WINDOW_SECTIONS
+        extra += [*STACK_SECTIONS, *WINDOW_SECTIONS, *LATENCY_SECTIONS]
     result = run_benchmark(args.out, quick=args.quick, images=args.images,
                            report_path=args.report, repeats=args.repeats, progress=progress,
                            extra_sections=extra)

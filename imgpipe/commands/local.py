@@ -68,6 +68,10 @@ def add_stack_options(p: argparse.ArgumentParser, default_port: int = 4566) -> N
     p.add_argument("--batching-window", type=int, default=None, metavar="SECONDS",
                    help="override the event source mapping's MaximumBatchingWindowInSeconds "
                    "locally (default: the template's)")
+    p.add_argument("--latency", default="none", metavar="PROFILE",
+                   help="hold each answer of the emulator back as long as AWS's would take, "
+                   "by operation: aws (imgpipe/local/latency_aws.json: documented figures, "
+                   "each with its source), none (default) or a JSON table of your own")
     p.add_argument("--record-calls", default=None, metavar="FILE",
                    help="append every AWS call the functions make (function, service, "
                    "operation, resources) to FILE, one JSON line a call, for a check against "
@@ -96,10 +100,14 @@ def stack_options(args: argparse.Namespace) -> Any:
         package = Path(args.package) if args.package else _default_package(SOURCE_ROOT)
         python = python or str(SOURCE_ROOT / ".venv-runtime" / "bin" / "python")
     state_dir = getattr(args, "state_dir", None)
+    from imgpipe.local.latency import load_table
+
+    load_table(getattr(args, "latency", "none"))  # an unknown table: one sentence, now
     return StackOptions(port=args.port, parameters=params, model_source=args.model,
                         log_level="INFO" if args.verbose else "WARNING",
                         package=package, runtime_python=python,
                         batching_window_s=args.batching_window, api_port=api_port,
+                        latency=getattr(args, "latency", "none"),
                         call_log=Path(args.record_calls).expanduser().resolve()
                         if getattr(args, "record_calls", None) else None,
                         state_dir=Path(state_dir).expanduser().resolve() if state_dir else None)
@@ -172,6 +180,7 @@ imgpipe local stack is up: {stack.endpoint_url}
   functions run  {stack.mode}
                  (Runtime API workers under awslambdaric; timeout and memory enforced)
   ingest         batches of {r.batch_size}, batching window {window}
+  latency        {_latency_line(stack.options.latency)}
   HTTP API       {stack.api_url}   (the function URL of {r.api_function}; AuthType is
                  not checked locally: requests need no signature)
   upload page    {stack.api_url}/
@@ -220,6 +229,13 @@ def _state_line(stack: Any) -> str:
     return (f"State is kept in {state_dir} ({brought}{failed}); it survives a stop, kill -9 "
             f"included. Ctrl-C stops it; restart with the same --state-dir to continue.\n"
             + notes)
+
+
+def _latency_line(profile: str) -> str:
+    if profile in ("", "none"):
+        return "none (loopback; --latency aws answers as late as AWS would)"
+    return (f"{profile}: each answer held back by its operation's figure "
+            "(imgpipe/local/latency.py)")
 
 
 def _model_id(source: str) -> str:

@@ -10,19 +10,44 @@
 `cpu_ms_per_image` is the core's whole cost in CPU time: CPUs x 1000 / the core's
 images/s end to end (fetch from memory, decode, batched inference), so it includes what
 the pipeline loses to waiting, not only the decode and the model.
+
+A run with the embedded stack adds, per photo size, what Lambda would bill
+(`imgpipe/bench/latency.py`): each function's billed duration per image at 1 vCPU with the
+emulator's AWS-like latency and without, and the core's CPU time per image in the same run:
+
+    "billed": {"ingest": {"aws_ms": 41.0, "none_ms": 36.5, "cpu_ms": 33.9},
+               "backfill": {...}}
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pipeline.errors import ConfigError
 
-__all__ = ["CostInputs", "PhotoCost", "cost_inputs_doc", "load_cost_inputs", "default_path"]
+__all__ = ["BilledDuration", "CostInputs", "PhotoCost", "cost_inputs_doc", "load_cost_inputs",
+           "default_path"]
+
+ROUTES = ("ingest", "backfill")
+
+
+@dataclass(frozen=True)
+class BilledDuration:
+    """A function's billed duration per image measured on the local stack, at 1 vCPU."""
+
+    aws_ms: float  # with the emulator's AWS-like latency (imgpipe/local/latency_aws.json)
+    none_ms: float  # on loopback
+    cpu_ms: float  # the core's CPU time per image, same run, same photos
+
+    @property
+    def wait_ms(self) -> float:
+        """What Lambda bills beyond the core's CPU time: waiting for S3 and DynamoDB, and
+        the function's own work around the core."""
+        return max(0.0, self.aws_ms - self.cpu_ms)
 
 
 @dataclass(frozen=True)
@@ -34,6 +59,7 @@ class PhotoCost:
     width: int
     height: int
     mean_bytes: int
+    billed: Mapping[str, BilledDuration] = field(default_factory=dict)  # by route
 
     @property
     def megapixels(self) -> float:
@@ -88,6 +114,14 @@ def _photos(values: Mapping[str, float], cpus: int, sets: Mapping[str, Any],
             "core_images_per_s": round(core, 2),
             "width": s.width, "height": s.height, "mean_bytes": s.mean_bytes,
         }
+        if suffix:  # the latency rows measure the default model only
+            continue
+        billed = {route: {"aws_ms": round(values[f"billed.{name}.{route}.aws.ms"], 2),
+                          "none_ms": round(values[f"billed.{name}.{route}.none.ms"], 2),
+                          "cpu_ms": round(values[f"latency.core.{name}.cpu_ms"], 2)}
+                  for route in ROUTES if f"billed.{name}.{route}.aws.ms" in values}
+        if billed:
+            photos[name]["billed"] = billed
     return photos
 
 
@@ -107,7 +141,11 @@ def load_cost_inputs(path: Path | None = None) -> CostInputs:
                 name=name, cpu_ms_per_image=float(p["cpu_ms_per_image"]),
                 decode_ms=float(p.get("decode_ms", 0)),
                 inference_ms=float(p.get("inference_ms", 0)), width=int(p["width"]),
-                height=int(p["height"]), mean_bytes=int(p["mean_bytes"]))
+                height=int(p["height"]), mean_bytes=int(p["mean_bytes"]),
+                billed={route: BilledDuration(aws_ms=float(b["aws_ms"]),
+                                              none_ms=float(b["none_ms"]),
+                                              cpu_ms=float(b["cpu_ms"]))
+                        for route, b in (p.get("billed") or {}).items()})
                 for name, p in photos.items()}
     except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise ConfigError(f"{path} lacks {e} (format_version 1 expected): run `imgpipe "

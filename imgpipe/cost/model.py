@@ -5,6 +5,12 @@ six), and bills memory x duration: so the compute cost of a CPU-bound image is n
 same at every memory size, and memory buys latency, not savings. The model assumes that
 proportion holds for this pipeline beyond the CPUs the benchmark ran on (unmeasured), and
 the same CPU time per image on arm64 as on the x86_64 machine that measured it.
+
+Duration is what Lambda bills, and a function also waits (for S3 and DynamoDB): the billed
+duration per image is the CPU time over the function's vCPUs plus the waiting the
+benchmark measured (`PhotoCost.billed`: billed duration under AWS-like latency at 1 vCPU
+less the core's CPU time), which more memory does not shorten. Without that measurement
+the waiting is taken as none, and the command says so.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ from imgpipe.cost.inputs import PhotoCost
 from pipeline.errors import ConfigError
 
 __all__ = ["Bill", "Line", "Prices", "Scenario", "bill_for", "load_prices", "PRICES_PATH",
-           "MB_PER_VCPU", "instance_comparison"]
+           "MB_PER_VCPU", "cpu_time_compute", "instance_comparison"]
 
 PRICES_PATH = Path(__file__).resolve().parent / "prices.json"
 MB_PER_VCPU = 1769  # Lambda: one vCPU's worth of CPU at 1,769 MB
@@ -82,6 +88,7 @@ class Scenario:
     route: str = "ingest"  # ingest (S3 -> SQS -> Lambda) or backfill (Step Functions)
     backfill_batch: int = 64
     cpu_ms_per_image: float | None = None  # overrides the benchmark's figure
+    wait_ms_per_image: float | None = None  # overrides the benchmark's billed-duration rows
 
     @property
     def cpu_ms(self) -> float:
@@ -89,13 +96,26 @@ class Scenario:
             else self.photo.cpu_ms_per_image
 
     @property
+    def wait_ms(self) -> float | None:
+        """Billed time per image beyond the CPU time, or None when nothing measured it."""
+        if self.wait_ms_per_image is not None:
+            return self.wait_ms_per_image
+        measured = self.photo.billed.get(self.route)
+        return measured.wait_ms if measured is not None else None
+
+    @property
+    def billed_ms(self) -> float:
+        """Billed duration per image: the CPU time over the vCPUs, plus the waiting."""
+        return self.cpu_ms / self.vcpus + (self.wait_ms or 0.0)
+
+    @property
     def vcpus(self) -> float:
         return min(MAX_VCPUS, self.memory_mb / MB_PER_VCPU)
 
     @property
     def batch_seconds(self) -> float:
-        """Duration of one ingest invocation's batch (its CPU time over its vCPUs)."""
-        return self.batch_size * self.cpu_ms / 1000 / self.vcpus
+        """Duration of one ingest invocation's batch (its billed duration)."""
+        return self.batch_size * self.billed_ms / 1000
 
     @property
     def invocations(self) -> int:
@@ -140,8 +160,7 @@ def bill_for(s: Scenario, prices: Prices) -> Bill:
     if s.output_documents not in ("per-image", "batch", "none"):
         raise ConfigError(f"output documents {s.output_documents!r}: per-image, batch or none")
     n = s.images
-    seconds = s.cpu_ms / 1000 / s.vcpus
-    gb_s = n * seconds * s.memory_mb / 1024
+    gb_s = n * s.billed_ms / 1000 * s.memory_mb / 1024
     lines = [
         Line(f"Lambda compute, {s.arch}, {s.memory_mb} MB", gb_s, "GB-s",
              gb_s * prices[f"lambda_gb_s_{s.arch}"], f"lambda_gb_s_{s.arch}"),
@@ -194,6 +213,13 @@ def bill_for(s: Scenario, prices: Prices) -> Bill:
     lines.append(Line("CloudWatch Logs (one line an image)", log_gb, "GB",
                       log_gb * prices["logs_ingest_gb"], "logs_ingest_gb"))
     return Bill(scenario=s, lines=tuple(lines))
+
+
+def cpu_time_compute(s: Scenario, prices: Prices) -> tuple[float, float]:
+    """(GB-s, USD) of the compute line if Lambda billed CPU time only: shown beside the
+    billed duration."""
+    gb_s = s.images * s.cpu_ms / 1000 / s.vcpus * s.memory_mb / 1024
+    return gb_s, gb_s * prices[f"lambda_gb_s_{s.arch}"]
 
 
 @dataclass(frozen=True)

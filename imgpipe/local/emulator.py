@@ -45,6 +45,8 @@ The adjustments, each applied to this process's moto only:
   --map-run-arn` (`imgpipe.local.distributed_map`).
 - With `--state-dir DIR`, writes are journaled and replayed on request
   (`imgpipe.local.state`), so the stack's data survives a restart.
+- With `--latency aws` (or a table of one's own), each answer is held back as long as
+  AWS's would take, by operation (`imgpipe.local.latency`); none by default.
 
 The process ignores Ctrl-C (the terminal's SIGINT reaches the whole process group; the
 parent decides when to stop), exits on SIGTERM, and exits by itself when its parent dies.
@@ -104,6 +106,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--state-dir", default=None, metavar="DIR",
                    help="journal writes to DIR and replay them on request (see "
                    "imgpipe.local.state)")
+    p.add_argument("--latency", default="none", metavar="PROFILE",
+                   help="hold each answer back by AWS-like latency: none (default), aws, or "
+                   "a JSON table (see imgpipe.local.latency)")
     args = p.parse_args(argv)
 
     # The Step Functions engine calls the other services back through this port.
@@ -124,7 +129,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     _forward_lambda_invocations(args.functions)
     message_moves.install()
     distributed_map.install()
+    from imgpipe.local.latency import LatencyMiddleware, load_table
+    from pipeline.errors import ConfigError
+
+    try:
+        latency = load_table(args.latency)
+    except ConfigError as e:
+        print(f"imgpipe local: {e}", file=sys.stderr, flush=True)
+        return 2
     app: Any = DomainDispatcherApplication(create_backend_app)
+    dispatcher = app
     if args.state_dir:
         from pathlib import Path
 
@@ -140,7 +154,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from imgpipe.local.chaos import chaos_from_env
 
     app = chaos_from_env(app)  # faults for tools/chaos.py only, when its variables are set
-    app = refuse_sigv2_requests(app)  # outermost: a refused request reaches nothing
+    app = refuse_sigv2_requests(app)  # a refused request reaches nothing
+    # Outermost: the delay is slept after every lock inside (the journal's) is released.
+    app = LatencyMiddleware(app, latency, dispatcher=dispatcher)
     server = make_server(args.host, args.port, app, threaded=True,
                          request_handler=KeepAliveHandler)
     try:

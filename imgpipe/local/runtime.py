@@ -83,6 +83,8 @@ class InvokeResult:
     init_s: float | None = None  # the cold start this invocation waited for; None: warm
     pid: int = 0
     max_memory_mb: int = 0  # the worker's peak resident memory as sampled so far
+    function: str = ""  # the function's name
+    cpus: int = 0  # the CPUs its worker may run on (0: not pinned)
 
     @property
     def error_type(self) -> str | None:
@@ -157,7 +159,8 @@ class Worker:
         result = InvokeResult(payload=body, function_error="Unhandled" if invocation.error
                               else None, request_id=invocation.request_id,
                               duration_s=time.monotonic() - started, init_s=init_s,
-                              pid=self.proc.pid, max_memory_mb=self.peak_rss >> 20)
+                              pid=self.proc.pid, max_memory_mb=self.peak_rss >> 20,
+                              function=self.spec.name, cpus=len(self.cpus))
         # Lambda's REPORT line (shown with `imgpipe local -v`).
         log.info("%s: REPORT RequestId: %s Duration: %.2f ms%s Memory Size: %d MB "
                  "Max Memory Used: %d MB%s", self.spec.name, result.request_id,
@@ -378,6 +381,24 @@ class FunctionPool:
         retire an idle execution environment at any time."""
         with self._cond:
             self._stop_idle(0.0)
+
+    def resize(self, max_workers: int, cpus: Sequence[int] | None = None) -> None:
+        """From now on up to `max_workers`, sharing `cpus` (default: every CPU this process
+        may use); the idle workers stop (the next invocations start cold). For measuring
+        one worker on a CPU of its own (`imgpipe bench`'s billed duration). Refused while a
+        worker is busy."""
+        if max_workers < 1:
+            raise ValueError("max_workers must be at least 1")
+        with self._cond:
+            busy = [w for i, w in enumerate(self._slots) if w is not None
+                    and i not in self._idle]
+            if busy:
+                raise RuntimeError(f"{self.spec.name}: {len(busy)} worker(s) busy")
+            self._stop_idle(0.0)
+            self.max_workers = max_workers
+            self._shares = cpu_shares(max_workers, cpus)
+            self._slots = [None] * max_workers
+            self._idle = []
 
     def _stop_idle(self, idle_s: float) -> None:
         now = time.monotonic()

@@ -90,6 +90,7 @@ class StackOptions:
     call_log: Path | None = None
     # The HTTP API's function URL on 127.0.0.1 (0: any free port).
     api_port: int = 0
+    latency: str = "none"  # AWS-like latency in the emulator: none, aws, or a table's file
 
 
 class LocalStack:
@@ -167,7 +168,7 @@ class LocalStack:
         code_root, python = self._code = self.code()
         self._functions = FunctionHost()
         self._emulator = _spawn_emulator(host, port, self._functions.start(),
-                                         self.options.state_dir)
+                                         self.options.state_dir, self.options.latency)
         _wait_until_listening(host, port, self._emulator)
         self._configure_emulator()
         resources = provision(
@@ -421,8 +422,8 @@ def _port_in_use(host: str, port: int) -> bool:
         return s.connect_ex((host, port)) == 0
 
 
-def _spawn_emulator(host: str, port: int, functions_url: str,
-                    state_dir: Path | None = None) -> subprocess.Popen[bytes]:
+def _spawn_emulator(host: str, port: int, functions_url: str, state_dir: Path | None = None,
+                    latency: str = "none") -> subprocess.Popen[bytes]:
     import imgpipe
 
     # Importable however imgpipe was installed (or run from a checkout).
@@ -432,9 +433,8 @@ def _spawn_emulator(host: str, port: int, functions_url: str,
     state = ["--state-dir", str(state_dir)] if state_dir is not None else []
     return subprocess.Popen(
         [sys.executable, "-m", "imgpipe.local.emulator", "--host", host, "--port", str(port),
-         "--functions", functions_url, "--parent-pid", str(os.getpid()), *state],
-        env=env, stdin=subprocess.DEVNULL,
-    )
+         "--functions", functions_url, "--parent-pid", str(os.getpid()), "--latency", latency,
+         *state], env=env, stdin=subprocess.DEVNULL)
 
 
 # Its sitecustomize.py records the workers' AWS calls (StackOptions.call_log).

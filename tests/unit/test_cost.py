@@ -3,6 +3,7 @@ command on a fresh clone's committed figures."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -10,7 +11,8 @@ import pytest
 
 from imgpipe.cli import main
 from imgpipe.cost import PhotoCost, Scenario, bill_for, load_cost_inputs, load_prices
-from imgpipe.cost.model import PRICES_PATH
+from imgpipe.cost.inputs import BilledDuration, cost_inputs_doc
+from imgpipe.cost.model import PRICES_PATH, cpu_time_compute
 from pipeline.errors import ConfigError
 
 PHOTO = PhotoCost(name="test", cpu_ms_per_image=100.0, decode_ms=60.0, inference_ms=15.0,
@@ -102,6 +104,9 @@ def test_the_command_on_a_fresh_clone(capsys: pytest.CaptureFixture[str]) -> Non
     assert main(["cost"]) == 0
     out = capsys.readouterr().out
     assert "as listed on 2026-11-28" in out and "not re-checked online" in out
+    # no billed-duration rows committed yet: priced at CPU time, and it says so
+    assert "priced here at CPU time" in out
+    assert "the time the function waits for S3 and DynamoDB is not counted" in out
     largest = [x for x in out.splitlines() if x.endswith("<- largest")]
     assert len(largest) == 1 and "S3 PUT (output documents, per-image)" in largest[0]
     for word in ("per-image", "batch", "none", "arm64", "x86_64", "1024 MB", "4096 MB",
@@ -118,7 +123,10 @@ def test_the_command_takes_the_users_figures(capsys: pytest.CaptureFixture[str],
     doc = json.loads(capsys.readouterr().out)
     assert doc["scenario"] == {"photo": "web", "arch": "x86_64", "memory_mb": 3008,
                                "output_documents": "batch", "route": "ingest",
-                               "batch_size": 16, "cpu_ms_per_image": 40.0}
+                               "batch_size": 16, "cpu_ms_per_image": 40.0,
+                               "wait_ms_per_image": None,
+                               "billed_ms_per_image": pytest.approx(40 / (3008 / 1769),
+                                                                    abs=1e-3)}
     put = next(x for x in doc["bill"]["lines"] if x["name"].startswith("S3 PUT"))
     assert put["quantity"] == 125_000 and put["usd"] == pytest.approx(1.25)
     assert doc["prices"]["origin"]["s3_put"] == "you"
@@ -142,3 +150,61 @@ def test_a_benchmark_run_writes_each_model_it_measured_into_the_cost_inputs() ->
     assert (lite2["cpu_ms_per_image"], lite2["inference_ms"], lite2["decode_ms"]) == (
         200.0, 40.0, 50.0)
     assert doc["models"]["efficientnet-lite0@1"]["12mp"]["cpu_ms_per_image"] == 100.0
+
+
+MEASURED = BilledDuration(aws_ms=60.0, none_ms=50.0, cpu_ms=40.0)  # 20 ms beyond the CPU
+
+
+def test_the_bill_prices_billed_duration_cpu_time_plus_the_measured_waiting() -> None:
+    prices = load_prices()
+    photo = dataclasses.replace(PHOTO, billed={"ingest": MEASURED})
+    one = Scenario(photo=photo, memory_mb=1769, images=1000)  # 1 vCPU
+    assert one.wait_ms == 20.0 and one.billed_ms == pytest.approx(100 + 20)
+    assert line(bill_for(one, prices), "Lambda compute") == pytest.approx(
+        1000 * 0.120 * 1769 / 1024 * 0.0000166667)
+    # more memory shortens the CPU time, not the waiting
+    two = Scenario(photo=photo, memory_mb=2 * 1769, images=1000)
+    assert two.billed_ms == pytest.approx(50 + 20)
+    assert two.batch_seconds == pytest.approx(16 * 0.070)
+    # beside it, what CPU time alone would bill
+    gb_s, usd = cpu_time_compute(one, prices)
+    assert gb_s == pytest.approx(1000 * 0.100 * 1769 / 1024)
+    assert usd == pytest.approx(gb_s * 0.0000166667)
+    # the backfill was not measured: CPU time alone; a figure of the user's replaces both
+    assert Scenario(photo=photo, route="backfill").wait_ms is None
+    assert Scenario(photo=photo, memory_mb=1769, wait_ms_per_image=5.0).billed_ms == \
+        pytest.approx(105.0)
+    assert Scenario(photo=PHOTO, memory_mb=1769).billed_ms == pytest.approx(100.0)
+
+
+class _Set:
+    width, height, mean_bytes = 4000, 3000, 3_000_000
+
+
+def test_a_benchmark_run_hands_its_billed_duration_rows_to_the_cost(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    values = {"core.12mp.ips": 20.0, "decode.12mp.draft.ms": 50.0, "infer.1t.ms": 15.0,
+              "billed.12mp.ingest.aws.ms": 60.0, "billed.12mp.ingest.none.ms": 50.0,
+              "latency.core.12mp.cpu_ms": 40.0}
+    doc = cost_inputs_doc(values, 2, {"12mp": _Set()}, "efficientnet-lite0@1", "cpu",
+                          "2026-12-04")
+    assert doc["models"]["efficientnet-lite0@1"]["12mp"]["billed"] == {
+        "ingest": {"aws_ms": 60.0, "none_ms": 50.0, "cpu_ms": 40.0}}
+    path = tmp_path / "cost-inputs.json"
+    path.write_text(json.dumps(doc))
+    photo = load_cost_inputs(path).photo("efficientnet-lite0@1", "12mp")
+    assert photo.billed == {"ingest": MEASURED} and photo.cpu_ms_per_image == 100.0
+
+    assert main(["cost", "--inputs", str(path), "--memory", "1769"]) == 0
+    out = capsys.readouterr().out
+    assert "Lambda bills duration: 120.0 ms an image (CPU time 100.0 ms + waiting 20.0 ms)" \
+        in out
+    assert "CPU time alone would be 172,754 GB-s" in out
+    assert "billed duration under AWS-like latency on the local stack (60.0 ms at 1 vCPU" in out
+    assert main(["cost", "--inputs", str(path), "--memory", "1769", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    compute = next(x for x in doc["bill"]["lines"] if x["name"].startswith("Lambda compute"))
+    assert doc["scenario"]["billed_ms_per_image"] == 120.0
+    assert doc["cpu_time_compute"]["usd"] == pytest.approx(compute["usd"] * 100 / 120,
+                                                           abs=1e-4)
+    assert main(["cost", "--inputs", str(path), "--wait-ms", "-1"]) == 2
