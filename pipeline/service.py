@@ -6,12 +6,15 @@
 2. read the existing records for (image, model) in one BatchGetItem and skip what is
    already done (same ETag) or newer (sequencer) - no inference, no write;
 3. fetch (conditional on ETag) and decode in the classifier's thread pool, batched
-   inference;
+   inference; the first object's read goes out with step 2's (nothing else is under way
+   then), the others while earlier images decode and the model runs;
 4. write the DynamoDB item with a condition on what was read in step 2 (the newest object
    wins: see `_write`), then make the JSON document follow the record with conditional S3
    writes (`pipeline.documents`), so a crash between the two writes, a redelivery or a
    concurrent, slower writer all converge on exactly one output and one record, both
-   describing the object's current version.
+   describing the object's current version. The writes of each image start as soon as
+   its result is out, while later images decode; all are joined before `process`
+   returns (Lambda freezes the process after the handler returns).
 
 Each reference gets an `Outcome`. Transient faults become `failed` outcomes (the caller
 turns them into batch item failures); they never become `rejected` records.
@@ -23,7 +26,7 @@ import logging
 import threading
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal, Protocol
@@ -155,9 +158,37 @@ class ClassificationService:
             self._timeout_ms = timeout_ms
         if not refs:
             return []
-        model = self.model_id
         unique = list(dict.fromkeys(refs))
         superseded_in_batch = _older_duplicates(unique)
+        # The first object's read goes out with the records' read instead of after it: the
+        # CPUs have nothing to do until the first image arrives. At most this one read is
+        # wasted (the object turns out done); it is joined before returning, used or not.
+        first = next((r for r in unique if r not in superseded_in_batch), None)
+        early = None
+        if first is not None:
+            early = (first, self._writers().submit(self._fetch, first, remaining_ms))
+        try:
+            return self._process(unique, superseded_in_batch, overwrite, remaining_ms, early)
+        finally:
+            if early is not None:
+                wait([early[1]])
+
+    def _fetch(self, ref: ObjectRef, remaining_ms: Callable[[], int] | None) -> FetchedLike:
+        if remaining_ms is not None and remaining_ms() < self.settings.margin_ms(
+                self._timeout_ms):
+            raise TransientError("not started: the invocation is close to its timeout")
+        with self.spans.span("fetch"):
+            return self.store.get(ref, self.settings.max_object_bytes)
+
+    def _process(
+        self,
+        unique: list[ObjectRef],
+        superseded_in_batch: dict[ObjectRef, str],
+        overwrite: bool,
+        remaining_ms: Callable[[], int] | None,
+        early: tuple[ObjectRef, Future[FetchedLike]] | None,
+    ) -> list[Outcome]:
+        model = self.model_id
         try:
             existing = self.sink.get_many((r.uri, model) for r in unique)
         except TransientError as e:
@@ -180,14 +211,13 @@ class ClassificationService:
                 results[ref] = Outcome(ref, "skipped", reason)
 
         fetched: dict[int, FetchedLike] = {}
-        margin = self.settings.margin_ms(self._timeout_ms)
 
         def loader(i: int, ref: ObjectRef) -> Callable[[], bytes]:
             def load() -> bytes:
-                if remaining_ms is not None and remaining_ms() < margin:
-                    raise TransientError("not started: the invocation is close to its timeout")
-                with self.spans.span("fetch"):
-                    obj = self.store.get(ref, self.settings.max_object_bytes)
+                if early is not None and early[0] is ref:
+                    obj = early[1].result()  # already under way (see `process`)
+                else:
+                    obj = self._fetch(ref, remaining_ms)
                 fetched[i] = obj
                 return obj.data
 
