@@ -13,9 +13,12 @@ other S3 calls 20 ms, DynamoDB 6 ms). Each round also times the core alone
 (`Classifier.classify_many` over the bytes in memory) for its CPU time per image.
 
 It prints, per round, wall time per image for each call size and latency, the process's
-CPU time per image during those runs (moto's own work included), and the core's CPU time
-per image; the ratio to read is wall with AWS-like latency over the core's CPU time.
-The machine may be shared: run it on an idle one, or read it as a comparison within rounds.
+CPU time per image during those runs (the SDK's work included; moto runs in a process of
+its own, on another CPU), the time per image when neither a decode nor the model ran
+(waiting, whatever else the machine does: the figure to compare before and after a change
+on a busy machine), and the core's CPU time per image; the target's ratio is wall with
+AWS-like latency over the core's CPU time. `--timeline` shows each call's start, end and
+idle time. Wall and CPU figures mean something on an idle machine only.
 """
 
 from __future__ import annotations
@@ -82,6 +85,20 @@ class Timeline:
         finally:
             self.events.append((name, start, time.perf_counter()))
 
+    def idle_ms(self, since: float, until: float) -> tuple[float, float, float]:
+        """Time in (since, until) when no decode and no inference ran, in ms: before the
+        first, between them, after the last. That is time spent waiting on requests (or
+        on other work of the process), whatever else the machine is doing."""
+        spans = sorted((a, b) for n, a, b in self.events
+                       if n in ("decode", "inference") and a >= since)
+        if not spans:
+            return (1000 * (until - since), 0.0, 0.0)
+        between, reached = 0.0, spans[0][1]
+        for a, b in spans[1:]:
+            between += max(0.0, a - reached)
+            reached = max(reached, b)
+        return (1000 * (spans[0][0] - since), 1000 * between, 1000 * (until - reached))
+
     def summary(self, since: float, until: float) -> str:
         """When each kind of work first started and last ended, in ms from `since`."""
         parts = []
@@ -90,7 +107,9 @@ class Timeline:
             if spans:
                 parts.append(f"{name} {1000 * (min(a for a, _ in spans) - since):.0f}-"
                              f"{1000 * (max(b for _, b in spans) - since):.0f}")
-        return ", ".join(parts) + f", returned {1000 * (until - since):.0f} ms"
+        first, between, last = self.idle_ms(since, until)
+        return (", ".join(parts) + f", returned {1000 * (until - since):.0f} ms; idle "
+                f"{first:.0f} ms first, {between:.0f} between, {last:.0f} last")
 
 
 def _pin_to_one_cpu() -> tuple[int, int | None]:
@@ -162,21 +181,23 @@ def _core_cpu_ms(classifier: Any, datas: Sequence[bytes]) -> float:
     return 1000 * (time.process_time() - cpu) / len(datas)
 
 
-def _service_run(service: Any, refs: Sequence[Any], per_call: int,
-                 timeline: Timeline | None = None) -> tuple[float, float]:
-    """(wall ms, CPU ms) per image over `refs` in calls of `per_call`."""
-    wall, cpu = time.perf_counter(), time.process_time()
+def _service_run(service: Any, refs: Sequence[Any], per_call: int, timeline: Timeline,
+                 verbose: bool = False) -> tuple[float, float, float]:
+    """(wall ms, CPU ms, idle ms) per image over `refs` in calls of `per_call`."""
+    wall, cpu, idle = time.perf_counter(), time.process_time(), 0.0
     for start in range(0, len(refs), per_call):
         began = time.perf_counter()
         outcomes = service.process(refs[start:start + per_call])
-        if timeline is not None:
-            print(f"    call {start // per_call + 1}: "
-                  f"{timeline.summary(began, time.perf_counter())}")
+        ended = time.perf_counter()
+        idle += sum(timeline.idle_ms(began, ended))
+        if verbose:
+            print(f"    call {start // per_call + 1}: {timeline.summary(began, ended)}")
         bad = [o for o in outcomes if o.status != "classified"]
         if bad:
             raise SystemExit(f"not classified: {bad[0]}")
     n = len(refs)
-    return (1000 * (time.perf_counter() - wall) / n, 1000 * (time.process_time() - cpu) / n)
+    return (1000 * (time.perf_counter() - wall) / n, 1000 * (time.process_time() - cpu) / n,
+            idle / n)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -184,6 +205,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--images", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--per-call", type=int, nargs="+", default=[16, 64])
+    parser.add_argument("--set", choices=("12mp", "web"), default="12mp",
+                        help="the benchmark's 12 MP photos or its web-size ones (800x600)")
     parser.add_argument("--cache", default="bench/out/images")
     parser.add_argument("--timeline", action="store_true",
                         help="print when each call's fetches, decodes, inference and writes "
@@ -193,19 +216,23 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from pathlib import Path
 
-    from imgpipe.bench.images import BIG_NOISE_SIGMA, BIG_QUALITY, BIG_SIZE, generate_images
+    from imgpipe.bench import images as bench_images
     from pipeline.aws import create_clients
     from pipeline.events import ObjectRef
     from pipeline.factory import build_classifier, build_service
     from pipeline.settings import Settings
 
-    images = generate_images(Path(args.cache), "12mp", args.images, BIG_SIZE,
-                             BIG_NOISE_SIGMA, BIG_QUALITY, print)
+    size, sigma, quality = ((bench_images.BIG_SIZE, bench_images.BIG_NOISE_SIGMA,
+                             bench_images.BIG_QUALITY) if args.set == "12mp" else
+                            (bench_images.WEB_SIZE, bench_images.WEB_NOISE_SIGMA,
+                             bench_images.WEB_QUALITY))
+    images = bench_images.generate_images(Path(args.cache), args.set, args.images, size,
+                                          sigma, quality, print)
     datas = [p.read_bytes() for p in images.paths]
     latency = RequestLatency(on=False)
     bucket, table = "latency-overlap", "latency-overlap"
     settings = Settings(table_name=table, bucket=bucket)
-    print(f"pinned to CPU {cpu}; {len(datas)} photos {BIG_SIZE[0]}x{BIG_SIZE[1]}, "
+    print(f"pinned to CPU {cpu}; {len(datas)} photos {size[0]}x{size[1]}, "
           f"{statistics.fmean(map(len, datas)) / 1e6:.1f} MB on average; {latency}")
     with _moto_server(other) as url:
         settings = settings.with_(endpoint_url=url)
@@ -224,7 +251,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         classifier = build_classifier(settings, spans=timeline)
         service = build_service(settings, clients, classifier, spans=timeline)
         _core_cpu_ms(classifier, datas[:4])  # warm-up
-        _service_run(service, refs[:4], 4)
+        _service_run(service, refs[:4], 4, timeline)
         _clear(clients, bucket, table, settings.output_prefix)
         for round_ in range(1, args.rounds + 1):
             core = _core_cpu_ms(classifier, datas)
@@ -232,13 +259,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             for per_call in sorted({min(p, len(refs)) for p in args.per_call}):
                 for on in (False, True):
                     latency.on = on
-                    wall, used = _service_run(service, refs, per_call,
-                                              timeline if args.timeline else None)
+                    wall, used, idle = _service_run(service, refs, per_call, timeline,
+                                                    args.timeline)
                     latency.on = False
                     _clear(clients, bucket, table, settings.output_prefix)
                     print(f"  {per_call:3d} a call, {'AWS-like' if on else 'no'} latency: "
                           f"wall {wall:5.1f} ms/image ({wall / core:.2f}x core CPU), "
-                          f"process CPU {used:5.1f} ms/image")
+                          f"process CPU {used:5.1f}, idle {idle:4.1f} ms/image")
     return 0
 
 

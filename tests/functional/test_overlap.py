@@ -4,7 +4,8 @@ fixed delay added to every request, the order of events recorded, never their ti
 - the first object's read goes out with the read of the existing records (before, the
   CPUs idled through both round trips one after the other);
 - later objects are read while earlier ones decode and the model runs, and each image's
-  writes start while later images are still being decoded;
+  writes start while later images are still being decoded, without queueing behind
+  other images' writes;
 - nothing is in flight when `process` returns (Lambda freezes the process then);
 - each fault still lands on its own image's outcome.
 """
@@ -43,6 +44,10 @@ class Log:
         self.second_get_started = threading.Event()
         self.put_started = threading.Event()
         self.hold_get_of = ""  # this object's read waits for a record write to start
+        self.put_quorum = 0  # each record write waits until this many are under way
+        self.puts = threading.Condition()
+        self.puts_in_flight = 0
+        self.most_puts_in_flight = 0
 
     def add(self, kind: str, what: str, detail: str = "") -> int:
         with self.lock:
@@ -110,6 +115,7 @@ class SlowClient:
                 self.log.get_started.set()
             if name == "put_item":
                 self.log.put_started.set()
+                self._gather_puts()
             if name == "batch_get_item":
                 self.log.get_started.wait(GATE_S)
             time.sleep(DELAY_S)
@@ -123,6 +129,16 @@ class SlowClient:
                 self.log.add("end", name, what)
 
         return slow
+
+    def _gather_puts(self) -> None:
+        log = self.log
+        with log.puts:
+            log.puts_in_flight += 1
+            log.most_puts_in_flight = max(log.most_puts_in_flight, log.puts_in_flight)
+            log.puts.notify_all()
+            log.puts.wait_for(lambda: log.puts_in_flight >= log.put_quorum, GATE_S)
+        with log.puts:
+            log.puts_in_flight -= 1
 
 
 @pytest.fixture
@@ -207,3 +223,16 @@ def test_an_early_read_of_an_object_already_done_is_dropped_and_joined(
     assert log.index("start", "get_object", refs[0].key) < log.index("end", "batch_get_item")
     assert log.open_spans() == [], "the dropped read ended before process returned"
     assert not [e for e in log.events if e[1] == "put_item" and e[2] == refs[0].uri]
+
+
+def test_the_writes_of_a_call_do_not_queue_behind_each_other(
+        aws: Clients, slow: Callable[..., tuple[ClassificationService, Log]]) -> None:
+    """Small photos come out of the model faster than one writer per read can store them:
+    every image's record write can be under way at once (each write here waits until all
+    are), so none waits for a free writer after the model is done."""
+    refs = [upload(aws, f"{i}-{name}", sample(name)) for i in range(2) for name in PHOTOS]
+    service, log = slow()
+    log.put_quorum = len(refs)
+    outcomes = service.process(refs)
+    assert [o.status for o in outcomes] == ["classified"] * len(refs)
+    assert log.most_puts_in_flight == len(refs)
