@@ -24,10 +24,11 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, Literal, Protocol
 
@@ -173,12 +174,17 @@ class ClassificationService:
         first = next((r for r in unique if r not in superseded_in_batch), None)
         early = None
         if first is not None:
-            early = (first, self._writers().submit(self._fetch, first, remaining_ms))
+            early = (first, self._writers().submit(self._timed_fetch, first, remaining_ms))
         try:
             return self._process(unique, superseded_in_batch, overwrite, remaining_ms, early)
         finally:
             if early is not None:
                 wait([early[1]])
+
+    def _timed_fetch(self, ref: ObjectRef, remaining_ms: Callable[[], int] | None
+                     ) -> tuple[FetchedLike, float]:
+        started = time.perf_counter()
+        return self._fetch(ref, remaining_ms), (time.perf_counter() - started) * 1000
 
     def _fetch(self, ref: ObjectRef, remaining_ms: Callable[[], int] | None) -> FetchedLike:
         if remaining_ms is not None and remaining_ms() < self.settings.margin_ms(
@@ -193,7 +199,7 @@ class ClassificationService:
         superseded_in_batch: dict[ObjectRef, str],
         overwrite: bool,
         remaining_ms: Callable[[], int] | None,
-        early: tuple[ObjectRef, Future[FetchedLike]] | None,
+        early: tuple[ObjectRef, Future[tuple[FetchedLike, float]]] | None,
     ) -> list[Outcome]:
         model = self.model_id
         try:
@@ -222,7 +228,7 @@ class ClassificationService:
         def loader(i: int, ref: ObjectRef) -> Callable[[], bytes]:
             def load() -> bytes:
                 if early is not None and early[0] is ref:
-                    obj = early[1].result()  # already under way (see `process`)
+                    obj = early[1].result()[0]  # already under way (see `process`)
                 else:
                     obj = self._fetch(ref, remaining_ms)
                 fetched[i] = obj
@@ -238,6 +244,10 @@ class ClassificationService:
             (i, loader(i, ref)) for i, ref in enumerate(todo)
         ):
             ref = todo[result.key]
+            if early is not None and ref is early[0] and result.timings is not None:
+                # its read ran before the classifier asked for it: the read's own time
+                result = replace(result, timings=replace(
+                    result.timings, fetch_ms=early[1].result()[1]))
             obj = fetched.get(result.key)
             if obj is not None:
                 ref = _with_object_facts(ref, obj)
