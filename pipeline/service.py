@@ -173,7 +173,7 @@ class ClassificationService:
         # wasted (the object turns out done); it is joined before returning, used or not.
         first = next((r for r in unique if r not in superseded_in_batch), None)
         early = None
-        if first is not None:
+        if first is not None and self.settings.fetch_workers > 1:  # 1: a request at a time
             early = (first, self._writers().submit(self._timed_fetch, first, remaining_ms))
         try:
             return self._process(unique, superseded_in_batch, overwrite, remaining_ms, early)
@@ -300,11 +300,17 @@ class ClassificationService:
                     self._write, record, ref, existing.get((ref.uri, model)), overwrite)
         return futures
 
+    def _writer_count(self) -> int:
+        """WRITERS; one when IMGPIPE_FETCH_WORKERS=1 asks for one request at a time (the
+        exhaustive interleavings of tests/functional/test_newest_wins.py rely on it)."""
+        workers = self.settings.fetch_workers
+        return 1 if workers == 1 else max(workers, WRITERS)
+
     def _writers(self) -> ThreadPoolExecutor:
         with self._writers_lock:
             if self._writer_pool is None:
                 self._writer_pool = ThreadPoolExecutor(
-                    max_workers=max(self.settings.fetch_workers, WRITERS),
+                    max_workers=self._writer_count(),
                     thread_name_prefix="imgpipe-write")
             return self._writer_pool
 
