@@ -185,7 +185,9 @@ def _drain(sqs: Any, queue_url: str, timeout_s: float = 60.0) -> None:
         if not any(int(attrs["Attributes"].get(n, 0)) for n in names):
             return
         time.sleep(0.5)
-    raise RuntimeError(f"{queue_url} still has messages after {timeout_s:.0f} s")
+    raise RuntimeError(f"{queue_url} still has messages after {timeout_s:.0f} s: "
+                       f"{attrs['Attributes'].get(names[0])} visible, "
+                       f"{attrs['Attributes'].get(names[1])} in flight")
 
 
 def _keys(prefix: str, copies: int, photos: int) -> list[str]:

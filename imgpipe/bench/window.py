@@ -134,6 +134,7 @@ class _WindowRun:
         with self.lock:
             run = [b for b in self.batches if b.received and not b.failed]
             failed = sum(1 for b in self.batches if b.failed)
+            why = next((b.error for b in self.batches if b.failed and b.error), None)
         images = sum(b.received for b in run)
         memory_gb = r.function_memory_mb / 1024
         gb_s = sum(math.ceil(b.seconds * 1000) / 1000 * memory_gb for b in run)
@@ -149,7 +150,8 @@ class _WindowRun:
                    "USD/M", f"{len(run)} invocations of {images / max(1, len(run)):.1f} "
                    f"photos on average; uploads at {achieved:.0f}/s, last record "
                    f"{drain:.1f} s after the last upload"
-                   + (f"; {failed} failed batch(es) retried, not priced" if failed else ""),
+                   + (f"; {failed} failed batch(es) retried, not priced" if failed else "")
+                   + (f" (first: {why})" if why else ""),
                    section="stack-window")
 
 
@@ -158,7 +160,9 @@ def _set_window(stack: Any, window: int, batch_size: int) -> None:
     every batch. A window of 0 allows at most 10 messages a batch, as on AWS."""
     stack.poller.batching_window_s = window
     stack.poller.batch_size = min(batch_size, 10) if window == 0 else batch_size
-    _drain(stack.client("sqs"), stack.resources.queue_url)
+    # A failed batch's messages come back 1, 3, 9, 27 and 81 s later (the poller's quick
+    # release): wait out all of them.
+    _drain(stack.client("sqs"), stack.resources.queue_url, timeout_s=180)
 
 
 def _one_photo(s3: Any, ddb: Any, r: Any, name: str, data: bytes, model: str) -> float:

@@ -366,7 +366,9 @@ class FunctionPool:
                 self._slots[slot] = None  # dead environments are replaced on demand
             else:
                 self._idle.append(slot)
-            self._cond.notify()
+            # every waiter: the reaper waits on the same condition, and a wake-up it took
+            # would leave a caller asleep beside a free worker
+            self._cond.notify_all()
 
     def _reap(self) -> None:
         while True:
@@ -399,6 +401,7 @@ class FunctionPool:
             self._shares = cpu_shares(max_workers, cpus)
             self._slots = [None] * max_workers
             self._idle = []
+            self._cond.notify_all()
 
     def _stop_idle(self, idle_s: float) -> None:
         now = time.monotonic()
@@ -410,6 +413,7 @@ class FunctionPool:
                 log.info("%s: worker %s idle for %.0f s, stopped", self.spec.name,
                          worker.proc.pid if worker.proc else "?", now - worker.last_used)
                 worker.stop()
+                self._cond.notify_all()
 
     def stop(self) -> None:
         with self._cond:

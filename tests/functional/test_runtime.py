@@ -113,6 +113,29 @@ def test_concurrent_invocations_get_separate_processes_with_their_share_of_cpus(
     assert cpu_shares(5, [0, 1]) == [(0,), (1,), (0,), (1,), (0,)]
 
 
+def test_a_caller_waiting_for_the_only_worker_gets_it_when_it_is_released(
+    pools: Callable[..., FunctionPool],
+) -> None:
+    # More callers than workers (two pollers, one worker: `imgpipe bench`'s billed duration
+    # rows). A release must wake a waiting caller, not only the pool's reaper, which waits
+    # on the same condition: a caller left asleep holds its batch's messages invisible.
+    pool = pools(_spec("probe.echo"), max_workers=1)
+    done: list[int] = []
+
+    def call(n: int) -> None:
+        for _ in range(8):
+            pool.invoke(b"{}")
+        done.append(n)
+
+    threads = [threading.Thread(target=call, args=(n,), daemon=True) for n in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert sorted(done) == [0, 1, 2], f"callers still waiting for the worker: " \
+        f"{sorted({0, 1, 2} - set(done))}"
+
+
 def test_idle_workers_are_stopped_after_the_keep_warm_time(
     pools: Callable[..., FunctionPool],
 ) -> None:
