@@ -175,11 +175,15 @@ def _billed_assumption(s: Any, wait_ms: float | None) -> str:
                 "function waits for S3 and DynamoDB is not counted: the bill is low by that "
                 "much (issue 21 measured ~15 % of billed time on 12 MP photos by hand); "
                 "--wait-ms adds your own figure")
+    source = (f", measured with {s.photo.billed_from} (the requests are per photo, not per "
+              "network; a slower model hides more of their waiting)"
+              if s.photo.billed_from else "")
     return (f"billed duration per image: {s.billed_ms:.1f} ms = {cpu} + {measured.wait_ms:.1f}"
-            f" ms of waiting: the {s.route} function's billed duration under AWS-like latency "
-            f"on the local stack ({measured.aws_ms:.1f} ms at 1 vCPU; {measured.none_ms:.1f} ms "
-            f"without latency) less the core's CPU time in the same run "
-            f"({measured.cpu_ms:.1f} ms); more memory is taken not to shorten the waiting")
+            f" ms of requests (the SDK's CPU and the waiting for S3 and DynamoDB): the "
+            f"{s.route} function's billed duration under AWS-like latency on the local stack "
+            f"({measured.aws_ms:.1f} ms at 1 vCPU; {measured.none_ms:.1f} ms without latency) "
+            f"less the core's CPU time in the same run ({measured.cpu_ms:.1f} ms){source}; "
+            "more memory is taken not to shorten it")
 
 
 def _money(usd: float) -> str:
@@ -210,9 +214,9 @@ def _print_text(args: argparse.Namespace, s: Any, bill: Any, table: list[Any], i
               "image): no billed-duration rows measured the waiting (see the assumptions).")
     else:
         print(f"  Lambda bills duration: {s.billed_ms:.1f} ms an image (CPU time "
-              f"{s.cpu_ms / s.vcpus:.1f} ms + waiting {s.wait_ms:.1f} ms). CPU time alone "
-              f"would be {cpu_time[0]:,.0f} GB-s, ${_money(cpu_time[1])}; the waiting adds "
-              f"${_money(compute.usd - cpu_time[1])}.")
+              f"{s.cpu_ms / s.vcpus:.1f} ms + requests {s.wait_ms:.1f} ms: their CPU and "
+              f"waiting). CPU time alone would be {cpu_time[0]:,.0f} GB-s, "
+              f"${_money(cpu_time[1])}; the requests add ${_money(compute.usd - cpu_time[1])}.")
     print()
     modes = list(table[0][4]) if table else []
     print(f"USD per {args.images:,} images by output documents (memory buys time per batch "

@@ -116,8 +116,9 @@ def plan_lines(args: argparse.Namespace) -> list[str]:
         f"plan: {args.images:,} {what}, {route}, {s.memory_mb} MB, {goal}",
         f"  CPU per image {s.cpu_ms:.1f} ms ("
         + ("--cpu-ms" if args.cpu_ms else f"{args.model}, {_shown(inputs.source)}")
-        + f"); {s.vcpus:.2f} vCPU: {1000 * plan.batch_s / plan.batch:.1f} ms of function "
-        f"time an image, {plan.batch_s:.2f} s a batch",
+        + f"); {s.vcpus:.2f} vCPU" + (f" + requests {s.wait_ms:.1f} ms" if s.wait_ms else "")
+        + f": {1000 * plan.batch_s / plan.batch:.1f} ms of function time an image, "
+        f"{plan.batch_s:.2f} s a batch",
         f"  concurrency {plan.concurrency:,}: {plan.batches:,} invocations in {plan.waves:,} "
         f"waves, {_dur(plan.seconds)}; {plan.images_per_s:,.0f} photos/s",
         "",

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +60,7 @@ class PhotoCost:
     height: int
     mean_bytes: int
     billed: Mapping[str, BilledDuration] = field(default_factory=dict)  # by route
+    billed_from: str = ""  # the model whose billed-duration rows these are, if another's
 
     @property
     def megapixels(self) -> float:
@@ -150,6 +151,23 @@ def load_cost_inputs(path: Path | None = None) -> CostInputs:
     except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise ConfigError(f"{path} lacks {e} (format_version 1 expected): run `imgpipe "
                           "bench` again") from None
+    _borrow_billed(models)
     return CostInputs(source=str(path), date=str(doc.get("date", "?")),
                       machine=f"{doc.get('machine', '?')}, {doc.get('cpus', '?')} CPU(s)",
                       models=models)
+
+
+def _borrow_billed(models: dict[str, dict[str, PhotoCost]]) -> None:
+    """A model the latency rows did not measure takes the measured model's figures for the
+    same photos: what a function spends beyond the core (its requests' CPU and waiting) is
+    per photo, not per network. A slower model hides more of the waiting behind its
+    inference, so for it this errs high."""
+    for model, photos in models.items():
+        for name, photo in photos.items():
+            if photo.billed:
+                continue
+            donor = next((m for m, ps in models.items() if m != model and name in ps
+                          and ps[name].billed and not ps[name].billed_from), None)
+            if donor is not None:
+                photos[name] = replace(photo, billed=models[donor][name].billed,
+                                       billed_from=donor)

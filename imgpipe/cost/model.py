@@ -186,7 +186,7 @@ def bill_for(s: Scenario, prices: Prices) -> Bill:
         lines.append(Line("Step Functions transitions (one a child)", transitions,
                           "transitions", transitions * prices["sfn_transition"],
                           "sfn_transition"))
-        child_s = s.backfill_batch * s.cpu_ms / 1000 / s.vcpus
+        child_s = s.backfill_batch * s.billed_ms / 1000
         express_gb_s = s.invocations * child_s * 64 / 1024
         lines.append(Line("Step Functions Express children (requests)", s.invocations,
                           "executions", s.invocations * prices["sfn_express_request"],

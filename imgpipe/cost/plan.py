@@ -3,7 +3,9 @@ long it takes at a given concurrency), what it costs, and which quota it meets f
 
 The arithmetic, for a route's batch of B images (backfill: BackfillBatchSize keys; ingest:
 BatchSize messages): one image takes `cpu_ms / vCPUs` of the function's time (vCPUs =
-memory / 1,769 MB, as `imgpipe cost` assumes), a batch B times that; the run is
+memory / 1,769 MB, as `imgpipe cost` assumes) plus its requests' time (the SDK's CPU and
+the waiting, as the benchmark measured it: `Scenario.billed_ms`), a batch B times that; the
+run is
 ceil(N / B) batches in waves of C at once, so it lasts ceil(batches / C) x batch seconds.
 For a deadline T, C is the smallest concurrency whose waves fit: floor(T / batch seconds)
 waves, C = ceil(batches / waves). Cold starts, the listing and retries are not counted.
@@ -67,7 +69,7 @@ def make_plan(s: Scenario, *, deadline_s: float | None = None,
     if (deadline_s is None) == (concurrency is None):
         raise ConfigError("give a deadline (--in) or a concurrency (--concurrency), not both")
     batch = s.backfill_batch if s.route == "backfill" else s.batch_size
-    batch_s = batch * s.cpu_ms / 1000 / s.vcpus
+    batch_s = batch * s.billed_ms / 1000
     batches = s.invocations
     if concurrency is None:
         assert deadline_s is not None
@@ -151,7 +153,11 @@ def budget_needs(bill: Bill, budget: float) -> tuple[float, float]:
     """(the bill without the lines that grow with CPU time, the CPU ms per image at which
     the whole bill equals `budget`; 0 when even free compute is over it). Those lines are
     Lambda's compute and, for a backfill, the Express children's duration."""
+    s = bill.scenario
     scaling = sum(line.usd for line in bill.lines if grows_with_cpu(line))
     rest = bill.total - scaling
-    ms = bill.scenario.cpu_ms * (budget - rest) / scaling if scaling else 0.0
-    return rest, max(0.0, ms)
+    if not scaling:
+        return rest, 0.0
+    # those lines grow with the billed duration: the CPU time over the vCPUs + the requests
+    billed = s.billed_ms * (budget - rest) / scaling
+    return rest, max(0.0, (billed - (s.wait_ms or 0.0)) * s.vcpus)

@@ -104,9 +104,9 @@ def test_the_command_on_a_fresh_clone(capsys: pytest.CaptureFixture[str]) -> Non
     assert main(["cost"]) == 0
     out = capsys.readouterr().out
     assert "as listed on 2026-11-28" in out and "not re-checked online" in out
-    # no billed-duration rows committed yet: priced at CPU time, and it says so
-    assert "priced here at CPU time" in out
-    assert "the time the function waits for S3 and DynamoDB is not counted" in out
+    # the committed run measured billed duration: priced at it, CPU time alone beside it
+    assert "Lambda bills duration:" in out and "CPU time alone would be" in out
+    assert "ms of requests (the SDK's CPU and the waiting for S3 and DynamoDB)" in out
     largest = [x for x in out.splitlines() if x.endswith("<- largest")]
     assert len(largest) == 1 and "S3 PUT (output documents, per-image)" in largest[0]
     for word in ("per-image", "batch", "none", "arm64", "x86_64", "1024 MB", "4096 MB",
@@ -118,14 +118,14 @@ def test_the_command_on_a_fresh_clone(capsys: pytest.CaptureFixture[str]) -> Non
 def test_the_command_takes_the_users_figures(capsys: pytest.CaptureFixture[str],
                                              tmp_path: Path) -> None:
     assert main(["cost", "--json", "--memory", "3008", "--photo", "web", "--cpu-ms", "40",
-                 "--price", "s3_put=0.00001", "--output-documents", "batch",
-                 "--images", "2000000"]) == 0
+                 "--wait-ms", "5", "--price", "s3_put=0.00001", "--output-documents",
+                 "batch", "--images", "2000000"]) == 0
     doc = json.loads(capsys.readouterr().out)
     assert doc["scenario"] == {"photo": "web", "arch": "x86_64", "memory_mb": 3008,
                                "output_documents": "batch", "route": "ingest",
                                "batch_size": 16, "cpu_ms_per_image": 40.0,
-                               "wait_ms_per_image": None,
-                               "billed_ms_per_image": pytest.approx(40 / (3008 / 1769),
+                               "wait_ms_per_image": 5.0,
+                               "billed_ms_per_image": pytest.approx(40 / (3008 / 1769) + 5,
                                                                     abs=1e-3)}
     put = next(x for x in doc["bill"]["lines"] if x["name"].startswith("S3 PUT"))
     assert put["quantity"] == 125_000 and put["usd"] == pytest.approx(1.25)
@@ -197,7 +197,7 @@ def test_a_benchmark_run_hands_its_billed_duration_rows_to_the_cost(
 
     assert main(["cost", "--inputs", str(path), "--memory", "1769"]) == 0
     out = capsys.readouterr().out
-    assert "Lambda bills duration: 120.0 ms an image (CPU time 100.0 ms + waiting 20.0 ms)" \
+    assert "Lambda bills duration: 120.0 ms an image (CPU time 100.0 ms + requests 20.0 ms" \
         in out
     assert "CPU time alone would be 172,754 GB-s" in out
     assert "billed duration under AWS-like latency on the local stack (60.0 ms at 1 vCPU" in out
@@ -208,3 +208,24 @@ def test_a_benchmark_run_hands_its_billed_duration_rows_to_the_cost(
     assert doc["cpu_time_compute"]["usd"] == pytest.approx(compute["usd"] * 100 / 120,
                                                            abs=1e-4)
     assert main(["cost", "--inputs", str(path), "--wait-ms", "-1"]) == 2
+
+
+def test_a_model_the_latency_rows_did_not_measure_takes_the_measured_models_requests(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    values = {"core.12mp.ips": 20.0, "decode.12mp.draft.ms": 50.0, "infer.1t.ms": 15.0,
+              "billed.12mp.ingest.aws.ms": 60.0, "billed.12mp.ingest.none.ms": 50.0,
+              "latency.core.12mp.cpu_ms": 40.0,
+              "core.12mp.ips@efficientnet-lite2@1": 10.0}
+    doc = cost_inputs_doc(values, 2, {"12mp": _Set()}, "efficientnet-lite0@1", "cpu",
+                          "2026-12-04")
+    assert "billed" not in doc["models"]["efficientnet-lite2@1"]["12mp"]  # not measured
+    path = tmp_path / "cost-inputs.json"
+    path.write_text(json.dumps(doc))
+    lite2 = load_cost_inputs(path).photo("efficientnet-lite2@1", "12mp")
+    assert (lite2.billed, lite2.billed_from) == ({"ingest": MEASURED}, "efficientnet-lite0@1")
+    assert lite2.cpu_ms_per_image == 200.0  # its own CPU time
+    assert main(["cost", "--inputs", str(path), "--memory", "1769",
+                 "--model", "efficientnet-lite2@1"]) == 0
+    out = capsys.readouterr().out
+    assert "220.0 ms an image (CPU time 200.0 ms + requests 20.0 ms" in out
+    assert "measured with efficientnet-lite0@1" in out

@@ -90,6 +90,27 @@ def test_the_budget_arithmetic_prices_the_compute_it_leaves() -> None:
     assert budget_needs(bill, budget=rest / 2)[1] == 0.0  # over even with free compute
 
 
+def test_the_requests_measured_beside_the_cpu_lengthen_each_batch_and_stay_in_the_budget(
+        ) -> None:
+    from imgpipe.cost.inputs import BilledDuration
+
+    # 100 ms of CPU at 1 vCPU + 20 ms of requests (billed 60 ms at 1 vCPU on photos whose
+    # core CPU time was 40 ms): 120 ms an image, 6 s a batch of 50; 60 s fit 10 waves,
+    # 200 batches need 20 functions.
+    photo = dataclasses.replace(PHOTO, billed={"backfill": BilledDuration(60.0, 50.0, 40.0)})
+    plan = make_plan(scenario(photo=photo), deadline_s=60)
+    assert (plan.batch_s, plan.concurrency, plan.waves) == (pytest.approx(6.0), 20, 10)
+    # The budget's CPU time leaves the requests as they are: the bill at that CPU time
+    # (plus the same 20 ms) equals the budget.
+    prices = load_prices()
+    bill = bill_for(scenario(photo=photo, images=1_000_000, arch="arm64",
+                             output_documents="batch"), prices)
+    _, ms = budget_needs(bill, budget=bill.total + 1.0)
+    again = bill_for(dataclasses.replace(bill.scenario, cpu_ms_per_image=ms), prices)
+    assert again.scenario.wait_ms == 20.0
+    assert again.total == pytest.approx(bill.total + 1.0)
+
+
 def test_every_quota_names_its_page_and_what_to_raise() -> None:
     for q in QUOTAS:
         assert q.source.startswith(("https://docs.aws.amazon.com/",
