@@ -6,11 +6,12 @@ same at every memory size, and memory buys latency, not savings. The model assum
 proportion holds for this pipeline beyond the CPUs the benchmark ran on (unmeasured), and
 the same CPU time per image on arm64 as on the x86_64 machine that measured it.
 
-Duration is what Lambda bills, and a function also waits (for S3 and DynamoDB): the billed
-duration per image is the CPU time over the function's vCPUs plus the waiting the
-benchmark measured (`PhotoCost.billed`: billed duration under AWS-like latency at 1 vCPU
-less the core's CPU time), which more memory does not shorten. Without that measurement
-the waiting is taken as none, and the command says so.
+Duration is what Lambda bills, and a function also makes requests (to S3 and DynamoDB:
+the SDK's CPU, and the waiting): the billed duration per image is the CPU time over the
+function's vCPUs plus the requests' time the benchmark measured (`PhotoCost.billed`: billed
+duration under AWS-like latency at 1 vCPU less the core's CPU time), which more memory is
+taken not to shorten. Without that measurement it is taken as none, and the command says
+so.
 """
 
 from __future__ import annotations
