@@ -19,16 +19,16 @@ import threading
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-__all__ = ["LostPutReplies", "chaos_from_env"]
+from imgpipe.local.wsgi import WsgiApp, call
 
-Wsgi = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+__all__ = ["LostPutReplies", "chaos_from_env"]
 
 
 class LostPutReplies:
     """WSGI middleware: applies PutItem, then answers 500 instead of its reply with
     `probability` (only for writes that succeeded: a refused condition answers as is)."""
 
-    def __init__(self, app: Wsgi, probability: float, seed: int | None = None,
+    def __init__(self, app: WsgiApp, probability: float, seed: int | None = None,
                  log_path: str = "") -> None:
         self.app = app
         self.probability = probability
@@ -45,21 +45,7 @@ class LostPutReplies:
             lose = self._rng.random() < self.probability
         if not lose:
             return self.app(environ, start_response)
-        answered: list[tuple[str, list[tuple[str, str]]]] = []
-
-        def capture(status: str, headers: list[tuple[str, str]], exc_info: Any = None
-                    ) -> Callable[[bytes], None]:
-            answered.append((status, headers))
-            return lambda data: None
-
-        result = self.app(environ, capture)
-        try:
-            body = b"".join(result)
-        finally:
-            close = getattr(result, "close", None)
-            if close is not None:
-                close()
-        status, headers = answered[0]
+        status, headers, body = call(self.app, environ)
         if not status.startswith("200"):
             start_response(status, headers)
             return [body]
@@ -80,7 +66,7 @@ class LostPutReplies:
                     f.write("lost-put-reply\n")
 
 
-def chaos_from_env(app: Wsgi, env: Mapping[str, str] | None = None) -> Wsgi:
+def chaos_from_env(app: WsgiApp, env: Mapping[str, str] | None = None) -> WsgiApp:
     """`app`, wrapped in the faults the environment asks for (none: `app` itself)."""
     env = os.environ if env is None else env
     probability = float(env.get("IMGPIPE_CHAOS_LOST_PUT_REPLIES") or 0)

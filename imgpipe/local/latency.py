@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote
 
+from imgpipe.local.wsgi import WsgiApp, call
 from pipeline.errors import ConfigError
 
 __all__ = ["CONTROL_PATH", "Delay", "LatencyMiddleware", "LatencyTable", "NO_LATENCY",
@@ -48,8 +49,6 @@ PROFILES = {"aws": Path(__file__).resolve().parent / "latency_aws.json"}
 _TARGETS = {"DynamoDB_20120810": "dynamodb", "AmazonSQS": "sqs",
             "AWSStepFunctions": "stepfunctions"}
 _SIGNING_NAMES = {"states": "stepfunctions"}
-
-WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
 
 @dataclass(frozen=True)
@@ -230,7 +229,7 @@ class LatencyMiddleware:
         if delay is None:
             return self.app(environ, start_response)
         sent = int(environ.get("CONTENT_LENGTH") or 0)
-        status, headers, body = _serve(self.app, environ)
+        status, headers, body = call(self.app, environ)
         seconds = delay.seconds(sent + len(body))
         self.sleep(seconds)
         with self._lock:
@@ -265,24 +264,6 @@ class LatencyMiddleware:
         start_response(code, [("Content-Type", "application/json"),
                               ("Content-Length", str(len(body)))])
         return [body]
-
-
-def _serve(app: WsgiApp, environ: dict[str, Any]) -> tuple[str, list[tuple[str, str]], bytes]:
-    got: dict[str, Any] = {}
-
-    def start_response(status: str, headers: list[tuple[str, str]], *_: Any
-                       ) -> Callable[[bytes], None]:
-        got["status"], got["headers"] = status, headers
-        return lambda _data: None
-
-    chunks = app(environ, start_response)
-    try:
-        body = b"".join(chunks)
-    finally:
-        close = getattr(chunks, "close", None)
-        if close is not None:
-            close()
-    return got["status"], got["headers"], body
 
 
 # ---- the stack's side ------------------------------------------------------------------

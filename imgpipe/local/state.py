@@ -60,6 +60,7 @@ from imgpipe.local.journal import (
     convert_v1,
     lock_state_dir,
 )
+from imgpipe.local.wsgi import WsgiApp, call
 
 # Journal, its errors, FILE_HEADER and check_state_dir are named here too: callers of
 # `--state-dir` find them where they find the keeper.
@@ -76,8 +77,6 @@ _ENVIRON_KEYS = ("REQUEST_METHOD", "PATH_INFO", "QUERY_STRING", "RAW_URI", "REQU
                  "SCRIPT_NAME", "CONTENT_TYPE", "CONTENT_LENGTH", "SERVER_NAME",
                  "SERVER_PORT", "SERVER_PROTOCOL")
 _UPLOAD_ID = re.compile(rb"<UploadId>([^<]+)</UploadId>")
-
-WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
 
 # ---- the keeper ----------------------------------------------------------------------------
@@ -188,7 +187,7 @@ class StateKeeper:
             self._request.failure = None
             service = service_of(app, environ)
             if not is_write(service, environ):
-                status, headers, response = _call(app, environ)
+                status, headers, response = call(app, environ)
                 if self._request.failure is not None:
                     status, headers, response = refusal(service, environ,
                                                         self._request.failure)
@@ -215,7 +214,7 @@ class StateKeeper:
             offset = self.requests.append(header, request_body)
         except JournalError as e:
             return refusal(service, environ, e)
-        status, headers, response = _call(app, environ)
+        status, headers, response = call(app, environ)
         failure = self._request.failure
         if failure is not None or int(status.split()[0]) >= 400:
             self.requests.undo(offset)
@@ -321,22 +320,6 @@ def refusal(service: str, environ: dict[str, Any], error: Exception
                                          ("Content-Length", str(len(body)))], body
 
 
-def _call(app: WsgiApp, environ: dict[str, Any]) -> tuple[str, list[tuple[str, str]], bytes]:
-    got: dict[str, Any] = {}
-
-    def start_response(status: str, headers: list[tuple[str, str]], *_: Any) -> None:
-        got["status"], got["headers"] = status, headers
-
-    chunks = app(environ, start_response)
-    try:
-        body = b"".join(chunks)
-    finally:
-        close = getattr(chunks, "close", None)
-        if close is not None:
-            close()
-    return got["status"], got["headers"], body
-
-
 def _request_header(environ: dict[str, Any]) -> dict[str, Any]:
     return {
         "environ": {k: environ[k] for k in _ENVIRON_KEYS if k in environ},
@@ -368,7 +351,7 @@ def _replay(app: WsgiApp, header: dict[str, Any], body: bytes,
         "wsgi.url_scheme": "http", "wsgi.multithread": True, "wsgi.multiprocess": False,
         "wsgi.run_once": False, "CONTENT_LENGTH": str(len(body)),
     })
-    status, _, response = _call(app, environ)
+    status, _, response = call(app, environ)
     if header.get("upload_id"):
         found = _UPLOAD_ID.search(response)
         if found:
